@@ -1,0 +1,188 @@
+"""The ``physlearn`` command line.
+
+Exit codes: 0 success; 1 the run failed (an instrument or simulator error; the store keeps every
+committed step and can be resumed); 2 a user mistake (bad config, bad store path, bad arguments),
+reported in one message without a traceback; 130 the run was interrupted (Ctrl-C), resumable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+USER_ERROR = 2
+RUN_FAILED = 1
+INTERRUPTED = 130
+
+EPILOG = """\
+examples:
+  physlearn validate configs/quickstart.yaml
+  physlearn run configs/quickstart.yaml --set optimizer.lr=0.05 --set seed=3
+  physlearn inspect runs/quickstart-20260101-120000.zarr --json
+  physlearn resume runs/quickstart-20260101-120000.zarr
+
+A run is a Zarr v3 group: xarray.open_zarr(PATH, consolidated=False) reads it.
+"""
+
+
+def _progress_wanted(args: argparse.Namespace) -> bool:
+    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+
+
+def _print_result(res: Any) -> None:
+    metrics = ", ".join(f"{k}={v:.4g}" for k, v in res.metrics.items())
+    print(f"run {res.status}: {res.committed_steps} steps committed to {res.path}")
+    if metrics:
+        print(f"  last metrics: {metrics}")
+    print(f"  inspect: physlearn inspect {res.path}")
+    if res.status != "success":
+        print(f"  resume:  physlearn resume {res.path}")
+
+
+def _status_code(status: str) -> int:
+    return {"success": 0, "abort": INTERRUPTED}.get(status, RUN_FAILED)
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from physlearn.config import load_config
+
+    cfg = load_config(args.config, args.set)
+    print(f"{args.config}: valid ({cfg.system.kind} system, {cfg.total_steps()} steps)")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from physlearn.config import load_config
+    from physlearn.orchestrator import start_run
+
+    cfg = load_config(args.config, args.set)
+    res = start_run(cfg, args.out, progress=_progress_wanted(args), handle_signals=True)
+    _print_result(res)
+    return _status_code(res.status)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from physlearn.orchestrator import resume_run
+
+    res = resume_run(args.store, progress=_progress_wanted(args), handle_signals=True)
+    _print_result(res)
+    return _status_code(res.status)
+
+
+def inspect_summary(path: str) -> dict[str, Any]:
+    from physlearn.orchestrator import _last_metrics
+    from physlearn.store import RunStore
+
+    store = RunStore.open(path)
+    a = store.attrs
+    cfg = a.get("config", {})
+    return {
+        "path": str(path),
+        "name": cfg.get("name"),
+        "system": cfg.get("system", {}).get("kind"),
+        "status": store.status(),
+        "committed_steps": store.committed("step"),
+        "total_steps": a.get("total_steps"),
+        "guid": a.get("guid"),
+        "physlearn_version": a.get("physlearn_version"),
+        "run_timestamp": a.get("run_timestamp"),
+        "completed_timestamp": a.get("completed_timestamp"),
+        "error": a.get("error"),
+        "metrics": _last_metrics(store),
+    }
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    summary = inspect_summary(args.store)
+    if args.json:
+        print(json.dumps(summary, allow_nan=False, default=str))
+        return 0
+    print(f"{summary['path']}: {summary['name']} on a {summary['system']} system")
+    print(
+        f"  status: {summary['status']}, {summary['committed_steps']}/{summary['total_steps']} "
+        "steps committed"
+    )
+    print(f"  started {summary['run_timestamp']}, completed {summary['completed_timestamp']}")
+    for k, v in summary["metrics"].items():
+        print(f"  {k}: {v:.4g}" if not math.isnan(v) else f"  {k}: n/a")
+    if summary["error"]:
+        print(f"  error: {summary['error']}")
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from physlearn.config import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="physlearn",
+        description="Train physical learning machines (simulated or real) with equilibrium "
+        "propagation, logging every measurement to a Zarr run store.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from physlearn import __version__
+
+    p.add_argument("--version", action="version", version=f"physlearn {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> Any:
+        sp = sub.add_parser(name, help=help_, description=help_)
+        sp.set_defaults(func=func)
+        return sp
+
+    sp = add("run", cmd_run, "Train: validate CONFIG, create a run store, run the campaign.")
+    sp.add_argument("config", help="experiment YAML (see configs/ and `physlearn schema`)")
+    sp.add_argument("--out", help="run store path (default: <store.root>/<name>-<time>.zarr)")
+    sp.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY.PATH=VALUE",
+        help="override a config field, value parsed as YAML (repeatable)",
+    )
+    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    sp = add("resume", cmd_resume, "Continue an interrupted or aborted run from its last commit.")
+    sp.add_argument("store", help="run store path")
+    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    sp = add("validate", cmd_validate, "Check a config without running anything.")
+    sp.add_argument("config")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+
+    sp = add("inspect", cmd_inspect, "Summarise a run store: status, steps, last metrics.")
+    sp.add_argument("store")
+    sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    add("schema", cmd_schema, "Print the JSON schema of experiment configs (for editors).")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from physlearn.config import ConfigError
+    from physlearn.store import StoreError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except (ConfigError, StoreError) as exc:
+        print(f"physlearn: error: {exc}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        print("physlearn: interrupted; the store keeps every committed step", file=sys.stderr)
+        return INTERRUPTED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""Experiment configuration: YAML validated by pydantic.
+
+A config names one system (a discriminated union on ``system.kind``), the task (dataset, encoding,
+loss), the estimator, the optimiser, the schedule, the store and diagnostics. Unknown keys are
+refused; every field documents itself (``physlearn schema`` exports the JSON schema).
+
+:func:`load_config` turns every user mistake -- a missing file, a YAML syntax error, an unknown key,
+a wrong type, an out-of-range value, an unknown system kind, inconsistent sizes -- into a
+:class:`ConfigError` whose message names the field path and the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError, model_validator
+
+from physlearn.configbase import StrictModel
+from physlearn.datasets import DatasetConfig
+from physlearn.losses import LOSSES
+from physlearn.simulators.quantum_config import (
+    ElasticConfig,
+    IonsConfig,
+    QuantumConfig,
+    RydbergConfig,
+)
+from physlearn.simulators.resistor_config import ResistorConfig
+from physlearn.simulators.xy_config import XYConfig
+
+SystemConfig = Annotated[
+    ResistorConfig | QuantumConfig | RydbergConfig | IonsConfig | ElasticConfig | XYConfig,
+    Field(discriminator="kind"),
+]
+
+
+class ConfigError(ValueError):
+    """A config the user must fix; the message names the field and the problem."""
+
+
+# --------------------------------------------------------------------------------------------
+# Task: how data meets the machine
+
+
+class InputEncoding(StrictModel):
+    """Physical inputs from data features x: ``u = scale * z + offset`` where z is x (or its
+    z-score over the training split when ``standardize``); then, if ``differential``, the negated
+    copy ``-u`` is appended (passive networks need both signs), then the constant ``bias``
+    sources. Result width: ``n_features * (2 if differential else 1) + len(bias)``."""
+
+    scale: float = Field(1.0, description="Multiplier from (standardised) feature to input unit.")
+    offset: float = Field(0.0, description="Added after scaling, in the input unit.")
+    standardize: bool = Field(False, description="z-score each feature with training stats.")
+    differential: bool = Field(False, description="Append -u (a second, inverted source).")
+    bias: list[float] = Field(
+        default_factory=list, description="Constant inputs appended (e.g. bias voltages, V)."
+    )
+
+    def width(self, n_features: int) -> int:
+        return n_features * (2 if self.differential else 1) + len(self.bias)
+
+
+class TargetEncoding(StrictModel):
+    """Physical targets: one-hot classes as ``high``/``low`` output values, or regression values
+    as ``scale * y + offset``. XY oscillators use high = pi/2, low = -pi/2 (rad)."""
+
+    kind: Literal["onehot", "value"] = Field("onehot", description="Classification or regression.")
+    high: float = Field(1.0, description="Target of the true class's output (output unit).")
+    low: float = Field(0.0, description="Target of the other outputs (output unit).")
+    scale: float = Field(1.0, description="Regression: target = scale * y + offset.")
+    offset: float = Field(0.0, description="Regression: target = scale * y + offset.")
+
+
+class TaskConfig(StrictModel):
+    dataset: DatasetConfig
+    encoding: InputEncoding = Field(default_factory=InputEncoding)
+    target: TargetEncoding = Field(default_factory=TargetEncoding)
+    readout: Literal["identity", "sin"] = Field(
+        "identity",
+        description="Class scores from outputs: identity, or sin(phase) for oscillators; the "
+        "prediction is the argmax.",
+    )
+    loss: str | None = Field(
+        None,
+        description="Training objective (see physlearn.losses); default: the system's native "
+        "cost. EP with a 'target' nudge needs the native cost.",
+    )
+    report_loss: str | None = Field(
+        None, description="An extra cost logged beside the objective (e.g. xy_cosine)."
+    )
+    temperature: float = Field(
+        1.0,
+        gt=0,
+        description="cross_entropy: logits = outputs / temperature (output unit, e.g. V).",
+    )
+
+    @model_validator(mode="after")
+    def _known_losses(self) -> TaskConfig:
+        for name in (self.loss, self.report_loss):
+            if name is not None and name not in LOSSES:
+                raise ValueError(f"unknown loss {name!r}; known: {sorted(LOSSES)}")
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# Estimators
+
+
+class EPConfig(StrictModel):
+    """Equilibrium propagation. ``nudging``: one_sided (error O(beta)), centred (O(beta^2)),
+    n_point (real central stencil on n_points nudges, O(beta^n)), holomorphic (complex nudges on a
+    circle of radius beta; simulators only), custom (``pairs`` of [beta, weight])."""
+
+    kind: Literal["ep"] = "ep"
+    nudging: Literal["one_sided", "centred", "n_point", "holomorphic", "custom"] = "centred"
+    beta: float = Field(0.1, gt=0, description="Nudge strength (units of 1/cost).")
+    n_points: int = Field(4, ge=2, description="Points of n_point / holomorphic nudging.")
+    pairs: list[tuple[float, float]] = Field(
+        default_factory=list, description="custom: [[beta, weight], ...]; beta=0 is the free phase."
+    )
+    nudge: Literal["auto", "target", "error"] = Field(
+        "auto",
+        description="target: the system's physical cost nudge; error: beta*sum eps_k O_k with "
+        "eps = dL/dO at the free state; auto: target when the loss is the native cost.",
+    )
+
+    @model_validator(mode="after")
+    def _pairs(self) -> EPConfig:
+        if self.nudging == "custom" and not self.pairs:
+            raise ValueError("nudging 'custom' needs 'pairs'")
+        if self.nudging == "n_point" and self.n_points % 2:
+            raise ValueError("n_point nudging needs an even n_points")
+        return self
+
+
+class CoupledConfig(StrictModel):
+    """Coupled learning: clamp outputs to y_free + eta (y - y_free)."""
+
+    kind: Literal["coupled"] = "coupled"
+    eta: float = Field(0.1, gt=0, le=1, description="Clamping fraction towards the target.")
+
+
+class FiniteDifferenceConfig(StrictModel):
+    """Central finite differences on the loss, one parameter at a time (2P measurements)."""
+
+    kind: Literal["finite_difference"] = "finite_difference"
+    step: float = Field(1e-3, gt=0, description="Perturbation, in each parameter's unit.")
+
+
+class SPSAConfig(StrictModel):
+    """Simultaneous perturbation: 2 measurements per draw, all parameters at once."""
+
+    kind: Literal["spsa"] = "spsa"
+    c: float = Field(1e-2, gt=0, description="Perturbation size, in each parameter's unit.")
+    n_samples: int = Field(1, ge=1, description="Perturbation draws averaged per step.")
+
+
+class ThermalConfig(StrictModel):
+    """Thermal EP: -Cov(C, dE/dtheta)/T from the system's thermal samples (needs T > 0)."""
+
+    kind: Literal["thermal"] = "thermal"
+
+
+EstimatorConfig = Annotated[
+    EPConfig | CoupledConfig | FiniteDifferenceConfig | SPSAConfig | ThermalConfig,
+    Field(discriminator="kind"),
+]
+
+
+# --------------------------------------------------------------------------------------------
+# Optimiser and schedule
+
+
+class OptimizerConfig(StrictModel):
+    """Gradient step on every trainable group, then projection onto what the hardware holds."""
+
+    kind: Literal["sgd", "momentum", "adam"] = "adam"
+    lr: float = Field(0.01, gt=0, description="Learning rate (parameter unit per gradient unit).")
+    momentum: float = Field(0.9, ge=0, lt=1, description="momentum: velocity decay.")
+    beta1: float = Field(0.9, ge=0, lt=1, description="adam: first-moment decay.")
+    beta2: float = Field(0.999, ge=0, lt=1, description="adam: second-moment decay.")
+    eps: float = Field(1e-8, gt=0, description="adam: denominator floor.")
+    lr_scale: dict[str, float] = Field(
+        default_factory=dict, description="Per-group learning-rate multipliers."
+    )
+    frozen: list[str] = Field(default_factory=list, description="Groups that are not trained.")
+
+
+class LRSchedule(StrictModel):
+    """lr(step) = lr * factor(step): constant; cosine to ``min_factor`` at the last step;
+    step (``gamma`` every ``every`` steps); exponential (``gamma`` per step). Optional linear
+    warm-up over ``warmup`` steps."""
+
+    kind: Literal["constant", "cosine", "step", "exponential"] = "constant"
+    min_factor: float = Field(0.0, ge=0, le=1)
+    gamma: float = Field(0.5, gt=0, le=1)
+    every: int = Field(100, ge=1)
+    warmup: int = Field(0, ge=0)
+
+
+class ScheduleConfig(StrictModel):
+    steps: int | None = Field(None, ge=1, description="Optimiser steps (or give epochs).")
+    epochs: float | None = Field(None, gt=0, description="Passes over the training split.")
+    batch_size: int = Field(16, ge=1, description="Patterns per step.")
+    eval_every: int = Field(50, ge=1, description="Evaluate on the test split every N steps.")
+    eval_train: bool = Field(False, description="Also evaluate the whole training split.")
+    lr: LRSchedule = Field(default_factory=LRSchedule)
+
+    @model_validator(mode="after")
+    def _steps_or_epochs(self) -> ScheduleConfig:
+        if (self.steps is None) == (self.epochs is None):
+            raise ValueError("give exactly one of 'steps' and 'epochs'")
+        return self
+
+
+class StoreConfig(StrictModel):
+    root: str = Field("runs", description="Directory that receives <name>-<time>.zarr runs.")
+    flush_every: int = Field(
+        0, ge=0, description="Commit every N steps (0: automatic, one Zarr chunk of steps)."
+    )
+    flush_seconds: float = Field(5.0, gt=0, description="Commit at least this often (s).")
+    conjugates: Literal["per_sample", "batch_mean", "none"] = Field(
+        "per_sample", description="How conjugate observables are logged."
+    )
+    observables: bool = Field(True, description="Log extra per-node responses (e.g. phases).")
+    compress: bool = Field(False, description="zstd-compress arrays (smaller, slower).")
+
+
+class DiagnosticsConfig(StrictModel):
+    exact_gradient: bool = Field(
+        False,
+        description="Simulators only: compute the exact gradient and log its cosine similarity "
+        "and relative error against the estimate.",
+    )
+    every: int = Field(1, ge=1, description="Exact-gradient diagnostic every N steps.")
+
+
+class ExperimentConfig(StrictModel):
+    """A training campaign: one system, one task, one estimator, one optimiser."""
+
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.-]+$", description="Run name (file-safe).")
+    description: str = ""
+    seed: int = Field(0, ge=0, description="Seeds data order, initialisation and every RNG.")
+    system: SystemConfig
+    task: TaskConfig
+    estimator: EstimatorConfig = Field(default_factory=EPConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    diagnostics: DiagnosticsConfig = Field(default_factory=DiagnosticsConfig)
+
+    @model_validator(mode="after")
+    def _sizes_agree(self) -> ExperimentConfig:
+        ds = self.task.dataset
+        width = self.task.encoding.width(ds.n_features())
+        if width != self.system.input_size():
+            raise ValueError(
+                f"task.encoding gives {width} inputs ({ds.n_features()} features of "
+                f"{ds.kind!r}) but the system has {self.system.input_size()} input channels"
+            )
+        n_out = self.system.output_size()
+        n_cls = ds.n_classes()
+        if n_cls is not None and self.task.target.kind == "onehot" and n_cls != n_out:
+            raise ValueError(
+                f"dataset {ds.kind!r} has {n_cls} classes but the system has {n_out} outputs"
+            )
+        n_tgt = ds.n_targets()
+        if n_cls is None and n_tgt is not None and n_tgt != n_out:
+            raise ValueError(
+                f"dataset {ds.kind!r} has {n_tgt} targets but the system has {n_out} outputs"
+            )
+        if self.schedule.batch_size > ds.n_train():
+            raise ValueError(
+                f"schedule.batch_size {self.schedule.batch_size} exceeds the "
+                f"{ds.n_train()} training patterns"
+            )
+        return self
+
+    def total_steps(self) -> int:
+        if self.schedule.steps is not None:
+            return self.schedule.steps
+        assert self.schedule.epochs is not None
+        per_epoch = -(-self.task.dataset.n_train() // self.schedule.batch_size)
+        return max(1, round(self.schedule.epochs * per_epoch))
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def _format_validation(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key (not a field of this section)"
+        elif e["type"] == "union_tag_invalid":
+            ctx = e.get("ctx") or {}
+            msg = f"unknown kind {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
+        lines.append(f"  {loc}: {msg}")
+    return "\n".join(lines)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides (value parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        key, _, text = item.partition("=")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--set {key}: value is not valid YAML ({exc})") from None
+        node: Any = raw
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            if isinstance(node, list) and part.isdigit():
+                node = node[int(part)]
+                continue
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {key}: {part!r} is not inside a section")
+            node = node.setdefault(part, {})
+        last = parts[-1]
+        if isinstance(node, list) and last.isdigit():
+            node[int(last)] = value
+        elif isinstance(node, dict):
+            node[last] = value
+        else:
+            raise ConfigError(f"--set {key}: cannot set {last!r} on a value")
+    return raw
+
+
+def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(
+            f"{source} is not a valid experiment:\n{_format_validation(err)}"
+        ) from None
+
+
+def read_yaml(path: str | Path) -> Any:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} does not exist")
+    try:
+        return yaml.safe_load(p.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:
+    raw = read_yaml(path)
+    if overrides:
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections")
+        raw = apply_overrides(raw, overrides)
+    return parse_config(raw, str(path))
+
+
+def json_schema() -> dict[str, Any]:
+    return ExperimentConfig.model_json_schema()

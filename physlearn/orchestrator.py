@@ -1,0 +1,650 @@
+"""The campaign: clamp -> relax -> measure -> estimate -> update -> project -> write back -> log.
+
+:func:`start_run` and :func:`resume_run` drive one run against whichever system the config names.
+Every measurement is buffered and committed to the run store in batches together with a checkpoint;
+a run killed at any moment resumes from its last commit and ends with exactly the parameters and
+logged arrays of an uninterrupted run (timestamps and wall-clock durations aside).
+
+Ctrl-C (SIGINT) or SIGTERM once: finish the current step, commit, close, ``exit_status=abort``.
+Ctrl-C twice: stop inside the step, commit the steps already complete, leave the sources safe.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from physlearn.config import (
+    ConfigError,
+    CoupledConfig,
+    EPConfig,
+    EstimatorConfig,
+    ExperimentConfig,
+    FiniteDifferenceConfig,
+    SPSAConfig,
+    parse_config,
+)
+from physlearn.estimators import (
+    SPSA,
+    CoupledLearning,
+    EquilibriumPropagation,
+    Estimate,
+    Estimator,
+    FiniteDifference,
+    ThermalCovariance,
+    central_stencil,
+    centred,
+    holomorphic,
+    measure,
+    one_sided,
+)
+from physlearn.losses import Loss, get_loss
+from physlearn.optim import Optimizer, lr_factor, project
+from physlearn.store import Checkpoint, RunStore, to_jsonable
+from physlearn.system import ExactGradient, Params, PhysicalSystem
+from physlearn.task import Task, evaluate_loss, step_rng
+
+
+def build_estimator(cfg: EstimatorConfig) -> Estimator:
+    if isinstance(cfg, EPConfig):
+        pairs = {
+            "one_sided": lambda: one_sided(cfg.beta),
+            "centred": lambda: centred(cfg.beta),
+            "n_point": lambda: central_stencil(cfg.beta, cfg.n_points),
+            "holomorphic": lambda: holomorphic(cfg.beta, cfg.n_points),
+            "custom": lambda: [(complex(b), complex(w)) for b, w in cfg.pairs],
+        }[cfg.nudging]()
+        return EquilibriumPropagation(pairs, nudge=cfg.nudge)
+    if isinstance(cfg, CoupledConfig):
+        return CoupledLearning(cfg.eta)
+    if isinstance(cfg, FiniteDifferenceConfig):
+        return FiniteDifference(cfg.step)
+    if isinstance(cfg, SPSAConfig):
+        return SPSA(cfg.c, cfg.n_samples)
+    return ThermalCovariance()
+
+
+@dataclass
+class RunResult:
+    path: Path
+    status: str
+    committed_steps: int
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class _StopFlag:
+    """Counts interrupts: the first asks for a clean stop, the second raises immediately."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    @property
+    def requested(self) -> bool:
+        return self.count > 0
+
+    def handler(self, signum: int, frame: Any) -> None:
+        self.count += 1
+        if self.count == 1:
+            print(
+                "\nphyslearn: stopping at the next step boundary (Ctrl-C again to stop now)",
+                file=sys.stderr,
+            )
+            return
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _signals(flag: _StopFlag, enabled: bool) -> Iterator[None]:
+    if not enabled:
+        yield
+        return
+    old_int = signal.signal(signal.SIGINT, flag.handler)
+    old_term = signal.signal(signal.SIGTERM, flag.handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+
+
+_DESCRIPTIONS: dict[str, tuple[str, str]] = {
+    # name: (units, long_name); dims come with the data
+    "sample_index": ("1", "training-set index of each pattern"),
+    "loss": ("1", "objective at the free equilibrium, batch mean"),
+    "report_loss": ("1", "reported cost at the free equilibrium, batch mean"),
+    "batch_accuracy": ("1", "training-batch accuracy at the free equilibrium"),
+    "lr": ("1", "learning rate"),
+    "timestamp": ("seconds since 1970-01-01 00:00:00", "time the step was committed to memory"),
+    "step_time": ("s", "wall-clock duration of the step"),
+    "grad_cosine": ("1", "cosine similarity of estimate and exact gradient"),
+    "grad_rel_error": ("1", "|estimate - exact| / |exact|"),
+    "residual": ("system", "largest residual force at equilibrium"),
+    "iterations": ("1", "relaxation iterations"),
+    "converged": ("1", "relaxation met its tolerance"),
+    "energy": ("system", "energy at equilibrium"),
+    "shots": ("1", "projective measurements (or samples) per estimate; 0 = exact"),
+    "settle_time": ("s", "time waited for the physics to settle"),
+    "eval_step": ("1", "optimiser updates applied before this evaluation"),
+    "eval_timestamp": ("seconds since 1970-01-01 00:00:00", "time of the evaluation"),
+    "test_loss": ("1", "objective on the test split"),
+    "test_report_loss": ("1", "reported cost on the test split"),
+    "test_accuracy": ("1", "accuracy on the test split"),
+    "train_loss": ("1", "objective on the whole training split"),
+    "train_accuracy": ("1", "accuracy on the whole training split"),
+}
+
+
+class Campaign:
+    """One run: a system, a task, an estimator and an optimiser, logging into a store."""
+
+    def __init__(self, config: ExperimentConfig, system: PhysicalSystem, store: RunStore) -> None:
+        self.config = config
+        self.system = system
+        self.store = store
+        self.seed = config.seed
+        self.task = Task(config.task, config.task.dataset.load(config.seed), system.outputs.size)
+        self.estimator = build_estimator(config.estimator)
+        self.loss = objective_loss(config, system)
+        self.report_loss = (
+            get_loss(config.task.report_loss, config.task.temperature)
+            if config.task.report_loss
+            else None
+        )
+        self.optimizer = Optimizer(config.optimizer, system.parameter_groups)
+        self.total = config.total_steps()
+        self.groups = system.parameter_groups
+        self.x_test = self.task.encode_inputs(self.task.data.x_test)
+        self.t_test = self.task.encode_targets(self.task.data.y_test)
+        self.x_train_all = self.task.encode_inputs(self.task.data.x_train)
+        self.t_train_all = self.task.encode_targets(self.task.data.y_train)
+        self.flag = _StopFlag()
+        self.shadow: Params = {}
+        self.held: Params = {}
+        self.metrics: dict[str, float] = {}
+        self._rows: dict[str, list[np.ndarray]] = {}
+        self._counts = {"step": 0, "eval": 0}
+        self._meta: dict[str, tuple[tuple[str, ...], str, str, str]] = {}
+        self._last_flush = time.monotonic()
+        self._phases_recorded = "phases" in store.attrs
+
+    # -- parameters --------------------------------------------------------------------------
+    def initialise(self) -> int:
+        """Load the checkpoint (or the system's initial values); return the first step to run."""
+        ck = self.store.read_checkpoint()
+        if ck is None:
+            shadow, held, _ = project(self.groups, self.system.get_parameters())
+            start = 0
+        else:
+            self.optimizer.load_state(ck.optimizer)
+            shadow, held, start = ck.shadow, ck.held, ck.step
+        self.shadow = shadow
+        self.held = self.system.set_parameters(held)
+        return start
+
+    # -- recording ---------------------------------------------------------------------------
+    def _record(
+        self,
+        name: str,
+        value: Any,
+        dims: tuple[str, ...],
+        dim: str = "step",
+        units: str | None = None,
+        long_name: str | None = None,
+    ) -> None:
+        arr = np.asarray(value)
+        if name not in self._meta:
+            u, ln = _DESCRIPTIONS.get(name, ("1", name))
+            if u == "system":
+                u = self.system.energy_unit
+            self._meta[name] = (dims, units or u, long_name or ln, dim)
+        self._rows.setdefault(name, []).append(arr)
+
+    def _record_step(
+        self,
+        step: int,
+        idx: np.ndarray,
+        x: np.ndarray,
+        t: np.ndarray,
+        est: Estimate,
+        grad_diag: tuple[float, float],
+        lr: float,
+        params_used: Params,
+        proj: Any,
+        t0: float,
+    ) -> None:
+        sys_, cfg = self.system, self.config.store
+        self._record("sample_index", idx, ("sample",))
+        self._record(
+            "inputs",
+            x,
+            ("sample", "input"),
+            units=sys_.inputs.unit,
+            long_name="physical inputs (clamped)",
+        )
+        self._record(
+            "targets",
+            t,
+            ("sample", "output"),
+            units=sys_.outputs.unit,
+            long_name="physical targets",
+        )
+        phases = est.phases
+        self._record(
+            "outputs",
+            np.stack([p.eq.outputs.real for p in phases]),
+            ("phase", "sample", "output"),
+            units=sys_.outputs.unit,
+            long_name="measured outputs per phase",
+        )
+        for g in self.groups:
+            unit = f"{g.energy_unit}/{g.unit}"
+            if cfg.conjugates != "none" and self.estimator.needs_conjugates:
+                c = np.stack([p.eq.conjugates[g.name].real for p in phases])
+                if cfg.conjugates == "per_sample":
+                    self._record(
+                        f"conj_{g.name}",
+                        c,
+                        ("phase", "sample", *g.dims),
+                        units=unit,
+                        long_name=f"dE/d{g.name} at equilibrium",
+                    )
+                else:
+                    self._record(
+                        f"conj_{g.name}",
+                        c.mean(axis=1),
+                        ("phase", *g.dims),
+                        units=unit,
+                        long_name=f"batch-mean dE/d{g.name}",
+                    )
+            self._record(
+                f"param_{g.name}",
+                params_used[g.name],
+                g.dims,
+                units=g.unit,
+                long_name=f"{g.long_name or g.name} held during the step",
+            )
+            self._record(
+                f"grad_{g.name}",
+                est.gradient[g.name],
+                g.dims,
+                units=unit,
+                long_name=f"gradient estimate dL/d{g.name}",
+            )
+            self._record(
+                f"clipped_{g.name}",
+                proj.clipped[g.name],
+                (),
+                long_name=f"elements of {g.name} stopped at a bound by the projection",
+            )
+            self._record(
+                f"projection_{g.name}",
+                proj.max_deviation[g.name],
+                (),
+                units=g.unit,
+                long_name=f"max |requested - held| {g.name} after the update",
+            )
+        b = phases[0].eq.batch
+        nan = np.full(b, np.nan)
+        self._record(
+            "residual", np.stack([_or(p.eq.residual, nan) for p in phases]), ("phase", "sample")
+        )
+        self._record(
+            "iterations",
+            np.stack([_or(p.eq.iterations, np.zeros(b, np.int64)) for p in phases]).astype(
+                np.int64
+            ),
+            ("phase", "sample"),
+        )
+        self._record(
+            "converged",
+            np.stack([_or(p.eq.converged, np.ones(b, bool)) for p in phases]).astype(bool),
+            ("phase", "sample"),
+        )
+        self._record(
+            "energy", np.stack([_or(p.eq.energy, nan).real for p in phases]), ("phase", "sample")
+        )
+        self._record("shots", np.array([p.eq.shots for p in phases], np.int64), ("phase",))
+        self._record("settle_time", np.array([p.eq.settle_time for p in phases]), ("phase",))
+        if cfg.observables:
+            for name in phases[0].eq.observables:
+                o = np.stack([p.eq.observables[name].real for p in phases])
+                self._record(
+                    f"obs_{name}",
+                    o,
+                    ("phase", "sample", *[f"{name}_{i}" for i in range(o.ndim - 2)]),
+                    long_name=f"{name} per phase and sample",
+                )
+        for name, value in est.extras.items():
+            v = np.asarray(value)
+            self._record(name, v, tuple(f"{name}_{i}" for i in range(v.ndim)))
+        self._record("loss", float(est.loss.mean()), ())
+        if self.report_loss is not None:
+            self._record(
+                "report_loss", evaluate_loss(self.report_loss, phases[0].eq.outputs.real, t), ()
+            )
+        self._record(
+            "batch_accuracy",
+            self.task.accuracy(phases[0].eq.outputs.real, self.task.data.y_train[idx]),
+            (),
+        )
+        self._record("lr", lr, ())
+        self._record("grad_cosine", grad_diag[0], ())
+        self._record("grad_rel_error", grad_diag[1], ())
+        self._record("timestamp", time.time(), ())
+        self._record("step_time", time.perf_counter() - t0, ())
+        self._counts["step"] += 1
+        if not self._phases_recorded:
+            self.store.update_attrs(
+                phases=[
+                    {
+                        "label": p.label,
+                        "beta": [complex(p.beta).real, complex(p.beta).imag],
+                        "kind": p.kind,
+                        "warm_start": p.warm_start,
+                    }
+                    for p in phases
+                ]
+            )
+            self._phases_recorded = True
+
+    def evaluate(self, updates: int) -> None:
+        rng = step_rng(self.seed, updates, stream=3)
+        eq = measure(self.system, self.x_test, None, None, rng)
+        y = eq.outputs.real
+        self.metrics["test_loss"] = evaluate_loss(self.loss, y, self.t_test)
+        self.metrics["test_accuracy"] = self.task.accuracy(y, self.task.data.y_test)
+        self._record("eval_step", updates, (), dim="eval")
+        self._record("eval_timestamp", time.time(), (), dim="eval")
+        self._record("test_loss", self.metrics["test_loss"], (), dim="eval")
+        self._record("test_accuracy", self.metrics["test_accuracy"], (), dim="eval")
+        self._record(
+            "test_outputs",
+            y,
+            ("test_sample", "output"),
+            dim="eval",
+            units=self.system.outputs.unit,
+            long_name="free outputs on the test split",
+        )
+        if self.report_loss is not None:
+            self._record(
+                "test_report_loss", evaluate_loss(self.report_loss, y, self.t_test), (), dim="eval"
+            )
+        if self.config.schedule.eval_train:
+            eqt = measure(self.system, self.x_train_all, None, None, rng)
+            self.metrics["train_loss"] = evaluate_loss(
+                self.loss, eqt.outputs.real, self.t_train_all
+            )
+            self.metrics["train_accuracy"] = self.task.accuracy(
+                eqt.outputs.real, self.task.data.y_train
+            )
+            self._record("train_loss", self.metrics["train_loss"], (), dim="eval")
+            self._record("train_accuracy", self.metrics["train_accuracy"], (), dim="eval")
+        self._counts["eval"] += 1
+
+    def flush(self, step_done: int) -> None:
+        """Commit buffered records with the checkpoint of ``step_done`` completed steps."""
+        if not self._counts["step"] and not self._counts["eval"]:
+            return
+        records = {}
+        for name, rows in self._rows.items():
+            records[name] = np.stack(rows)
+        self._ensure_arrays(records)
+        ck = Checkpoint(step_done, self.shadow, self.held, dict(self.optimizer.state))
+        self.store.commit(records, dict(self._counts), ck)
+        self._rows = {}
+        self._counts = {"step": 0, "eval": 0}
+        self._last_flush = time.monotonic()
+
+    def _ensure_arrays(self, records: dict[str, np.ndarray]) -> None:
+        existing = set(self.store.array_names())
+        for name, data in records.items():
+            if name in existing:
+                continue
+            dims, units, long_name, dim = self._meta[name]
+            self.store.create_array(
+                name,
+                data.shape[1:],
+                data.dtype,
+                dim,
+                dims,
+                units,
+                long_name,
+                self.config.store.compress,
+            )
+
+    # -- the loop ----------------------------------------------------------------------------
+    def run(
+        self, start: int, progress: bool = False, on_step: Callable[[int], None] | None = None
+    ) -> str:
+        from tqdm import tqdm
+
+        cfg = self.config
+        flush_every = cfg.store.flush_every or 16
+        bar = tqdm(
+            total=self.total,
+            initial=start,
+            disable=not progress,
+            unit="step",
+            dynamic_ncols=True,
+            desc=cfg.name,
+        )
+        status = "success"
+        try:
+            if start == 0:
+                self.evaluate(0)
+            for step in range(start, self.total):
+                if self.flag.requested:
+                    status = "abort"
+                    break
+                self._one_step(step)
+                done = step + 1
+                if done % cfg.schedule.eval_every == 0 or done == self.total:
+                    self.evaluate(done)
+                if (
+                    self._counts["step"] >= flush_every
+                    or time.monotonic() - self._last_flush >= cfg.store.flush_seconds
+                ):
+                    self.flush(done)
+                bar.update(1)
+                bar.set_postfix(self._postfix(), refresh=False)
+                if on_step is not None:
+                    on_step(done)
+            self.flush(self.store.committed() + self._counts["step"])
+        except KeyboardInterrupt:
+            status = "abort"
+            self._safe_flush()
+        except BaseException:
+            self._safe_flush()
+            raise
+        finally:
+            bar.close()
+        return status
+
+    def _safe_flush(self) -> None:
+        """Commit the steps already complete; never let a second failure hide the first."""
+        try:
+            self.flush(self.store.committed() + self._counts["step"])
+        except Exception as exc:  # the original error matters more
+            print(f"physlearn: could not commit buffered steps ({exc})", file=sys.stderr)
+
+    def _postfix(self) -> dict[str, str]:
+        out = {}
+        if "loss" in self._rows and self._rows["loss"]:
+            out["loss"] = f"{float(self._rows['loss'][-1]):.4g}"
+        if "test_accuracy" in self.metrics:
+            out["test_acc"] = f"{self.metrics['test_accuracy']:.3f}"
+        return out
+
+    def _one_step(self, step: int) -> None:
+        t0 = time.perf_counter()
+        cfg = self.config
+        b = cfg.schedule.batch_size
+        idx = self.task.batch_indices(self.seed, step, b)
+        x = self.task.encode_inputs(self.task.data.x_train[idx])
+        t = self.task.encode_targets(self.task.data.y_train[idx])
+        rng = step_rng(self.seed, step)
+        est = self.estimator.estimate(self.system, x, t, self.loss, rng)
+        diag = (math.nan, math.nan)
+        if cfg.diagnostics.exact_gradient and step % cfg.diagnostics.every == 0:
+            assert isinstance(self.system, ExactGradient)
+            exact = self.system.exact_gradient(x, t, est.objective)
+            diag = gradient_fidelity(est.gradient, exact)
+        lr = cfg.optimizer.lr * lr_factor(cfg.schedule.lr, step, self.total)
+        used = self.held
+        requested = self.optimizer.step(self.shadow, est.gradient, lr)
+        self.shadow, held, proj = project(self.groups, requested)
+        self.held = self.system.set_parameters(held)
+        self._record_step(step, idx, x, t, est, diag, lr, used, proj, t0)
+
+
+def gradient_fidelity(estimate: Params, exact: Params) -> tuple[float, float]:
+    """(cosine similarity, relative error) of two gradients over all groups."""
+    e = np.concatenate([np.ravel(estimate[k]) for k in sorted(exact)])
+    x = np.concatenate([np.ravel(exact[k]) for k in sorted(exact)])
+    nx, ne = float(np.linalg.norm(x)), float(np.linalg.norm(e))
+    cos = float(e @ x / (ne * nx)) if ne > 0 and nx > 0 else math.nan
+    rel = float(np.linalg.norm(e - x) / nx) if nx > 0 else math.nan
+    return cos, rel
+
+
+def _or(value: Any, default: np.ndarray) -> np.ndarray:
+    return default if value is None else np.asarray(value)
+
+
+def objective_loss(config: ExperimentConfig, system: PhysicalSystem) -> Loss:
+    name = config.task.loss or system.native_cost
+    if name is None:
+        raise ConfigError(
+            f"task.loss: the {config.system.kind!r} system has no native cost; name a loss"
+        )
+    return get_loss(name, config.task.temperature)
+
+
+def build_system(config: ExperimentConfig) -> PhysicalSystem:
+    """Build the system; an impossible description is the user's to fix (ConfigError)."""
+    try:
+        system = config.system.build(config.seed)
+    except ValueError as exc:
+        raise ConfigError(f"system: {exc}") from None
+    if config.diagnostics.exact_gradient and not isinstance(system, ExactGradient):
+        raise ConfigError(
+            f"diagnostics.exact_gradient: the {config.system.kind!r} system has no exact "
+            "gradient (simulators only)"
+        )
+    objective_loss(config, system)
+    return system
+
+
+def default_run_path(config: ExperimentConfig) -> Path:
+    root = Path(config.store.root)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    path = root / f"{config.name}-{stamp}.zarr"
+    n = 1
+    while path.exists():
+        n += 1
+        path = root / f"{config.name}-{stamp}-{n}.zarr"
+    return path
+
+
+def start_run(
+    config: ExperimentConfig,
+    out: str | Path | None = None,
+    progress: bool = False,
+    handle_signals: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> RunResult:
+    """Create a store and train. Raises ConfigError (before creating anything) for bad input."""
+    from physlearn import __version__
+
+    system = build_system(config)
+    path = Path(out) if out is not None else default_run_path(config)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    optimizer_shapes = Optimizer(config.optimizer, system.parameter_groups).state
+    ck_shapes = {
+        f"{k}/{g.name}": g.shape for g in system.parameter_groups for k in ("shadow", "held")
+    }
+    ck_shapes |= {f"opt/{k}": v.shape for k, v in optimizer_shapes.items()}
+    est = build_estimator(config.estimator)
+    coords: dict[str, tuple[np.ndarray, str]] = {
+        "phase": (np.array(est.phase_labels()), "1"),
+    }
+    if system.outputs.labels:
+        coords["output"] = (np.array(system.outputs.labels), "1")
+    store = RunStore.create(
+        path,
+        coords,
+        ck_shapes,
+        {
+            "config": config.model_dump(mode="json"),
+            "physlearn_version": __version__,
+            "system_snapshot": to_jsonable(system.snapshot()),
+            "total_steps": config.total_steps(),
+        },
+    )
+    return _drive(config, system, store, progress, handle_signals, on_step)
+
+
+def resume_run(
+    path: str | Path,
+    progress: bool = False,
+    handle_signals: bool = False,
+    on_step: Callable[[int], None] | None = None,
+) -> RunResult:
+    store = RunStore.open(path, mode="r+")
+    status = store.status()
+    if status == "running":
+        raise ConfigError(f"{path} is still being written by process {store.attrs.get('pid')}")
+    config = parse_config(store.attrs["config"], f"{path} (stored config)")
+    if status == "success":
+        return RunResult(Path(path), "success", store.committed(), _last_metrics(store))
+    system = build_system(config)
+    store.truncate_to_committed()
+    store.reopen_for_resume()
+    return _drive(config, system, store, progress, handle_signals, on_step)
+
+
+def _drive(
+    config: ExperimentConfig,
+    system: PhysicalSystem,
+    store: RunStore,
+    progress: bool,
+    handle_signals: bool,
+    on_step: Callable[[int], None] | None,
+) -> RunResult:
+    campaign = Campaign(config, system, store)
+    status = "fail"
+    try:
+        with _signals(campaign.flag, handle_signals), system:
+            start = campaign.initialise()
+            status = campaign.run(start, progress, on_step)
+    except BaseException as exc:
+        store.finish(
+            "fail" if not isinstance(exc, KeyboardInterrupt) else "abort",
+            error=f"{type(exc).__name__}: {exc}",
+        )
+        raise
+    store.finish(status)
+    return RunResult(store.path, status, store.committed(), _last_metrics(store))
+
+
+def _last_metrics(store: RunStore) -> dict[str, float]:
+    out: dict[str, float] = {}
+    names = set(store.array_names())
+    if store.committed("step") and "loss" in names:
+        out["loss"] = float(store.read("loss")[-1])
+    if store.committed("eval"):
+        for name in ("test_accuracy", "test_loss", "train_accuracy", "train_loss"):
+            if name in names:
+                v = float(store.read(name)[-1])
+                if not math.isnan(v):
+                    out[name] = v
+    return out

@@ -1,0 +1,313 @@
+"""The run store: one Zarr v3 group per run, readable with ``xarray.open_zarr(path,
+consolidated=False)``.
+
+Layout
+------
+* Appendable arrays grow along ``step`` (one record per optimiser step) or ``eval`` (one record
+  per evaluation). Every array carries ``dimension_names`` and the attributes ``units`` and
+  ``long_name``; label coordinates (``phase``, ...) are string arrays.
+* ``checkpoint/a`` and ``checkpoint/b``: two checkpoint slots (continuous "shadow" parameters,
+  held parameters, optimiser state). Commits alternate between them.
+* Group attributes: ``config`` (the validated config), ``physlearn_version``, ``guid``,
+  ``run_timestamp``, ``completed_timestamp``, ``exit_status`` (``success`` / ``abort`` /
+  ``fail``; absent while running), ``committed_steps``, ``committed_evals``, ``checkpoint_slot``,
+  ``pid`` and ``host`` of the writer.
+
+Crash safety
+------------
+A commit writes the data of the new records (Zarr resizes first, so a crash can leave a
+fill-value tail), then the checkpoint into the slot *not* in use, then -- last -- the attributes
+naming the new ``committed_steps`` and slot. zarr's local store replaces files atomically, so a
+reader or a resume trusts exactly ``committed_steps`` records and the slot named beside them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from physlearn.system import FloatArray, Params
+
+APPEND_DIMS = ("step", "eval")
+TARGET_CHUNK_BYTES = 4 << 20
+
+
+@dataclass
+class Checkpoint:
+    """Everything a resume needs beyond the config: the step counter is the RNG and data
+    position (both are pure functions of (seed, step))."""
+
+    step: int
+    shadow: Params
+    held: Params
+    optimizer: dict[str, FloatArray]
+
+
+def _fill(dtype: str) -> Any:
+    kind = np.dtype(dtype).kind
+    if kind == "f":
+        return np.nan
+    if kind == "b":
+        return False
+    return -1
+
+
+class StoreError(RuntimeError):
+    """The store is not a physlearn run, or is damaged; the message says what is wrong."""
+
+
+class RunStore:
+    def __init__(self, path: Path, group: Any) -> None:
+        self.path = path
+        self.group = group
+        self._arrays: dict[str, Any] = {}
+
+    # -- creation / opening ------------------------------------------------------------------
+    @classmethod
+    def create(
+        cls,
+        path: str | Path,
+        coords: dict[str, tuple[np.ndarray, str]],
+        checkpoint_shapes: dict[str, tuple[int, ...]],
+        attrs: dict[str, Any],
+    ) -> RunStore:
+        """Create a new run group at ``path`` (must not exist).
+
+        ``coords`` maps a coordinate name to (values, units); ``checkpoint_shapes`` maps checkpoint
+        entries (``shadow/<g>``, ``held/<g>``, ``opt/<key>``) to shapes.
+        """
+        import zarr
+
+        p = Path(path)
+        if p.exists():
+            raise StoreError(f"{p} already exists; choose another --out or resume it")
+        g = zarr.open_group(str(p), mode="w-", zarr_format=3)
+        for name, (values, units) in coords.items():
+            values = np.asarray(values)
+            dtype: Any = str if values.dtype.kind in "UO" else values.dtype
+            a = g.create_array(name, shape=values.shape, dtype=dtype, dimension_names=[name])
+            a[...] = values
+            a.attrs.update({"units": units, "long_name": name})
+        ck = g.create_group("checkpoint")
+        for slot in ("a", "b"):
+            sg = ck.create_group(slot)
+            for key, shape in checkpoint_shapes.items():
+                sg.create_array(key.replace("/", "__"), shape=shape, dtype="f8", compressors=None)
+        g.attrs.update(
+            {
+                **attrs,
+                "guid": str(uuid.uuid4()),
+                "run_timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "committed_steps": 0,
+                "committed_evals": 0,
+                "checkpoint_slot": "",
+                "pid": os.getpid(),
+                "host": socket.gethostname(),
+            }
+        )
+        return cls(p, g)
+
+    def create_array(
+        self,
+        name: str,
+        record_shape: tuple[int, ...],
+        dtype: Any,
+        append_dim: str,
+        dims: tuple[str, ...],
+        units: str,
+        long_name: str,
+        compress: bool = False,
+    ) -> None:
+        """Create an empty appendable array; chunks hold ~4 MiB of records along ``append_dim``."""
+        if append_dim not in APPEND_DIMS:
+            raise ValueError(f"append dimension must be one of {APPEND_DIMS}")
+        if len(dims) != len(record_shape):
+            raise ValueError(f"{name}: dims {dims} do not match shape {record_shape}")
+        dt = np.dtype(dtype)
+        per = max(1, int(np.prod(record_shape, dtype=np.int64)) * dt.itemsize)
+        chunk = int(np.clip(TARGET_CHUNK_BYTES // per, 1, 256))
+        a = self.group.create_array(
+            name,
+            shape=(0, *record_shape),
+            chunks=(chunk, *record_shape),
+            dtype=dt,
+            fill_value=_fill(dt.str),
+            dimension_names=[append_dim, *dims],
+            compressors="auto" if compress else None,
+        )
+        a.attrs.update({"units": units, "long_name": long_name})
+        self._arrays[name] = a
+
+    @classmethod
+    def open(cls, path: str | Path, mode: str = "r") -> RunStore:
+        import zarr
+
+        p = Path(path)
+        if not (p / "zarr.json").is_file():
+            raise StoreError(f"{p} is not a Zarr group (no zarr.json)")
+        try:
+            g = zarr.open_group(str(p), mode=mode, zarr_format=3)  # type: ignore[arg-type]
+        except Exception as exc:  # zarr raises several types for damaged metadata
+            raise StoreError(f"{p}: cannot open the Zarr group ({exc})") from exc
+        if "committed_steps" not in g.attrs or "config" not in g.attrs:
+            raise StoreError(f"{p} is a Zarr group but not a physlearn run")
+        return cls(p, g)
+
+    # -- attributes --------------------------------------------------------------------------
+    @property
+    def attrs(self) -> dict[str, Any]:
+        return dict(self.group.attrs)
+
+    def committed(self, dim: str = "step") -> int:
+        return int(self.group.attrs[f"committed_{dim}s"])
+
+    def update_attrs(self, **values: Any) -> None:
+        self.group.attrs.update(values)
+
+    def status(self) -> str:
+        a = self.group.attrs
+        if "exit_status" in a:
+            return str(a["exit_status"])
+        if a.get("host") == socket.gethostname() and _pid_alive(int(a.get("pid", -1))):
+            return "running"
+        return "interrupted"
+
+    def array(self, name: str) -> Any:
+        if name not in self._arrays:
+            self._arrays[name] = self.group[name]
+        return self._arrays[name]
+
+    def array_names(self) -> list[str]:
+        return sorted(k for k, _ in self.group.arrays())
+
+    def read(self, name: str) -> np.ndarray:
+        """An appendable array up to its committed length (or a coordinate, whole)."""
+        a = self.array(name)
+        dims = a.metadata.dimension_names or ()
+        if dims and dims[0] in APPEND_DIMS:
+            return np.asarray(a[: self.committed(dims[0])])
+        return np.asarray(a[...])
+
+    # -- commits -----------------------------------------------------------------------------
+    def commit(
+        self,
+        records: dict[str, np.ndarray],
+        counts: dict[str, int],
+        checkpoint: Checkpoint,
+    ) -> None:
+        """Append ``records`` (each stacked along its append dim) and commit them with
+        ``checkpoint``. ``counts`` gives the number of new records per append dim."""
+        start = {d: self.committed(d) for d in APPEND_DIMS}
+        for name, data in records.items():
+            a = self.array(name)
+            dim = a.metadata.dimension_names[0]
+            n = counts[dim]
+            if data.shape[0] != n:
+                raise ValueError(f"{name}: {data.shape[0]} records, expected {n}")
+            if n == 0:
+                continue
+            s = start[dim]
+            a.resize((s + n, *a.shape[1:]))
+            a[s : s + n] = data
+        slot = "b" if self.group.attrs.get("checkpoint_slot") == "a" else "a"
+        self._write_checkpoint(slot, checkpoint)
+        self.group.attrs.update(
+            {
+                "committed_steps": start["step"] + counts.get("step", 0),
+                "committed_evals": start["eval"] + counts.get("eval", 0),
+                "checkpoint_slot": slot,
+            }
+        )
+
+    def _write_checkpoint(self, slot: str, ck: Checkpoint) -> None:
+        sg = self.group["checkpoint"][slot]
+        entries = {f"shadow/{k}": v for k, v in ck.shadow.items()}
+        entries |= {f"held/{k}": v for k, v in ck.held.items()}
+        entries |= {f"opt/{k}": v for k, v in ck.optimizer.items()}
+        for key, value in entries.items():
+            sg[key.replace("/", "__")][...] = value
+        sg.attrs.update({"step": ck.step})
+
+    def read_checkpoint(self) -> Checkpoint | None:
+        slot = self.group.attrs.get("checkpoint_slot", "")
+        if not slot:
+            return None
+        sg = self.group["checkpoint"][slot]
+        shadow: Params = {}
+        held: Params = {}
+        opt: dict[str, FloatArray] = {}
+        for key, arr in sg.arrays():
+            kind, _, name = key.partition("__")
+            value = np.asarray(arr[...])
+            {"shadow": shadow, "held": held, "opt": opt}[kind][name.replace("__", "/")] = value
+        step = int(sg.attrs["step"])
+        if step != self.committed("step"):
+            raise StoreError(
+                f"{self.path}: checkpoint slot {slot!r} is for step {step}, "
+                f"but {self.committed('step')} steps are committed"
+            )
+        return Checkpoint(step, shadow, held, opt)
+
+    def truncate_to_committed(self) -> None:
+        """Drop any uncommitted tail (a crash between resize and commit)."""
+        for name in self.array_names():
+            a = self.array(name)
+            dims = a.metadata.dimension_names or ()
+            if dims and dims[0] in APPEND_DIMS:
+                n = self.committed(dims[0])
+                if a.shape[0] != n:
+                    a.resize((n, *a.shape[1:]))
+
+    def finish(self, status: str, **extra: Any) -> None:
+        self.group.attrs.update(
+            {
+                "exit_status": status,
+                "completed_timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                **extra,
+            }
+        )
+
+    def reopen_for_resume(self) -> None:
+        """Mark the run as running again under this process."""
+        attrs = self.group.attrs
+        for key in ("exit_status", "completed_timestamp", "error"):
+            if key in attrs:
+                del attrs[key]
+        attrs.update({"pid": os.getpid(), "host": socket.gethostname()})
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Config/snapshot values as plain JSON types (numpy scalars and arrays included)."""
+    return json.loads(json.dumps(obj, default=_default))
+
+
+def _default(o: Any) -> Any:
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, complex):
+        return [o.real, o.imag]
+    if isinstance(o, Path):
+        return str(o)
+    return str(o)

@@ -1,0 +1,308 @@
+"""The PhysicalSystem contract: what a learning machine can do, nothing about learning.
+
+Every machine physlearn trains -- a simulated resistor network, an XY oscillator lattice, a
+Rydberg-array emulator, a bench of instruments behind qcodes -- implements :class:`PhysicalSystem`.
+The estimators (:mod:`physlearn.estimators`) and the orchestrator (:mod:`physlearn.orchestrator`)
+only ever talk to this interface.
+
+Writing a new system
+--------------------
+1. Describe yourself: :attr:`PhysicalSystem.parameter_groups` (name, shape, bounds, resolution,
+   unit), :attr:`~PhysicalSystem.inputs` and :attr:`~PhysicalSystem.outputs` (ports), and
+   :attr:`~PhysicalSystem.max_batch` (1 for an instrument that measures one pattern at a time).
+2. Hold parameters: :meth:`~PhysicalSystem.set_parameters` writes and returns what the machine
+   actually holds (an instrument reads back and verifies); :meth:`~PhysicalSystem.get_parameters`.
+3. Equilibrate: :meth:`~PhysicalSystem.equilibrate` clamps the inputs, applies an optional
+   :class:`Nudge` the way the physics allows (a conductance to a target source, a field on output
+   oscillators, a term beta * sum_k eps_k O_k in a Hamiltonian, a hard clamp), relaxes, measures and
+   returns an :class:`Equilibrium`: outputs, the conjugate observable dE/dtheta of every parameter
+   per sample, an opaque warm-start state and diagnostics.
+4. Lifecycle: :meth:`~PhysicalSystem.open` / :meth:`~PhysicalSystem.close` (the class is a
+   context manager) and :meth:`~PhysicalSystem.safe_state`, which must leave every source in its
+   safe state and is called on *every* exit path.
+5. Simulators may additionally implement :class:`ExactGradient` (the implicit gradient, used only
+   as a diagnostic of the estimate's fidelity).
+
+Sign conventions
+----------------
+* The energy E(s; theta, x) is minimised by the free equilibrium; the nudged equilibrium minimises
+  F = E + beta * C(s, y). Positive beta pulls the outputs towards the target.
+* Conjugates are dE/dtheta evaluated at equilibrium, in units of [energy unit] / [parameter unit],
+  *per sample* (not batch-averaged).
+* A finite-temperature or shot-based system returns estimates; ``shots`` says how many projective
+  measurements (or thermal samples) each estimate averaged, 0 meaning exact.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+if TYPE_CHECKING:
+    from physlearn.losses import Loss
+
+FloatArray = NDArray[np.float64]
+IntArray = NDArray[np.int64]
+Params = dict[str, FloatArray]
+
+NudgeKind = Literal["target", "error", "clamp"]
+
+
+@dataclass(frozen=True)
+class ParameterGroup:
+    """A group of trainable parameters the machine can hold.
+
+    Attributes:
+        name: identifier, also the Zarr array suffix (``param_<name>``); ``[a-z_]+``.
+        shape: shape of the group, e.g. ``(n_edges,)``.
+        dims: dimension names of ``shape`` for the run store, e.g. ``("edge",)``.
+        lower, upper: inclusive bounds in ``unit`` the hardware can hold.
+        unit: physical unit, e.g. ``"S"`` (siemens), ``"rad"``, ``"rad/us"``.
+        resolution: quantisation step in ``unit`` (0 = continuous). Values are held on the grid
+            ``lower + k * resolution``.
+        periodic: the parameter is an angle of period ``upper - lower``; projection wraps instead
+            of clipping.
+        long_name: human-readable description for the store and plots.
+        energy_unit: unit of the energy the conjugate is a derivative of (conjugate unit is
+            ``energy_unit/unit``).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    dims: tuple[str, ...]
+    lower: float
+    upper: float
+    unit: str
+    resolution: float = 0.0
+    periodic: bool = False
+    long_name: str = ""
+    energy_unit: str = "1"
+
+    def __post_init__(self) -> None:
+        if len(self.dims) != len(self.shape):
+            raise ValueError(f"parameter group {self.name!r}: dims {self.dims} do not match shape")
+        if not self.lower < self.upper:
+            raise ValueError(f"parameter group {self.name!r}: lower must be < upper")
+        if self.resolution < 0:
+            raise ValueError(f"parameter group {self.name!r}: resolution must be >= 0")
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+@dataclass(frozen=True)
+class Port:
+    """Inputs or outputs of a machine: ``size`` physical channels in ``unit``."""
+
+    size: int
+    unit: str
+    labels: tuple[str, ...] = ()
+    long_name: str = ""
+
+
+@dataclass(frozen=True)
+class Nudge:
+    """How the outputs are pushed in a nudged phase. Exactly one of the three kinds is set.
+
+    * ``target``: add ``beta * C_native(y, target)`` to the energy, C_native being the cost the
+      system realises physically (``PhysicalSystem.native_cost``), e.g. a conductance ``beta``
+      from each output node to a source at the target voltage.
+    * ``error``: add ``beta * sum_k error_k O_k`` (a linear force / field / Hamiltonian term);
+      ``error = dL/dO`` evaluated at the free state gives the EP nudge for any loss.
+    * ``clamp``: hold the outputs at the given values (coupled learning); ``beta`` is unused.
+
+    ``beta`` may be complex (holomorphic N-point EP) only for systems with
+    ``supports_complex_nudge``. Arrays have shape ``(batch, n_out)``.
+    """
+
+    beta: complex = 0.0
+    target: FloatArray | None = None
+    error: FloatArray | None = None
+    clamp: FloatArray | None = None
+
+    def __post_init__(self) -> None:
+        given = [k for k in ("target", "error", "clamp") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a Nudge needs exactly one of target/error/clamp, got {given}")
+
+    @property
+    def kind(self) -> NudgeKind:
+        if self.target is not None:
+            return "target"
+        if self.error is not None:
+            return "error"
+        return "clamp"
+
+    @property
+    def values(self) -> FloatArray:
+        v = self.target if self.target is not None else self.error
+        v = v if v is not None else self.clamp
+        assert v is not None
+        return v
+
+
+@dataclass
+class Equilibrium:
+    """What one equilibrate call measured, per sample of the batch.
+
+    Attributes:
+        outputs: ``(batch, n_out)`` measured outputs (mean over shots/samples where stochastic).
+        conjugates: ``{group: (batch, *shape)}`` dE/dtheta at equilibrium.
+        state: opaque warm start for a later phase of the same batch (e.g. the free state).
+        residual: ``(batch,)`` largest remaining force / gradient norm (system units), NaN if
+            the machine cannot tell.
+        iterations: ``(batch,)`` relaxation iterations (0 for a direct solve or an instrument).
+        shots: projective measurements (or thermal samples) per estimate; 0 = exact.
+        settle_time: wall-clock seconds spent waiting for the physics to settle (instruments).
+        energy: ``(batch,)`` energy at equilibrium where known.
+        samples: for thermal / shot-resolved systems, ``{"outputs": (batch, S, n_out),
+            group: (batch, S, *shape)}`` raw samples (thermal estimator uses covariances).
+        observables: extra per-sample responses worth logging, ``{name: (batch, ...)}``, e.g.
+            node phases for XY spatial maps; with units in ``observable_units``.
+        converged: ``(batch,)`` whether the relaxation met its tolerance.
+    """
+
+    outputs: FloatArray
+    conjugates: Params
+    state: Any = None
+    residual: FloatArray | None = None
+    iterations: IntArray | None = None
+    shots: int = 0
+    settle_time: float = 0.0
+    energy: FloatArray | None = None
+    samples: dict[str, FloatArray] | None = None
+    observables: dict[str, FloatArray] = field(default_factory=dict)
+    converged: NDArray[np.bool_] | None = None
+
+    @property
+    def batch(self) -> int:
+        return int(self.outputs.shape[0])
+
+
+class PhysicalSystem(ABC):
+    """A physical learning machine (real or simulated). See the module docstring."""
+
+    #: Largest number of input patterns one equilibrate call may take (1 for instruments).
+    max_batch: int = 1 << 30
+    #: Nudge kinds this machine can realise.
+    supported_nudges: frozenset[NudgeKind] = frozenset({"target"})
+    #: Whether complex beta (holomorphic EP) is meaningful (simulators with analytic physics).
+    supports_complex_nudge: bool = False
+    #: Name of the cost a ``target`` nudge realises physically (see :mod:`physlearn.losses`).
+    native_cost: str | None = None
+    #: Whether equilibrate returns thermal samples (``Equilibrium.samples``).
+    thermal: bool = False
+    #: Unit of the energy E.
+    energy_unit: str = "1"
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def parameter_groups(self) -> tuple[ParameterGroup, ...]:
+        """The trainable parameter groups."""
+
+    @property
+    @abstractmethod
+    def inputs(self) -> Port:
+        """Input port: ``equilibrate`` takes ``(batch, inputs.size)`` in ``inputs.unit``."""
+
+    @property
+    @abstractmethod
+    def outputs(self) -> Port:
+        """Output port: ``Equilibrium.outputs`` is ``(batch, outputs.size)``."""
+
+    def group(self, name: str) -> ParameterGroup:
+        for g in self.parameter_groups:
+            if g.name == name:
+                return g
+        raise KeyError(f"no parameter group {name!r}")
+
+    # -- parameters --------------------------------------------------------------------------
+    @abstractmethod
+    def set_parameters(self, params: Params) -> Params:
+        """Write parameters (every group) and return what the machine now holds.
+
+        Values must already lie inside the groups' bounds (the orchestrator projects them);
+        a system refuses out-of-bounds values with ``ValueError`` rather than clip them.
+        """
+
+    @abstractmethod
+    def get_parameters(self) -> Params:
+        """Read back the parameters the machine holds (copies)."""
+
+    # -- physics -----------------------------------------------------------------------------
+    @abstractmethod
+    def equilibrate(
+        self,
+        inputs: FloatArray,
+        nudge: Nudge | None = None,
+        warm_start: Any = None,
+        rng: np.random.Generator | None = None,
+    ) -> Equilibrium:
+        """Clamp ``inputs`` ``(batch, n_in)``, apply ``nudge``, relax and measure.
+
+        ``warm_start`` is the ``state`` of an earlier phase of the same batch (nudged phases start
+        from the free equilibrium). ``rng`` drives every random choice (restarts, thermal noise,
+        shots) so that runs are reproducible.
+        """
+
+    def cost(self, outputs: FloatArray, targets: FloatArray) -> FloatArray:
+        """Per-sample native cost C(y, target) realised by a ``target`` nudge."""
+        from physlearn.losses import get_loss
+
+        if self.native_cost is None:
+            raise NotImplementedError(f"{type(self).__name__} has no native cost")
+        return get_loss(self.native_cost).value(outputs, targets)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    def open(self) -> None:  # noqa: B027 - optional hook
+        """Acquire resources (connections, factorisations)."""
+
+    def close(self) -> None:
+        """Release resources; always leaves the machine in its safe state."""
+        self.safe_state()
+
+    def safe_state(self) -> None:  # noqa: B027 - simulators have nothing to make safe
+        """Ramp every source to its safe value. Must be idempotent and never raise for a
+        machine that is already safe."""
+
+    def snapshot(self) -> dict[str, Any]:
+        """JSON-serialisable description (instrument IDN and settings, graph sizes, ...)."""
+        return {"class": type(self).__name__}
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+@runtime_checkable
+class ExactGradient(Protocol):
+    """Simulators that can compute dL/dtheta exactly (implicit differentiation), for diagnostics."""
+
+    def exact_gradient(self, inputs: FloatArray, targets: FloatArray, loss: Loss) -> Params:
+        """Batch-mean gradient of ``loss(outputs(inputs), targets)`` w.r.t. every group."""
+        ...
+
+
+@runtime_checkable
+class Graph(Protocol):
+    """Systems with a spatial structure expose it for plots of couplings on the graph."""
+
+    def graph_layout(self) -> dict[str, Any]:
+        """``{"positions": (n_nodes, 2), "edges": (n_edges, 2), "edge_group": name,
+        "node_roles": list[str]}``."""
+        ...

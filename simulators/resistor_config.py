@@ -1,0 +1,283 @@
+"""Config of the linear resistor-network simulator (``system: kind: resistor``).
+
+Every input node is an ideal voltage source fed by one input channel; differential copies and
+bias sources are made by the experiment's ``task.encoding``. Example (iris: 4 features x 2
+differential + 2 bias = 10 input nodes, 16 hidden nodes, 3 outputs)::
+
+    system:
+      kind: resistor
+      graph: {type: layered, sizes: [10, 16, 3]}
+      ground: false
+      conductance: {min: 1.0e-5, max: 1.0e-2, init_low: 1.0e-4, init_high: 1.0e-3}
+    task:
+      encoding: {differential: true, bias: [1.0, -1.0]}
+
+Validation never imports scipy or the simulator; :meth:`ResistorConfig.build` does, lazily.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Literal
+
+from pydantic import Field, model_validator
+
+from physlearn.configbase import StrictModel, SystemConfigBase
+
+if TYPE_CHECKING:
+    from physlearn.simulators.graphs import Graph
+    from physlearn.simulators.resistor import LinearResistorNetwork
+
+
+class LayeredGraph(StrictModel):
+    """Layers, each node joined to every node of the next layer."""
+
+    type: Literal["layered"] = Field(description="graph generator: dense layers")
+    sizes: list[Annotated[int, Field(ge=1)]] = Field(
+        min_length=2,
+        description="nodes per layer (count); the first layer are the input (source) nodes, "
+        "the last layer the output nodes",
+    )
+    skip: bool = Field(
+        False, description="also join every node of layer l to every node of layer l + 2"
+    )
+
+    def n_inputs(self) -> int:
+        return self.sizes[0]
+
+    def n_outputs(self) -> int:
+        return self.sizes[-1]
+
+    def build(self) -> Graph:
+        from physlearn.simulators.graphs import layered
+
+        return layered(self.sizes, skip=self.skip)
+
+
+class LatticeGraph(StrictModel):
+    """Square lattice with open boundaries; node index = row * cols + col."""
+
+    type: Literal["lattice"] = Field(description="graph generator: square lattice")
+    rows: int = Field(ge=2, description="lattice rows (count)")
+    cols: int = Field(ge=1, description="lattice columns (count)")
+    neighbours: Literal[1, 2] = Field(
+        1, description="1: nearest neighbours; 2: also next-nearest (diagonal) neighbours"
+    )
+    skips: list[Annotated[int, Field(ge=2)]] = Field(
+        default_factory=list,
+        description="extra edges between sites k apart along rows and columns, for each k "
+        "(sites, each >= 2)",
+    )
+    inputs: int | list[int] | None = Field(
+        None,
+        description="input nodes: a count (evenly spaced along the first row) or explicit node "
+        "indices; default: the whole first row",
+    )
+    outputs: int | list[int] | None = Field(
+        None,
+        description="output nodes: a count (evenly spaced along the last row) or explicit node "
+        "indices; default: the whole last row",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LatticeGraph:
+        n = self.rows * self.cols
+        for k in self.skips:
+            if k >= self.rows and k >= self.cols:
+                raise ValueError(f"skip {k} is longer than the lattice ({self.rows} x {self.cols})")
+        if len(set(self.skips)) != len(self.skips):
+            raise ValueError(f"skips must be distinct, got {self.skips}")
+        for name, spec in (("inputs", self.inputs), ("outputs", self.outputs)):
+            if isinstance(spec, int) and not 1 <= spec <= self.cols:
+                raise ValueError(f"{name} = {spec}: a row holds between 1 and {self.cols} nodes")
+            if isinstance(spec, list):
+                if not spec:
+                    raise ValueError(f"{name} must list at least one node")
+                _check_node_list(name, spec, n)
+        if isinstance(self.inputs, list) and isinstance(self.outputs, list):
+            both = set(self.inputs) & set(self.outputs)
+            if both:
+                raise ValueError(f"node {min(both)} is both an input and an output node")
+        return self
+
+    def n_inputs(self) -> int:
+        return _count(self.inputs, self.cols)
+
+    def n_outputs(self) -> int:
+        return _count(self.outputs, self.cols)
+
+    def build(self) -> Graph:
+        from physlearn.simulators.graphs import lattice
+
+        return lattice(
+            self.rows,
+            self.cols,
+            neighbours=self.neighbours,
+            skips=self.skips,
+            n_inputs=self.inputs if isinstance(self.inputs, int) else None,
+            n_outputs=self.outputs if isinstance(self.outputs, int) else None,
+            input_nodes=self.inputs if isinstance(self.inputs, list) else None,
+            output_nodes=self.outputs if isinstance(self.outputs, list) else None,
+        )
+
+
+class EdgeListGraph(StrictModel):
+    """Any graph, given edge by edge."""
+
+    type: Literal["edges"] = Field(description="graph given as an explicit edge list")
+    n_nodes: int = Field(ge=2, description="number of nodes (count), indexed 0 .. n_nodes - 1")
+    edges: list[tuple[int, int]] = Field(
+        min_length=1, description="edges as [i, j] node pairs; edge e has conductance e"
+    )
+    input_nodes: list[int] = Field(min_length=1, description="input (source) nodes in port order")
+    output_nodes: list[int] = Field(min_length=1, description="output nodes in port order")
+
+    @model_validator(mode="after")
+    def _check(self) -> EdgeListGraph:
+        n = self.n_nodes
+        _check_node_list("input_nodes", self.input_nodes, n)
+        _check_node_list("output_nodes", self.output_nodes, n)
+        both = set(self.input_nodes) & set(self.output_nodes)
+        if both:
+            raise ValueError(f"node {min(both)} is both an input and an output node")
+        seen: dict[tuple[int, int], int] = {}
+        parent = list(range(n))
+
+        def root(a: int) -> int:
+            while parent[a] != a:
+                parent[a] = parent[parent[a]]
+                a = parent[a]
+            return a
+
+        for e, (i, j) in enumerate(self.edges):
+            for node in (i, j):
+                if not 0 <= node < n:
+                    raise ValueError(
+                        f"edge {e} = [{i}, {j}] refers to node {node}, outside 0..{n - 1}"
+                    )
+            if i == j:
+                raise ValueError(f"edge {e} is a self-loop on node {i}")
+            key = (min(i, j), max(i, j))
+            if key in seen:
+                raise ValueError(f"edges {seen[key]} and {e} both join nodes {key[0]} and {key[1]}")
+            seen[key] = e
+            parent[root(i)] = root(j)
+        driven = {root(i) for i in self.input_nodes}
+        lonely = [a for a in range(n) if root(a) not in driven]
+        if lonely:
+            raise ValueError(
+                f"node {lonely[0]} is not connected to any input node "
+                f"({len(lonely)} such nodes); every node must have a path to an input"
+            )
+        return self
+
+    def n_inputs(self) -> int:
+        return len(self.input_nodes)
+
+    def n_outputs(self) -> int:
+        return len(self.output_nodes)
+
+    def build(self) -> Graph:
+        from physlearn.simulators.graphs import from_edge_list
+
+        return from_edge_list(self.n_nodes, self.edges, self.input_nodes, self.output_nodes)
+
+
+def _count(spec: int | list[int] | None, default: int) -> int:
+    if spec is None:
+        return default
+    return spec if isinstance(spec, int) else len(spec)
+
+
+def _check_node_list(name: str, nodes: list[int], n: int) -> None:
+    bad = [a for a in nodes if not 0 <= a < n]
+    if bad:
+        raise ValueError(f"{name} refers to node {bad[0]}, outside 0..{n - 1}")
+    if len(set(nodes)) != len(nodes):
+        dup = next(a for a in nodes if nodes.count(a) > 1)
+        raise ValueError(f"{name} lists node {dup} more than once")
+
+
+GraphConfig = Annotated[LayeredGraph | LatticeGraph | EdgeListGraph, Field(discriminator="type")]
+
+
+class ConductanceConfig(StrictModel):
+    """Conductances the hardware holds and their random initialisation, all in siemens (S)."""
+
+    min: float = Field(1e-5, gt=0, description="lowest conductance the hardware holds (S)")
+    max: float = Field(1e-2, gt=0, description="highest conductance the hardware holds (S)")
+    init_low: float | None = Field(
+        None, gt=0, description="lower end of the uniform random initialisation (S; default min)"
+    )
+    init_high: float | None = Field(
+        None, gt=0, description="upper end of the uniform random initialisation (S; default max)"
+    )
+    resolution: float = Field(
+        0.0, ge=0, description="conductance step the hardware can set (S; 0 = continuous)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ConductanceConfig:
+        if self.min >= self.max:
+            raise ValueError(f"conductance min ({self.min:g} S) must be < max ({self.max:g} S)")
+        lo, hi = self.init_range()
+        if not self.min <= lo <= hi <= self.max:
+            raise ValueError(
+                f"conductance init range [{lo:g}, {hi:g}] S must satisfy "
+                f"min <= init_low <= init_high <= max (min = {self.min:g}, max = {self.max:g})"
+            )
+        if self.resolution >= self.max - self.min:
+            raise ValueError(
+                f"conductance resolution ({self.resolution:g} S) must be smaller than "
+                f"max - min ({self.max - self.min:g} S)"
+            )
+        return self
+
+    def init_range(self) -> tuple[float, float]:
+        lo = self.min if self.init_low is None else self.init_low
+        hi = self.max if self.init_high is None else self.init_high
+        return lo, hi
+
+
+class ResistorConfig(SystemConfigBase):
+    """A linear resistor network (voltage sources on the input nodes, trainable conductances)."""
+
+    kind: Literal["resistor"] = Field(
+        "resistor", description="system kind: linear resistor network"
+    )
+    graph: GraphConfig = Field(description="network topology: layered, lattice or edges")
+    conductance: ConductanceConfig = Field(
+        default_factory=ConductanceConfig, description="conductance bounds and init (S)"
+    )
+    ground: bool = Field(
+        False,
+        description="add a source node at 0 V wired to every non-input neighbour of the input "
+        "nodes (its edges are trainable too)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ResistorConfig:
+        if self.graph.n_inputs() + int(self.ground) < 2:
+            raise ValueError(
+                "a single source node holds every node at its voltage (no current, nothing to "
+                "learn): use at least 2 input nodes or set ground: true"
+            )
+        return self
+
+    def input_size(self) -> int:
+        return self.graph.n_inputs()
+
+    def output_size(self) -> int:
+        return self.graph.n_outputs()
+
+    def build(self, seed: int) -> LinearResistorNetwork:
+        from physlearn.simulators.resistor import LinearResistorNetwork
+
+        c = self.conductance
+        return LinearResistorNetwork(
+            self.graph.build(),
+            bounds=(c.min, c.max),
+            resolution=c.resolution,
+            init=c.init_range(),
+            seed=seed,
+            ground=self.ground,
+        )

@@ -1,0 +1,1 @@
+"""physlearn test suite."""

@@ -1,0 +1,154 @@
+"""Unit tests of the simulator-independent core: stencils, losses, optimisers, projection,
+datasets and data order."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from physlearn.config import LRSchedule, OptimizerConfig
+from physlearn.datasets import DigitsConfig, IrisConfig, RegressionConfig, XORConfig
+from physlearn.estimators import central_stencil, centred, holomorphic, one_sided
+from physlearn.losses import LOSSES
+from physlearn.optim import Optimizer, lr_factor, project
+from physlearn.system import Nudge, ParameterGroup
+
+
+def _apply(pairs, f):
+    return sum(w * f(b) for b, w in pairs).real
+
+
+@pytest.mark.parametrize(
+    "pairs, order",
+    [
+        (one_sided(1e-2), 1),
+        (centred(1e-2), 2),
+        (central_stencil(1e-2, 4), 4),
+        (holomorphic(1e-2, 4), 4),
+    ],
+)
+def test_stencils_differentiate_with_their_order(pairs, order):
+    # f(b) = exp(b) + b^2: f'(0) = 1; the error of an order-p stencil scales as beta^p
+    f = lambda b: np.exp(b) + b**2  # noqa: E731
+    err = abs(_apply(pairs, f) - 1.0)
+    assert err < 10 * (1e-2) ** order
+    # and it is not exact at lower cost: halving beta reduces the error by ~2^p
+    beta = abs(pairs[0][0]) if pairs[0][0] != 0 else abs(pairs[1][0])
+    ctor = {1: one_sided, 2: centred}.get(order)
+    if ctor is not None:
+        err2 = abs(_apply(ctor(beta / 2), f) - 1.0)
+        assert 2 ** (order - 0.3) < err / err2 < 2 ** (order + 0.3)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_loss_gradients_match_finite_differences(name):
+    loss = LOSSES[name]
+    rng = np.random.default_rng(0)
+    y = rng.uniform(-1, 1, size=(5, 3))
+    t = rng.uniform(-1, 1, size=(5, 3))
+    g = loss.grad(y, t)
+    h = 1e-6
+    for k in range(3):
+        e = np.zeros_like(y)
+        e[:, k] = h
+        fd = (loss.value(y + e, t) - loss.value(y - e, t)) / (2 * h)
+        np.testing.assert_allclose(g[:, k], fd, rtol=1e-5, atol=1e-7)
+
+
+def test_nudge_needs_exactly_one_kind():
+    with pytest.raises(ValueError, match="exactly one"):
+        Nudge(beta=0.1)
+    with pytest.raises(ValueError, match="exactly one"):
+        Nudge(beta=0.1, target=np.zeros((1, 1)), error=np.zeros((1, 1)))
+
+
+GROUP = ParameterGroup("g", (50,), ("edge",), lower=0.1, upper=1.0, unit="S", resolution=0.05)
+ANGLE = ParameterGroup("psi", (20,), ("node",), -math.pi, math.pi, "rad", periodic=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-1e3, 1e3), min_size=50, max_size=50))
+def test_projection_never_leaves_the_bounds_and_is_recorded(values):
+    req = np.asarray(values)
+    shadow, held, rec = project((GROUP,), {"g": req})
+    h = held["g"]
+    assert np.all(h >= GROUP.lower - 1e-12) and np.all(h <= GROUP.upper + 1e-12)
+    k = (h - GROUP.lower) / GROUP.resolution
+    np.testing.assert_allclose(k, np.round(k), atol=1e-9)
+    assert rec.clipped["g"] == int(np.count_nonzero((req < 0.1) | (req > 1.0)))
+    assert rec.max_deviation["g"] == pytest.approx(float(np.abs(h - req).max()))
+    assert np.all((shadow["g"] >= 0.1) & (shadow["g"] <= 1.0))
+
+
+def test_periodic_projection_wraps_instead_of_clipping():
+    req = np.linspace(-10, 10, 20)
+    _, held, rec = project((ANGLE,), {"psi": req})
+    np.testing.assert_allclose(np.cos(held["psi"]), np.cos(req), atol=1e-12)
+    assert rec.clipped["psi"] == 0
+
+
+def test_projection_refuses_non_finite():
+    with pytest.raises(FloatingPointError, match="'g'"):
+        project((GROUP,), {"g": np.full(50, np.nan)})
+
+
+@pytest.mark.parametrize("kind", ["sgd", "momentum", "adam"])
+def test_optimisers_minimise_a_quadratic(kind):
+    g = ParameterGroup("x", (3,), ("i",), -10, 10, "1")
+    opt = Optimizer(OptimizerConfig(kind=kind, lr=0.05), (g,))
+    p = {"x": np.array([3.0, -2.0, 1.0])}
+    for _ in range(600):
+        p = opt.step(p, {"x": 2 * p["x"]}, 0.05)
+    assert np.linalg.norm(p["x"]) < 1e-2
+
+
+def test_frozen_groups_do_not_move_and_unknown_groups_are_refused():
+    g = ParameterGroup("x", (2,), ("i",), -1, 1, "1")
+    opt = Optimizer(OptimizerConfig(kind="sgd", frozen=["x"]), (g,))
+    p = {"x": np.array([0.5, 0.5])}
+    assert np.array_equal(opt.step(p, {"x": np.ones(2)}, 1.0)["x"], p["x"])
+    with pytest.raises(ValueError, match="unknown parameter groups"):
+        Optimizer(OptimizerConfig(frozen=["nope"]), (g,))
+
+
+def test_lr_schedules():
+    assert lr_factor(LRSchedule(kind="constant"), 50, 100) == 1.0
+    cos = LRSchedule(kind="cosine", min_factor=0.1)
+    assert lr_factor(cos, 0, 100) == pytest.approx(1.0)
+    assert lr_factor(cos, 99, 100) == pytest.approx(0.1)
+    assert lr_factor(LRSchedule(kind="step", gamma=0.5, every=10), 25, 100) == 0.25
+    assert lr_factor(LRSchedule(kind="constant", warmup=4), 1, 100) == 0.5
+
+
+def test_datasets_are_deterministic_and_disjoint():
+    for cfg in (IrisConfig(), DigitsConfig(train_per_class=20, test_size=100), RegressionConfig()):
+        a, b = cfg.load(3), cfg.load(3)
+        np.testing.assert_array_equal(a.x_train, b.x_train)
+        assert a.x_train.shape[0] == cfg.n_train()
+        assert a.n_features == cfg.n_features()
+    iris = IrisConfig().load(0)
+    assert np.bincount(iris.y_test).tolist() == [15, 15, 15]
+    d = DigitsConfig().load(0)
+    assert d.x_train.shape == (1000, 64) and d.x_test.shape == (700, 64)
+    rows = {tuple(r) for r in d.x_train.tolist()}
+    # digits has a few duplicate images; the split itself must be by index, so check sizes
+    assert len(rows) > 900
+    x = XORConfig().load(0)
+    assert x.y_train.tolist() == [0, 1, 1, 0]
+
+
+def test_batches_cover_each_epoch_once():
+    from physlearn.config import TaskConfig
+    from physlearn.task import Task
+
+    cfg = TaskConfig(dataset=IrisConfig())
+    task = Task(cfg, cfg.dataset.load(0), 3)
+    n = task.data.x_train.shape[0]
+    seen = np.concatenate([task.batch_indices(0, k, 7) for k in range(n // 7)])
+    assert len(np.unique(seen)) == len(seen)
+    np.testing.assert_array_equal(task.batch_indices(0, 5, 7), task.batch_indices(0, 5, 7))
+    assert not np.array_equal(task.batch_indices(0, 0, 7), task.batch_indices(1, 0, 7))
