@@ -30,7 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check physlearn drivers simulators tests benchmarks
 
 typecheck: $(STAMP)
-	$(BIN)/mypy physlearn
+	$(BIN)/mypy physlearn simulators drivers
 
 check: lint typecheck
 

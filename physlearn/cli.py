@@ -60,6 +60,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     from physlearn.orchestrator import start_run
 
     cfg = load_config(args.config, args.set)
+    if args.dry_run:
+        from physlearn.drivers.dryrun import dry_run_command
+
+        return dry_run_command(cfg, args.config)
     res = start_run(cfg, args.out, progress=_progress_wanted(args), handle_signals=True)
     _print_result(res)
     return _status_code(res.status)
@@ -114,6 +118,49 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from physlearn.sweep import sweep_command
+
+    return sweep_command(
+        args.sweep,
+        out=args.out,
+        scheduler=args.scheduler,
+        workers=args.workers,
+        retry_failed=args.retry_failed,
+        dry_run=args.dry_run,
+        progress=_progress_wanted(args),
+    )
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from physlearn.report import report_command
+
+    return report_command(args.store, args.out)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    from physlearn.drivers.cli import cmd_lab as lab
+
+    return lab(args)
+
+
+def cmd_export_spice(args: argparse.Namespace) -> int:
+    from physlearn.config import ConfigError
+    from physlearn.simulators.spice import export_from_config
+
+    try:
+        deck = export_from_config(args.config, args.pattern, split=args.split, overrides=args.set)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(str(exc)) from None
+    if args.out:
+        with open(args.out, "w") as fh:
+            fh.write(deck)
+        print(f"wrote {args.out}: run it with `ngspice -b {args.out}`")
+    else:
+        print(deck, end="")
+    return 0
+
+
 def cmd_schema(args: argparse.Namespace) -> int:
     from physlearn.config import json_schema
 
@@ -150,6 +197,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="override a config field, value parsed as YAML (repeatable)",
     )
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the system (instruments: station, identities, envelope) without applying "
+        "anything; exit 0 if ready, 2 if not",
+    )
 
     sp = add("resume", cmd_resume, "Continue an interrupted or aborted run from its last commit.")
     sp.add_argument("store", help="run store path")
@@ -162,6 +215,44 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("inspect", cmd_inspect, "Summarise a run store: status, steps, last metrics.")
     sp.add_argument("store")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+
+    sp = add(
+        "sweep",
+        cmd_sweep,
+        "Run a sweep of experiments on Dask (a local cluster or a scheduler); run it again to "
+        "finish an interrupted one.",
+    )
+    sp.add_argument("sweep", help="sweep YAML: a base config, grid/random axes and seeds")
+    sp.add_argument("--out", help="sweep store path (default: sweeps/<name>.zarr)")
+    sp.add_argument("--scheduler", metavar="ADDRESS", help="use this Dask scheduler")
+    sp.add_argument(
+        "--workers",
+        type=int,
+        metavar="N",
+        help="local cluster of N worker processes (default: one per CPU; 0: no Dask, "
+        "one run after another in this process)",
+    )
+    sp.add_argument(
+        "--retry-failed", action="store_true", help="resume failed runs instead of skipping them"
+    )
+    sp.add_argument("--dry-run", action="store_true", help="validate and list the plan only")
+    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+
+    sp = add("report", cmd_report, "Figures and an HTML page for a run or a sweep store.")
+    sp.add_argument("store", help="run or sweep store path")
+    sp.add_argument("--out", help="output directory (default: <store>.report/ beside it)")
+
+    sp = add("lab", cmd_lab, "The virtual lab: serve simulated instruments, calibrate a bank.")
+    from physlearn.drivers.cli import configure_parser
+
+    configure_parser(sp)
+
+    sp = add("export-spice", cmd_export_spice, "Write a resistor network as a SPICE netlist.")
+    sp.add_argument("config", help="experiment YAML with a resistor or diode_resistor system")
+    sp.add_argument("--pattern", type=int, default=0, help="index of the input pattern")
+    sp.add_argument("--split", choices=["train", "test"], default="test", help="dataset split")
+    sp.add_argument("--out", help="netlist file (default: standard output)")
+    sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     add("schema", cmd_schema, "Print the JSON schema of experiment configs (for editors).")
     return p
@@ -182,6 +273,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("physlearn: interrupted; the store keeps every committed step", file=sys.stderr)
         return INTERRUPTED
+    except Exception as exc:
+        from physlearn.drivers.errors import bench_failure_message
+
+        message = bench_failure_message(exc)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return RUN_FAILED
 
 
 if __name__ == "__main__":

@@ -19,7 +19,9 @@ from pydantic import Field, ValidationError, model_validator
 
 from physlearn.configbase import StrictModel
 from physlearn.datasets import DatasetConfig
+from physlearn.drivers.config import StationConfig
 from physlearn.losses import LOSSES
+from physlearn.simulators.nonlinear_config import DiodeResistorConfig
 from physlearn.simulators.quantum_config import (
     ElasticConfig,
     IonsConfig,
@@ -30,7 +32,14 @@ from physlearn.simulators.resistor_config import ResistorConfig
 from physlearn.simulators.xy_config import XYConfig
 
 SystemConfig = Annotated[
-    ResistorConfig | QuantumConfig | RydbergConfig | IonsConfig | ElasticConfig | XYConfig,
+    ResistorConfig
+    | DiodeResistorConfig
+    | QuantumConfig
+    | RydbergConfig
+    | IonsConfig
+    | ElasticConfig
+    | XYConfig
+    | StationConfig,
     Field(discriminator="kind"),
 ]
 
@@ -217,9 +226,17 @@ class ScheduleConfig(StrictModel):
 class StoreConfig(StrictModel):
     root: str = Field("runs", description="Directory that receives <name>-<time>.zarr runs.")
     flush_every: int = Field(
-        0, ge=0, description="Commit every N steps (0: automatic, one Zarr chunk of steps)."
+        0, ge=0, description="Also commit every N steps (0: only by time and size)."
     )
-    flush_seconds: float = Field(5.0, gt=0, description="Commit at least this often (s).")
+    flush_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="Commit at least this often (s). A crash loses no committed step; the "
+        "uncommitted ones are measured again on resume.",
+    )
+    flush_megabytes: float = Field(
+        256.0, gt=0, description="Commit when this many MiB of measurements are buffered."
+    )
     conjugates: Literal["per_sample", "batch_mean", "none"] = Field(
         "per_sample", description="How conjugate observables are logged."
     )

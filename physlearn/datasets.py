@@ -6,6 +6,8 @@
   ``train_per_class`` patterns per class for training and ``test_size`` held out.
 * ``regression``: synthetic y = tanh(x A) + noise, x ~ U[-1, 1]^d.
 * ``none``: one empty pattern, for unsupervised tasks (e.g. quantum phase exploration).
+* ``cluster_ising_phases``: (h1, h2) points of the cluster-Ising chain labelled SPT or not by
+  exact diagonalisation (:mod:`physlearn.simulators.quantum_datasets`).
 
 Every split is a deterministic function of the experiment seed.
 """
@@ -19,6 +21,7 @@ import numpy as np
 from pydantic import Field
 
 from physlearn.configbase import StrictModel
+from physlearn.simulators.quantum_datasets import ClusterIsingPhasesConfig
 from physlearn.system import FloatArray
 
 
@@ -186,6 +189,11 @@ class NoDataConfig(StrictModel):
 
 
 DatasetConfig = Annotated[
-    XORConfig | IrisConfig | DigitsConfig | RegressionConfig | NoDataConfig,
+    XORConfig
+    | IrisConfig
+    | DigitsConfig
+    | RegressionConfig
+    | NoDataConfig
+    | ClusterIsingPhasesConfig,
     Field(discriminator="kind"),
 ]

@@ -127,8 +127,7 @@ class NegSquare:
 
 
 LOSSES: dict[str, Loss] = {
-    loss.name: loss
-    for loss in (MSE(), XYLog(), XYCosine(), CrossEntropy(), NegAbs(), NegSquare())
+    loss.name: loss for loss in (MSE(), XYLog(), XYCosine(), CrossEntropy(), NegAbs(), NegSquare())
 }
 
 

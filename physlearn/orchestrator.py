@@ -49,8 +49,9 @@ from physlearn.estimators import (
 )
 from physlearn.losses import Loss, get_loss
 from physlearn.optim import Optimizer, lr_factor, project
+from physlearn.recorder import ArrayMeta, Recorder
 from physlearn.store import Checkpoint, RunStore, to_jsonable
-from physlearn.system import ExactGradient, Params, PhysicalSystem
+from physlearn.system import ExactGradient, Graph, Params, PhysicalSystem
 from physlearn.task import Task, evaluate_loss, step_rng
 
 
@@ -170,10 +171,9 @@ class Campaign:
         self.shadow: Params = {}
         self.held: Params = {}
         self.metrics: dict[str, float] = {}
-        self._rows: dict[str, list[np.ndarray]] = {}
-        self._counts = {"step": 0, "eval": 0}
-        self._meta: dict[str, tuple[tuple[str, ...], str, str, str]] = {}
+        self.recorder = Recorder(store, config.store.compress)
         self._last_flush = time.monotonic()
+        self._phases_attr: dict[str, Any] = {}
         self._phases_recorded = "phases" in store.attrs
 
     # -- parameters --------------------------------------------------------------------------
@@ -200,13 +200,13 @@ class Campaign:
         units: str | None = None,
         long_name: str | None = None,
     ) -> None:
-        arr = np.asarray(value)
-        if name not in self._meta:
+        meta = None
+        if name not in self.recorder.meta:
             u, ln = _DESCRIPTIONS.get(name, ("1", name))
             if u == "system":
                 u = self.system.energy_unit
-            self._meta[name] = (dims, units or u, long_name or ln, dim)
-        self._rows.setdefault(name, []).append(arr)
+            meta = ArrayMeta(dims, units or u, long_name or ln, dim)
+        self.recorder.record(name, value, meta or self.recorder.meta[name])
 
     def _record_step(
         self,
@@ -240,7 +240,7 @@ class Campaign:
         phases = est.phases
         self._record(
             "outputs",
-            np.stack([p.eq.outputs.real for p in phases]),
+            [p.eq.outputs.real for p in phases],
             ("phase", "sample", "output"),
             units=sys_.outputs.unit,
             long_name="measured outputs per phase",
@@ -248,11 +248,10 @@ class Campaign:
         for g in self.groups:
             unit = f"{g.energy_unit}/{g.unit}"
             if cfg.conjugates != "none" and self.estimator.needs_conjugates:
-                c = np.stack([p.eq.conjugates[g.name].real for p in phases])
                 if cfg.conjugates == "per_sample":
                     self._record(
                         f"conj_{g.name}",
-                        c,
+                        [p.eq.conjugates[g.name].real for p in phases],
                         ("phase", "sample", *g.dims),
                         units=unit,
                         long_name=f"dE/d{g.name} at equilibrium",
@@ -260,14 +259,14 @@ class Campaign:
                 else:
                     self._record(
                         f"conj_{g.name}",
-                        c.mean(axis=1),
+                        [p.eq.conjugates[g.name].real.mean(axis=0) for p in phases],
                         ("phase", *g.dims),
                         units=unit,
                         long_name=f"batch-mean dE/d{g.name}",
                     )
             self._record(
                 f"param_{g.name}",
-                params_used[g.name],
+                np.array(params_used[g.name]),
                 g.dims,
                 units=g.unit,
                 long_name=f"{g.long_name or g.name} held during the step",
@@ -294,9 +293,7 @@ class Campaign:
             )
         b = phases[0].eq.batch
         nan = np.full(b, np.nan)
-        self._record(
-            "residual", np.stack([_or(p.eq.residual, nan) for p in phases]), ("phase", "sample")
-        )
+        self._record("residual", [_or(p.eq.residual, nan) for p in phases], ("phase", "sample"))
         self._record(
             "iterations",
             np.stack([_or(p.eq.iterations, np.zeros(b, np.int64)) for p in phases]).astype(
@@ -309,18 +306,16 @@ class Campaign:
             np.stack([_or(p.eq.converged, np.ones(b, bool)) for p in phases]).astype(bool),
             ("phase", "sample"),
         )
-        self._record(
-            "energy", np.stack([_or(p.eq.energy, nan).real for p in phases]), ("phase", "sample")
-        )
+        self._record("energy", [_or(p.eq.energy, nan).real for p in phases], ("phase", "sample"))
         self._record("shots", np.array([p.eq.shots for p in phases], np.int64), ("phase",))
         self._record("settle_time", np.array([p.eq.settle_time for p in phases]), ("phase",))
         if cfg.observables:
             for name in phases[0].eq.observables:
-                o = np.stack([p.eq.observables[name].real for p in phases])
+                o = [p.eq.observables[name].real for p in phases]
                 self._record(
                     f"obs_{name}",
                     o,
-                    ("phase", "sample", *[f"{name}_{i}" for i in range(o.ndim - 2)]),
+                    ("phase", "sample", *[f"{name}_{i}" for i in range(o[0].ndim - 1)]),
                     long_name=f"{name} per phase and sample",
                 )
         for name, value in est.extras.items():
@@ -341,19 +336,17 @@ class Campaign:
         self._record("grad_rel_error", grad_diag[1], ())
         self._record("timestamp", time.time(), ())
         self._record("step_time", time.perf_counter() - t0, ())
-        self._counts["step"] += 1
+        self.recorder.end_record("step")
         if not self._phases_recorded:
-            self.store.update_attrs(
-                phases=[
-                    {
-                        "label": p.label,
-                        "beta": [complex(p.beta).real, complex(p.beta).imag],
-                        "kind": p.kind,
-                        "warm_start": p.warm_start,
-                    }
-                    for p in phases
-                ]
-            )
+            self._phases_attr["phases"] = [
+                {
+                    "label": p.label,
+                    "beta": [complex(p.beta).real, complex(p.beta).imag],
+                    "kind": p.kind,
+                    "warm_start": p.warm_start,
+                }
+                for p in phases
+            ]
             self._phases_recorded = True
 
     def evaluate(self, updates: int) -> None:
@@ -388,38 +381,41 @@ class Campaign:
             )
             self._record("train_loss", self.metrics["train_loss"], (), dim="eval")
             self._record("train_accuracy", self.metrics["train_accuracy"], (), dim="eval")
-        self._counts["eval"] += 1
+        self.recorder.end_record("eval")
 
-    def flush(self, step_done: int) -> None:
-        """Commit buffered records with the checkpoint of ``step_done`` completed steps."""
-        if not self._counts["step"] and not self._counts["eval"]:
-            return
-        records = {}
-        for name, rows in self._rows.items():
-            records[name] = np.stack(rows)
-        self._ensure_arrays(records)
+    def _evaluation_due(self, updates: int) -> bool:
+        every = self.config.schedule.eval_every
+        return updates == 0 or updates % every == 0 or updates == self.total
+
+    def _evaluation_missing(self, start: int) -> bool:
+        """An evaluation due at ``start`` that no commit holds (a fresh run, or a run stopped
+        between a step's commit and its evaluation)."""
+        if not self._evaluation_due(start):
+            return False
+        if self.store.committed("eval") == 0:
+            return True
+        return int(self.store.read("eval_step")[-1]) != start
+
+    def maybe_flush(self) -> None:
+        """Commit when the policy says so: every ``flush_every`` steps (if set), every
+        ``flush_seconds``, or when ``flush_megabytes`` of measurements are buffered."""
+        st = self.config.store
+        rec = self.recorder
+        if (
+            (st.flush_every and rec.counts["step"] >= st.flush_every)
+            or time.monotonic() - self._last_flush >= st.flush_seconds
+            or rec.buffered_bytes >= st.flush_megabytes * 2**20
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Commit buffered records with the checkpoint after the buffered steps."""
+        rec = self.recorder
+        step_done = rec.committed_steps + rec.counts["step"]
         ck = Checkpoint(step_done, self.shadow, self.held, dict(self.optimizer.state))
-        self.store.commit(records, dict(self._counts), ck)
-        self._rows = {}
-        self._counts = {"step": 0, "eval": 0}
+        rec.commit(ck, self._phases_attr)
+        self._phases_attr = {}
         self._last_flush = time.monotonic()
-
-    def _ensure_arrays(self, records: dict[str, np.ndarray]) -> None:
-        existing = set(self.store.array_names())
-        for name, data in records.items():
-            if name in existing:
-                continue
-            dims, units, long_name, dim = self._meta[name]
-            self.store.create_array(
-                name,
-                data.shape[1:],
-                data.dtype,
-                dim,
-                dims,
-                units,
-                long_name,
-                self.config.store.compress,
-            )
 
     # -- the loop ----------------------------------------------------------------------------
     def run(
@@ -428,7 +424,6 @@ class Campaign:
         from tqdm import tqdm
 
         cfg = self.config
-        flush_every = cfg.store.flush_every or 16
         bar = tqdm(
             total=self.total,
             initial=start,
@@ -439,26 +434,23 @@ class Campaign:
         )
         status = "success"
         try:
-            if start == 0:
-                self.evaluate(0)
+            if self._evaluation_missing(start):
+                self.evaluate(start)
             for step in range(start, self.total):
                 if self.flag.requested:
                     status = "abort"
                     break
                 self._one_step(step)
                 done = step + 1
-                if done % cfg.schedule.eval_every == 0 or done == self.total:
+                if self._evaluation_due(done):
                     self.evaluate(done)
-                if (
-                    self._counts["step"] >= flush_every
-                    or time.monotonic() - self._last_flush >= cfg.store.flush_seconds
-                ):
-                    self.flush(done)
+                self.maybe_flush()
                 bar.update(1)
                 bar.set_postfix(self._postfix(), refresh=False)
                 if on_step is not None:
                     on_step(done)
-            self.flush(self.store.committed() + self._counts["step"])
+            self.flush()
+            self.recorder.drain()
         except KeyboardInterrupt:
             status = "abort"
             self._safe_flush()
@@ -472,14 +464,16 @@ class Campaign:
     def _safe_flush(self) -> None:
         """Commit the steps already complete; never let a second failure hide the first."""
         try:
-            self.flush(self.store.committed() + self._counts["step"])
+            self.flush()
+            self.recorder.drain()
         except Exception as exc:  # the original error matters more
             print(f"physlearn: could not commit buffered steps ({exc})", file=sys.stderr)
 
     def _postfix(self) -> dict[str, str]:
         out = {}
-        if "loss" in self._rows and self._rows["loss"]:
-            out["loss"] = f"{float(self._rows['loss'][-1]):.4g}"
+        loss = self.recorder.last("loss")
+        if loss is not None:
+            out["loss"] = f"{float(loss):.4g}"
         if "test_accuracy" in self.metrics:
             out["test_acc"] = f"{self.metrics['test_accuracy']:.3f}"
         return out
@@ -555,6 +549,32 @@ def default_run_path(config: ExperimentConfig) -> Path:
     return path
 
 
+def create_store(config: ExperimentConfig, system: PhysicalSystem, path: Path) -> RunStore:
+    """A new run store for ``config`` on ``system`` (coordinates, checkpoint slots, attributes)."""
+    from physlearn import __version__
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    optimizer_shapes = Optimizer(config.optimizer, system.parameter_groups).state
+    ck_shapes = {
+        f"{k}/{g.name}": g.shape for g in system.parameter_groups for k in ("shadow", "held")
+    }
+    ck_shapes |= {f"opt/{k}": v.shape for k, v in optimizer_shapes.items()}
+    coords: dict[str, tuple[np.ndarray, str]] = {
+        "phase": (np.array(build_estimator(config.estimator).phase_labels()), "1"),
+    }
+    if system.outputs.labels:
+        coords["output"] = (np.array(system.outputs.labels), "1")
+    attrs: dict[str, Any] = {
+        "config": config.model_dump(mode="json"),
+        "physlearn_version": __version__,
+        "system_snapshot": to_jsonable(system.snapshot()),
+        "total_steps": config.total_steps(),
+    }
+    if isinstance(system, Graph):  # positions, edges, node roles: for plots on the graph
+        attrs["graph_layout"] = to_jsonable(system.graph_layout())
+    return RunStore.create(path, coords, ck_shapes, attrs)
+
+
 def start_run(
     config: ExperimentConfig,
     out: str | Path | None = None,
@@ -563,33 +583,13 @@ def start_run(
     on_step: Callable[[int], None] | None = None,
 ) -> RunResult:
     """Create a store and train. Raises ConfigError (before creating anything) for bad input."""
-    from physlearn import __version__
-
     system = build_system(config)
     path = Path(out) if out is not None else default_run_path(config)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    optimizer_shapes = Optimizer(config.optimizer, system.parameter_groups).state
-    ck_shapes = {
-        f"{k}/{g.name}": g.shape for g in system.parameter_groups for k in ("shadow", "held")
-    }
-    ck_shapes |= {f"opt/{k}": v.shape for k, v in optimizer_shapes.items()}
-    est = build_estimator(config.estimator)
-    coords: dict[str, tuple[np.ndarray, str]] = {
-        "phase": (np.array(est.phase_labels()), "1"),
-    }
-    if system.outputs.labels:
-        coords["output"] = (np.array(system.outputs.labels), "1")
-    store = RunStore.create(
-        path,
-        coords,
-        ck_shapes,
-        {
-            "config": config.model_dump(mode="json"),
-            "physlearn_version": __version__,
-            "system_snapshot": to_jsonable(system.snapshot()),
-            "total_steps": config.total_steps(),
-        },
-    )
+    try:
+        store = create_store(config, system, path)
+    except BaseException:
+        system.close()  # snapshot() may have connected to instruments
+        raise
     return _drive(config, system, store, progress, handle_signals, on_step)
 
 

@@ -11,7 +11,8 @@ Layout
 * Group attributes: ``config`` (the validated config), ``physlearn_version``, ``guid``,
   ``run_timestamp``, ``completed_timestamp``, ``exit_status`` (``success`` / ``abort`` /
   ``fail``; absent while running), ``committed_steps``, ``committed_evals``, ``checkpoint_slot``,
-  ``pid`` and ``host`` of the writer.
+  ``pid`` and ``host`` of the writer; ``graph_layout`` (node positions, edges, edge group, node
+  roles) for systems with a spatial structure (:class:`physlearn.system.Graph`).
 
 Crash safety
 ------------
@@ -23,11 +24,13 @@ reader or a resume trusts exactly ``committed_steps`` records and the slot named
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import socket
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,13 +98,13 @@ class RunStore:
             dtype: Any = str if values.dtype.kind in "UO" else values.dtype
             a = g.create_array(name, shape=values.shape, dtype=dtype, dimension_names=[name])
             a[...] = values
-            a.attrs.update({"units": units, "long_name": name})
+            a.update_attributes({"units": units, "long_name": name})
         ck = g.create_group("checkpoint")
         for slot in ("a", "b"):
             sg = ck.create_group(slot)
             for key, shape in checkpoint_shapes.items():
                 sg.create_array(key.replace("/", "__"), shape=shape, dtype="f8", compressors=None)
-        g.attrs.update(
+        g.update_attributes(
             {
                 **attrs,
                 "guid": str(uuid.uuid4()),
@@ -143,7 +146,7 @@ class RunStore:
             dimension_names=[append_dim, *dims],
             compressors="auto" if compress else None,
         )
-        a.attrs.update({"units": units, "long_name": long_name})
+        a.update_attributes({"units": units, "long_name": long_name})
         self._arrays[name] = a
 
     @classmethod
@@ -170,7 +173,8 @@ class RunStore:
         return int(self.group.attrs[f"committed_{dim}s"])
 
     def update_attrs(self, **values: Any) -> None:
-        self.group.attrs.update(values)
+        """Set run attributes in one metadata write."""
+        self.group.update_attributes(values)
 
     def status(self) -> str:
         a = self.group.attrs
@@ -202,39 +206,48 @@ class RunStore:
         records: dict[str, np.ndarray],
         counts: dict[str, int],
         checkpoint: Checkpoint,
+        attrs: dict[str, Any] | None = None,
     ) -> None:
         """Append ``records`` (each stacked along its append dim) and commit them with
-        ``checkpoint``. ``counts`` gives the number of new records per append dim."""
+        ``checkpoint``; ``counts`` gives the number of new records per append dim and ``attrs``
+        extra run attributes written with the commit marker."""
         start = {d: self.committed(d) for d in APPEND_DIMS}
+        jobs = []
         for name, data in records.items():
             a = self.array(name)
             dim = a.metadata.dimension_names[0]
             n = counts[dim]
             if data.shape[0] != n:
                 raise ValueError(f"{name}: {data.shape[0]} records, expected {n}")
-            if n == 0:
-                continue
-            s = start[dim]
-            a.resize((s + n, *a.shape[1:]))
-            a[s : s + n] = data
+            if n:
+                jobs.append(_append(a.async_array, start[dim], data))
         slot = "b" if self.group.attrs.get("checkpoint_slot") == "a" else "a"
-        self._write_checkpoint(slot, checkpoint)
-        self.group.attrs.update(
+        jobs += self._checkpoint_jobs(slot, checkpoint)
+        # Every array's resize + write (and the checkpoint slot) concurrently on zarr's I/O loop;
+        # the commit marker below is written only after all of them completed.
+        _run_all(jobs)
+        self.group["checkpoint"][slot].update_attributes({"step": checkpoint.step})
+        # one metadata write: zarr's attrs.update() would write zarr.json once per key, and a
+        # kill between keys would tear the commit marker
+        self.group.update_attributes(
             {
                 "committed_steps": start["step"] + counts.get("step", 0),
                 "committed_evals": start["eval"] + counts.get("eval", 0),
                 "checkpoint_slot": slot,
+                **(attrs or {}),
             }
         )
 
-    def _write_checkpoint(self, slot: str, ck: Checkpoint) -> None:
+    def _checkpoint_jobs(self, slot: str, ck: Checkpoint) -> list[Coroutine[Any, Any, None]]:
         sg = self.group["checkpoint"][slot]
         entries = {f"shadow/{k}": v for k, v in ck.shadow.items()}
         entries |= {f"held/{k}": v for k, v in ck.held.items()}
         entries |= {f"opt/{k}": v for k, v in ck.optimizer.items()}
-        for key, value in entries.items():
-            sg[key.replace("/", "__")][...] = value
-        sg.attrs.update({"step": ck.step})
+        jobs: list[Coroutine[Any, Any, None]] = [
+            sg[key.replace("/", "__")].async_array.setitem(Ellipsis, np.asarray(value))
+            for key, value in entries.items()
+        ]
+        return jobs
 
     def read_checkpoint(self) -> Checkpoint | None:
         slot = self.group.attrs.get("checkpoint_slot", "")
@@ -267,7 +280,7 @@ class RunStore:
                     a.resize((n, *a.shape[1:]))
 
     def finish(self, status: str, **extra: Any) -> None:
-        self.group.attrs.update(
+        self.group.update_attributes(
             {
                 "exit_status": status,
                 "completed_timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -277,11 +290,27 @@ class RunStore:
 
     def reopen_for_resume(self) -> None:
         """Mark the run as running again under this process."""
-        attrs = self.group.attrs
-        for key in ("exit_status", "completed_timestamp", "error"):
-            if key in attrs:
-                del attrs[key]
+        attrs = {
+            k: v
+            for k, v in self.group.attrs.asdict().items()
+            if k not in ("exit_status", "completed_timestamp", "error")
+        }
         attrs.update({"pid": os.getpid(), "host": socket.gethostname()})
+        self.group.attrs.put(attrs)
+
+
+async def _append(array: Any, start: int, data: np.ndarray) -> None:
+    await array.resize((start + data.shape[0], *array.shape[1:]))
+    await array.setitem(slice(start, start + data.shape[0]), data)
+
+
+def _run_all(jobs: list[Coroutine[Any, Any, None]]) -> None:
+    from zarr.core.sync import sync
+
+    async def gather() -> None:
+        await asyncio.gather(*jobs)
+
+    sync(gather())
 
 
 def _pid_alive(pid: int) -> bool:

@@ -179,3 +179,33 @@ def test_ctrl_c_twice_leaves_a_resumable_store(quick_raw, write_config, tmp_path
     assert store.attrs["exit_status"] == "abort"
     res = resume_run(out)
     assert res.status == "success" and res.committed_steps == 200
+
+
+def test_run_stopped_between_last_step_and_its_evaluation_resumes_exactly(
+    quick_raw, tmp_path, monkeypatch
+):
+    from physlearn import orchestrator
+
+    cfg = parse_config(quick_raw)
+    ref = tmp_path / "ref.zarr"
+    start_run(cfg, ref)
+
+    real = orchestrator.Campaign.evaluate
+
+    def failing(self, updates):  # the instrument dies during the final evaluation
+        if updates == self.total:
+            raise RuntimeError("instrument lost during evaluation")
+        return real(self, updates)
+
+    monkeypatch.setattr(orchestrator.Campaign, "evaluate", failing)
+    out = tmp_path / "stopped.zarr"
+    with pytest.raises(RuntimeError, match="instrument lost"):
+        start_run(cfg, out)
+    store = RunStore.open(out)
+    assert store.attrs["exit_status"] == "fail"
+    assert store.committed() == 24  # every complete step kept
+    assert int(store.read("eval_step")[-1]) == 16
+    monkeypatch.setattr(orchestrator.Campaign, "evaluate", real)
+    res = resume_run(out)
+    assert res.status == "success"
+    _assert_same_run(ref, out)

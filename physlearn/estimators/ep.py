@@ -130,5 +130,5 @@ class EquilibriumPropagation(Estimator):
             acc = np.zeros(g.shape, dtype=complex)
             for b, w in self.pairs:
                 acc += w * by_beta[b].conjugates[g.name].mean(axis=0)
-            grad[g.name] = np.ascontiguousarray(acc.real)
+            grad[g.name] = np.ascontiguousarray(acc.real).reshape(g.shape)  # keeps 0-d groups 0-d
         return Estimate(grad, phases, loss.value(free.outputs, targets), loss)

@@ -1,0 +1,135 @@
+"""Orchestrator overhead: a full EP step (estimator, optimiser, projection, write-back, logging of
+every measurement to Zarr, commits with checkpoints) against the bare simulator calls of the same
+step (set_parameters + free + two nudged equilibrate calls), side by side in one run.
+
+Networks: square resistor lattices (inputs on the first row, outputs on the last), batch 64,
+centred EP, per-sample conjugates logged. Overhead = (full - bare) / bare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from physlearn.config import parse_config
+from physlearn.estimators import measure
+from physlearn.orchestrator import Campaign, build_system, create_store
+from physlearn.system import Nudge
+
+
+def make_config(side: int, steps: int, batch: int, conjugates: str, flush_every: int = 0) -> dict:
+    n_io = min(side, 8)
+    return {
+        "name": f"overhead{side}",
+        "seed": 0,
+        "system": {
+            "kind": "resistor",
+            "graph": {
+                "type": "lattice",
+                "rows": side,
+                "cols": side,
+                "inputs": n_io,
+                "outputs": n_io,
+            },
+            "conductance": {"min": 1e-5, "max": 1e-2, "init_low": 1e-4, "init_high": 1e-3},
+        },
+        "task": {
+            "dataset": {
+                "kind": "regression",
+                "features": n_io,
+                "targets": n_io,
+                "train_size": 512,
+                "test_size": 64,
+            },
+            "target": {"kind": "value", "scale": 0.3},
+            "loss": "mse",
+        },
+        "estimator": {"kind": "ep", "nudging": "centred", "beta": 1e-4},
+        "optimizer": {"kind": "adam", "lr": 1e-4},
+        "schedule": {"steps": steps, "batch_size": batch, "eval_every": 10**6},
+        "store": {"conjugates": conjugates, "flush_every": flush_every},
+    }
+
+
+def bare_seconds(raw: dict, steps: int) -> float:
+    """The simulator calls of ``steps`` EP steps, and nothing else."""
+    cfg = parse_config(raw)
+    system = build_system(cfg)
+    data = cfg.task.dataset.load(0)
+    b = cfg.schedule.batch_size
+    rng = np.random.default_rng(0)
+    params = system.get_parameters()
+    t0 = time.perf_counter()
+    for k in range(steps):
+        x = data.x_train[(k * b) % 448 : (k * b) % 448 + b]
+        t = 0.3 * data.y_train[(k * b) % 448 : (k * b) % 448 + b]
+        free = measure(system, x, None, None, rng)
+        for beta in (1e-4, -1e-4):
+            measure(system, x, Nudge(beta=beta, target=t), free.state, rng)
+        params = {kk: v * (1 + 1e-6) for kk, v in params.items()}
+        system.set_parameters(params)
+    return time.perf_counter() - t0
+
+
+def full_seconds(raw: dict, steps: int, out: Path) -> float:
+    """``steps`` full campaign steps in steady state (what Campaign.run does per step, minus
+    evaluation and the progress bar), committing with checkpoints by the run's own policy, and
+    the final commit; the run's arrays already exist (created by a first step and commit)."""
+    cfg = parse_config(raw)
+    system = build_system(cfg)
+    store = create_store(cfg, system, out)
+    campaign = Campaign(cfg, system, store)
+    campaign.initialise()
+    # one step and a commit first: creating the Zarr arrays is a one-time cost per run
+    campaign._one_step(0)
+    campaign.flush()
+    campaign.recorder.wait()
+    t0 = time.perf_counter()
+    for k in range(1, steps + 1):
+        campaign._one_step(k)
+        campaign.maybe_flush()
+    campaign.flush()
+    campaign.recorder.drain()
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument(
+        "--sides",
+        type=int,
+        nargs="+",
+        default=[10, 32, 100],
+        help="lattice side lengths (N = side^2 nodes)",
+    )
+    p.add_argument("--steps", type=int, default=32, help="EP steps per measurement")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--conjugates", default="per_sample", choices=["per_sample", "batch_mean"])
+    args = p.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for side in args.sides:
+            raw = make_config(side, args.steps, args.batch, args.conjugates)
+            bare_seconds(raw, 2)  # warm caches / imports
+            bare = min(bare_seconds(raw, args.steps) for _ in range(2))
+            full_seconds(raw, 2, Path(tmp) / f"warm{side}.zarr")
+            full = min(
+                full_seconds(raw, args.steps, Path(tmp) / f"run{side}-{i}.zarr") for i in range(2)
+            )
+            rows.append((side * side, bare / args.steps * 1e3, full / args.steps * 1e3))
+    print(f"{'nodes':>8} {'bare ms/step':>13} {'full ms/step':>13} {'overhead':>9}")
+    for n, b, f in rows:
+        print(f"{n:>8} {b:>13.2f} {f:>13.2f} {100 * (f - b) / b:>8.1f}%")
+    n, b, f = rows[-1]
+    print(
+        f"headline: orchestrator overhead at {n} nodes, batch {args.batch}, logging every "
+        f"measurement: {100 * (f - b) / b:.1f}% of the bare simulator step (goal <= 5%)"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""``physlearn lab ...``: serve the virtual lab, calibrate a potentiometer bank.
+
+``physlearn lab serve LAB.yaml [--port N] [--station-out FILE]``
+    Serve the virtual lab on 127.0.0.1 until Ctrl-C (or SIGTERM): one port per instrument,
+    consecutive from ``--port`` (default 5025, the SCPI port), or ephemeral with ``--port 0``.
+    Prints each instrument's VISA address; ``--station-out`` writes a qcodes station YAML
+    pointing at them. ``--host`` other than a loopback address needs ``--allow-remote``.
+``physlearn lab calibrate EXPERIMENT.yaml --out CAL.json [--points K]``
+    With every source in its safe state, set every potentiometer to K taps spread over the
+    envelope's ``tap_limits``, measure each device isolated (``weights.channels`` /
+    ``weights.measure``), and write the calibration table that ``weights.calibration`` reads.
+
+Exit codes: 0 done, 2 a user mistake (bad file, port in use, remote host without the flag).
+This module only uses argparse at import time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+USER_ERROR = 2
+
+
+def configure_parser(sp: argparse.ArgumentParser) -> None:
+    """Add the ``lab`` sub-commands to the ``lab`` parser of the main CLI."""
+    sub = sp.add_subparsers(dest="lab_command", metavar="LAB_COMMAND", required=True)
+    s = sub.add_parser(
+        "serve",
+        help="serve the virtual lab's instruments over SCPI (127.0.0.1)",
+        description="Serve the virtual lab's instruments over SCPI sockets until Ctrl-C.",
+    )
+    s.add_argument("config", help="virtual-lab YAML (e.g. configs/virtual_lab.yaml)")
+    s.add_argument(
+        "--port",
+        type=int,
+        default=5025,
+        help="first port (instruments take consecutive ports); 0: ephemeral (default 5025)",
+    )
+    s.add_argument("--host", default="127.0.0.1", help="interface to bind (default 127.0.0.1)")
+    s.add_argument(
+        "--allow-remote",
+        action="store_true",
+        help="allow a non-loopback --host (the lab has no authentication)",
+    )
+    s.add_argument("--station-out", help="write a qcodes station YAML for the served lab here")
+    s.set_defaults(lab_func=cmd_serve)
+
+    c = sub.add_parser(
+        "calibrate",
+        help="measure conductance vs tap of every potentiometer, write a calibration JSON",
+        description="Measure conductance vs tap of every potentiometer (sources safe).",
+    )
+    c.add_argument("config", help="experiment YAML with a station system")
+    c.add_argument("--out", required=True, help="calibration JSON to write")
+    c.add_argument("--points", type=int, default=17, help="taps measured per device (>= 2)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    c.set_defaults(lab_func=cmd_calibrate)
+
+
+def cmd_lab(args: argparse.Namespace) -> int:
+    code: int = args.lab_func(args)
+    return code
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import yaml
+
+    from physlearn.config import ConfigError
+    from physlearn.drivers.lab_config import load_lab_config
+    from physlearn.drivers.scpi_server import LabServer
+
+    cfg = load_lab_config(args.config)
+    try:
+        server = LabServer(cfg, host=args.host, port=args.port, allow_remote=args.allow_remote)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+    def ready(srv: LabServer) -> None:
+        print(f"virtual lab {args.config}: serving {len(srv.ports)} instruments", flush=True)
+        for name, inst in srv.lab.instruments.items():
+            print(f"  {name:<6} {inst.idn():<40} {srv.address(name)}", flush=True)
+        if args.station_out:
+            Path(args.station_out).write_text(yaml.safe_dump(srv.station_config(), sort_keys=False))
+            print(f"  station file: {args.station_out}", flush=True)
+        print("Ctrl-C stops the lab.", flush=True)
+
+    def stop(signum: int, frame: Any) -> None:
+        server.request_stop()
+
+    old_int = signal.signal(signal.SIGINT, stop)
+    old_term = signal.signal(signal.SIGTERM, stop)
+    try:
+        server.serve_forever(ready)
+    except OSError as exc:
+        raise ConfigError(f"{exc} (is the port in use? try --port 0)") from None
+    finally:
+        signal.signal(signal.SIGINT, old_int)
+        signal.signal(signal.SIGTERM, old_term)
+    print("virtual lab stopped", flush=True)
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from physlearn.config import ConfigError, load_config
+    from physlearn.drivers.config import StationConfig
+    from physlearn.drivers.station_system import StationSystem
+    from physlearn.orchestrator import build_system
+
+    cfg = load_config(args.config, args.set)
+    if not isinstance(cfg.system, StationConfig):
+        raise ConfigError("lab calibrate needs a config with system.kind = station")
+    system = build_system(cfg)
+    assert isinstance(system, StationSystem)
+    t0 = time.perf_counter()
+    try:
+        table = system.calibrate(args.points)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    Path(args.out).write_text(json.dumps(table))
+    taps = np.asarray(table["taps"])
+    g = np.asarray(table["conductance"])
+    gain = g / np.asarray(cfg.system.weights.law.conductance(taps))[None, :]
+    print(
+        f"calibrated {g.shape[0]} devices at {taps.size} taps in {time.perf_counter() - t0:.2f} s"
+        f" -> {args.out}"
+    )
+    print(
+        f"  measured / nominal: median {np.median(gain):.4f}, device spread (rms) "
+        f"{np.std(gain.mean(axis=1)):.4f}, extremes {gain.min():.4f} .. {gain.max():.4f}"
+    )
+    print(f"  use it: system.weights.calibration: {args.out}", file=sys.stdout)
+    return 0

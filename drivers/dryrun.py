@@ -1,0 +1,324 @@
+"""``physlearn run CONFIG --dry-run``: check the bench without applying anything.
+
+For a station system: start the virtual lab if configured, connect every instrument, compare
+its ``*IDN?`` with ``identity``, resolve every role, compare the envelope with the drivers'
+hardware ranges, read the present state of every source (a channel outputting a level outside
+the envelope is a failure), check compliance trips and the potentiometer bank, and, with the
+experiment config, check that every encoded input pattern lies inside the input envelope and
+that the worst-case nudge does. Only queries are sent: no level, output, relay or tap is written.
+
+Exit status of the command: 0 every check passed, 2 something must be fixed (the report says
+what). Systems without instruments only build (exit 0).
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from physlearn.drivers.errors import EnvelopeViolation
+
+if TYPE_CHECKING:
+    from physlearn.config import ExperimentConfig
+    from physlearn.drivers.station_system import Check, StationSystem
+
+USER_ERROR = 2
+
+
+def _check(ok: bool, what: str, detail: str = "") -> Check:
+    from physlearn.drivers.station_system import Check
+
+    return Check(ok, what, detail)
+
+
+def station_checks(system: StationSystem, experiment: ExperimentConfig | None) -> list[Check]:
+    """Every dry-run check of a station system (see the module docstring)."""
+    import yaml
+    from qcodes.station import Station
+
+    from physlearn.drivers.safety import hardware_range
+
+    cfg = system.config
+    out: list[Check] = []
+    try:
+        system._start_lab()
+    except Exception as exc:  # noqa: BLE001 - report, do not raise
+        return [_check(False, "virtual lab", f"cannot start: {exc}")]
+    if system.lab is not None:
+        out.append(_check(True, "virtual lab", f"serving {system.lab.addresses}"))
+
+    station = Station(default=False, update_snapshot=False)
+    station.load_config(yaml.safe_dump(system._station_yaml()))
+    system._station = station
+    for name in system._needed_instruments():
+        try:
+            inst = station.load_instrument(name, update_snapshot=False)
+        except Exception as exc:  # noqa: BLE001
+            out.append(_check(False, f"{name}: connect", f"{type(exc).__name__}: {exc}"))
+            continue
+        system._instruments[name] = inst
+        out.append(_check(True, f"{name}: connect", str(getattr(inst, "address", ""))))
+    if not all(c.ok for c in out):
+        return out
+
+    for name, inst in system._instruments.items():
+        try:
+            idn = inst.ask("*IDN?").strip()
+        except Exception as exc:  # noqa: BLE001
+            out.append(_check(False, f"{name}: identity", f"*IDN? failed: {exc}"))
+            continue
+        pattern = cfg.identity.get(name)
+        if pattern is None:
+            out.append(_check(True, f"{name}: identity", f"{idn!r} (no identity pattern set)"))
+        else:
+            import re
+
+            ok = re.search(pattern, idn) is not None
+            verdict = "matches" if ok else "does NOT match"
+            out.append(_check(ok, f"{name}: identity", f"{idn!r} {verdict} {pattern!r}"))
+
+    try:
+        system._bind()
+    except KeyError as exc:
+        out.append(_check(False, "roles", str(exc.args[0])))
+        return out
+    out.append(_check(True, "roles", "every channel and parameter of the config resolves"))
+
+    for src in system._sources.values():
+        lim = src.env.limits
+        bad = []
+        for p in src.levels:
+            lo, hi = hardware_range(p)
+            if lim.min < lo or lim.max > hi:
+                bad.append(f"{p.full_name} [{lo:g}, {hi:g}]")
+        out.append(
+            _check(
+                not bad,
+                f"{src.name}: envelope within hardware",
+                f"[{lim.min:g}, {lim.max:g}] {src.env.unit}, step {lim.step}, "
+                f"rate <= {lim.rate():g} {src.env.unit}/s"
+                + (f"; beyond the range of {', '.join(bad[:3])}" if bad else ""),
+            )
+        )
+        if src.compliance is not None and src.cfg.compliance is not None:
+            value = src.cfg.compliance.value
+            errs = []
+            for p in src.compliance:
+                try:
+                    p.validate(value)
+                except (ValueError, TypeError) as exc:
+                    errs.append(f"{p.full_name}: {exc.args[0]}")
+            out.append(
+                _check(
+                    not errs,
+                    f"{src.name}: compliance",
+                    f"{src.cfg.compliance.parameter} = {value:g}"
+                    + (f"; {errs[0]}" if errs else ""),
+                )
+            )
+
+    try:
+        system._install_envelope()
+        system._resync()
+    except Exception as exc:  # noqa: BLE001
+        out.append(_check(False, "present state", f"cannot read: {exc}"))
+        return out
+    for src in system._sources.values():
+        lim = src.env.limits
+        live, stray = [], []
+        for k, p in enumerate(src.levels):
+            v = p.cache.get(get_if_invalid=False)
+            on = (
+                True
+                if src.outputs is None
+                else bool(src.outputs[k].cache.get(get_if_invalid=False))
+            )
+            inside = v is not None and lim.min <= float(v) <= lim.max
+            if not inside and on:
+                live.append(f"{p.full_name} = {v}")
+            elif not inside:
+                stray.append(f"{p.full_name} = {v}")
+        detail = "every level inside the envelope"
+        if live:
+            detail = f"output ON outside the envelope: {', '.join(live[:4])}; bring inside by hand"
+        elif stray:
+            detail = f"outputs off; {', '.join(stray[:3])} will be reset to the safe level at open"
+        out.append(_check(not live, f"{src.name}: present state", detail))
+        if src.trip is not None:
+            try:
+                mask = int(src.trip.get())
+            except Exception as exc:  # noqa: BLE001
+                out.append(_check(False, f"{src.name}: trip status", str(exc)))
+            else:
+                out.append(
+                    _check(
+                        mask == 0,
+                        f"{src.name}: trip status",
+                        "no channel tripped" if mask == 0 else f"tripped channels (mask {mask})",
+                    )
+                )
+
+    bank = system._taps.root_instrument
+    try:
+        taps = np.asarray(system._taps.get())
+    except Exception as exc:  # noqa: BLE001
+        out.append(_check(False, "weights: bank", f"cannot read taps: {exc}"))
+    else:
+        n_taps = getattr(bank, "n_taps", None)
+        hi = cfg.weights.tap_limits[1]
+        ok = taps.size == system.edges.shape[0] and (n_taps is None or hi <= n_taps - 1)
+        law_taps = cfg.weights.law.n_taps
+        if n_taps is not None and n_taps != law_taps:
+            ok = False
+        out.append(
+            _check(
+                ok,
+                "weights: bank",
+                f"{taps.size} devices for {system.edges.shape[0]} edges, {n_taps} taps "
+                f"(law: {law_taps}), tap limits {list(cfg.weights.tap_limits)}, "
+                f"conductance [{system._group.lower:g}, {system._group.upper:g}] S "
+                f"({system.tapmap.source})",
+            )
+        )
+    if experiment is not None:
+        out.extend(experiment_checks(system, experiment))
+    return out
+
+
+def _input_range(experiment: ExperimentConfig, n_out: int) -> tuple[np.ndarray, np.ndarray]:
+    from physlearn.task import Task
+
+    data = experiment.task.dataset.load(experiment.seed)
+    task = Task(experiment.task, data, n_out)
+    x = np.concatenate([task.encode_inputs(data.x_train), task.encode_inputs(data.x_test)])
+    t = np.concatenate([task.encode_targets(data.y_train), task.encode_targets(data.y_test)])
+    return x, t
+
+
+def experiment_checks(system: StationSystem, experiment: ExperimentConfig) -> list[Check]:
+    """Inputs of the whole dataset and the worst-case nudge against the envelope."""
+    from physlearn.estimators.ep import EquilibriumPropagation
+    from physlearn.orchestrator import build_estimator, objective_loss
+
+    out: list[Check] = []
+    x, t = _input_range(experiment, system.outputs.size)
+    env = system.envelopes["inputs"]
+    span = f"{x.shape[0]} patterns span [{x.min():.4g}, {x.max():.4g}] V"
+    try:
+        env.check(x)
+        out.append(_check(True, "inputs: dataset inside the envelope", span))
+    except EnvelopeViolation as exc:
+        out.append(_check(False, "inputs: dataset inside the envelope", f"{span}; {exc}"))
+    v_lo, v_hi = float(min(x.min(), 0.0)), float(max(x.max(), 0.0))
+    t_lo, t_hi = float(t.min()), float(t.max())
+    est = build_estimator(experiment.estimator)
+    try:
+        loss = objective_loss(experiment, system)
+    except Exception as exc:  # noqa: BLE001
+        return [*out, _check(False, "estimator", str(exc))]
+    if isinstance(est, EquilibriumPropagation):
+        try:
+            kind = est.nudge_kind(system, loss)
+        except ValueError as exc:
+            return [*out, _check(False, "nudge", str(exc))]
+        betas = [b for b, _ in est.pairs if b != 0]
+        if any(b.imag != 0 for b in betas):
+            return [*out, _check(False, "nudge", "complex (holomorphic) nudges need a simulator")]
+        bmax = max(abs(b.real) for b in betas)
+        if kind == "error":
+            if loss.name == "cross_entropy":
+                eps = 1.0 / experiment.task.temperature
+            elif loss.name == "mse":
+                eps = max(abs(v_hi - t_lo), abs(t_hi - v_lo))
+            else:
+                eps = math.nan
+            lim = system.envelopes["nudge.error"].limits
+            if math.isnan(eps):
+                out.append(_check(True, "nudge.error: worst case", f"cannot bound {loss.name}"))
+            else:
+                imax = bmax * eps
+                ok = -imax >= lim.min and imax <= lim.max
+                out.append(
+                    _check(
+                        ok,
+                        "nudge.error: worst case",
+                        f"|I| <= beta * max|dL/dV| = {bmax:g} * {eps:g} = {imax:.4g} A within "
+                        f"[{lim.min:g}, {lim.max:g}] A"
+                        if ok
+                        else f"|I| may reach {imax:.4g} A, outside [{lim.min:g}, {lim.max:g}] A: "
+                        "lower beta or widen the envelope",
+                    )
+                )
+        elif kind == "target":
+            assert system.config.nudge.target is not None
+            hw = system.config.nudge.target.conductance
+            wrong = [b.real for b in betas if not math.isclose(b.real, hw, rel_tol=1e-9)]
+            out.append(
+                _check(
+                    not wrong,
+                    "nudge.target: beta",
+                    f"hardware nudge conductance {hw:g} S"
+                    + (f"; the estimator asks for beta {wrong}" if wrong else ""),
+                )
+            )
+            out.append(_range_check(system, "nudge.target", t_lo, t_hi))
+    elif type(est).__name__ == "CoupledLearning":
+        if "clamp" not in system.supported_nudges:
+            out.append(_check(False, "nudge", "coupled learning needs nudge.clamp"))
+        else:
+            out.append(_range_check(system, "nudge.clamp", min(v_lo, t_lo), max(v_hi, t_hi)))
+    elif type(est).__name__ == "ThermalCovariance":
+        out.append(_check(False, "estimator", "thermal EP needs thermal samples (a simulator)"))
+    return out
+
+
+def _range_check(system: StationSystem, role: str, lo: float, hi: float) -> Check:
+    lim = system.envelopes[role].limits
+    ok = lim.min <= lo and hi <= lim.max
+    return _check(
+        ok,
+        f"{role}: worst case",
+        f"levels within [{lo:.4g}, {hi:.4g}] V (maximum principle) vs envelope "
+        f"[{lim.min:g}, {lim.max:g}] V",
+    )
+
+
+def print_report(checks: list[Check], title: str, stream: Any = None) -> bool:
+    stream = stream or sys.stdout
+    print(title, file=stream)
+    for c in checks:
+        tag = "[ ok ]" if c.ok else "[FAIL]"
+        print(f"  {tag} {c.what}" + (f": {c.detail}" if c.detail else ""), file=stream)
+    failed = sum(not c.ok for c in checks)
+    if failed:
+        print(
+            f"dry run FAILED: {failed} of {len(checks)} checks (nothing was written to any "
+            "instrument)",
+            file=stream,
+        )
+    else:
+        print(
+            f"dry run passed: {len(checks)} checks; nothing was written to any instrument",
+            file=stream,
+        )
+    return failed == 0
+
+
+def dry_run_command(config: ExperimentConfig, source: str) -> int:
+    """Build the system and dry-run it; print the report; 0 if every check passed, else 2."""
+    from physlearn.drivers.station_system import StationSystem
+    from physlearn.orchestrator import build_system
+
+    system = build_system(config)
+    title = f"dry run of {source} ({config.system.kind} system; only queries are sent)"
+    if isinstance(system, StationSystem):
+        checks = system.dry_run(config)
+    else:
+        checks = [
+            _check(True, "config", "valid"),
+            _check(True, "system", f"{type(system).__name__} builds; no instruments to check"),
+        ]
+    return 0 if print_report(checks, title) else USER_ERROR

@@ -1,0 +1,522 @@
+"""qcodes drivers of the virtual-lab instruments (SCPI over VISA).
+
+They are ordinary :class:`qcodes.instrument.VisaInstrument` subclasses: with
+``visalib: '@py'`` and address ``TCPIP::127.0.0.1::<port>::SOCKET`` they talk to the virtual
+lab through pyvisa-py exactly as they would to a LAN instrument; with a pyvisa-sim file
+(``pyvisa_sim_file="physlearn.drivers:virtual_lab_sim.yaml"``) they replay canned replies for
+protocol tests. The SCPI command sets are documented in :mod:`physlearn.drivers.virtual_lab`.
+
+Every reply is parsed strictly: a reply that is not what was asked for raises
+:class:`~physlearn.drivers.errors.InstrumentReplyError` naming the instrument, the command and
+the reply; a timeout or a broken connection raises
+:class:`~physlearn.drivers.errors.InstrumentIOError`. :meth:`LabVisaInstrument.reconnect` closes
+and reopens the VISA session. Each instrument counts the seconds spent in VISA reads and writes
+(``io_seconds``, ``io_count``) for the benchmarks.
+
+Channels are named ``ch<k>`` with ``k`` zero-padded to the width of the channel count
+(``src.ch01``, ``pots.ch001``, ``swm.ch1``).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from functools import partial
+from typing import Any
+
+import numpy as np
+import pyvisa
+import pyvisa.constants
+import pyvisa.errors
+import pyvisa.resources
+from qcodes import validators as vals
+from qcodes.instrument import InstrumentChannel, VisaInstrument
+
+from physlearn.drivers.errors import InstrumentIOError, InstrumentReplyError
+
+_INT = re.compile(r"[+-]?\d+")
+
+
+def _compound(cmds: list[str]) -> str:
+    """SCPI compound message: commands joined by ``;``, each from the root (``:``)."""
+    return ";".join(c if c.startswith((":", "*")) else ":" + c for c in cmds)
+
+
+def _fmt(v: float) -> str:
+    """A float as exact SCPI text (shortest round-trip repr)."""
+    return repr(float(v))
+
+
+class LabVisaInstrument(VisaInstrument):
+    """SCPI instrument base: strict reply parsing, clear errors, reconnect, I/O timing."""
+
+    default_terminator = "\n"
+    default_timeout = 2.0
+
+    #: Longest compound message :meth:`deferred_writes` sends (commands).
+    max_batch = 64
+
+    def __init__(self, name: str, address: str | None = None, **kwargs: Any) -> None:
+        self._visalib_arg: str | None = kwargs.get("visalib")
+        self.io_seconds = 0.0
+        self.io_count = 0
+        self._pending: list[str] | None = None
+        super().__init__(name, address=address, **kwargs)
+        self._address_arg = address
+        self._nodelay()
+
+    def _nodelay(self) -> None:
+        """Disable Nagle's algorithm on TCP sockets: small SCPI writes must not wait for ACKs."""
+        h = self.visa_handle
+        if not isinstance(h, pyvisa.resources.TCPIPSocket):
+            return
+        try:
+            h.set_visa_attribute(
+                pyvisa.constants.ResourceAttribute.tcpip_nodelay, pyvisa.constants.VI_TRUE
+            )
+            return
+        except Exception:  # noqa: BLE001 - pyvisa-py 0.8 registers the wrong setter
+            pass
+        session = getattr(h.visalib, "sessions", {}).get(h.session)
+        sock = getattr(session, "interface", None)
+        if isinstance(sock, socket.socket):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    @contextmanager
+    def _closed_on_error(self) -> Iterator[None]:
+        """Close the instrument if its set-up fails (its name would stay taken otherwise)."""
+        try:
+            yield
+        except BaseException:
+            self.close()
+            raise
+
+    # -- raw I/O -----------------------------------------------------------------------------
+    @contextmanager
+    def deferred_writes(self) -> Iterator[None]:
+        """Collect writes into SCPI compound messages (``:A;:B;...``): they are sent together,
+        in order, with the next query (one round trip) or at the end of the block. Commands
+        pending when the block exits with an exception are dropped (never sent). Do not use it
+        around ramps with an inter-delay: the delays would not separate the writes."""
+        if self._pending is not None:
+            yield
+            return
+        self._pending = []
+        ok = False
+        try:
+            yield
+            ok = True
+        finally:
+            pending, self._pending = self._pending, None
+            if ok and pending:
+                self._send(_compound(pending))
+
+    def _send(self, message: str) -> None:
+        t0 = time.perf_counter()
+        try:
+            super().write_raw(message)
+        except (pyvisa.errors.VisaIOError, pyvisa.errors.InvalidSession, OSError) as exc:
+            raise InstrumentIOError(
+                f"{self.name}: could not send {message!r} ({exc})", self.name
+            ) from None
+        finally:
+            self.io_seconds += time.perf_counter() - t0
+            self.io_count += 1
+
+    def write_raw(self, cmd: str) -> None:
+        if self._pending is not None:
+            self._pending.append(cmd)
+            if len(self._pending) >= self.max_batch:
+                pending, self._pending = self._pending, []
+                self._send(_compound(pending))
+            return
+        self._send(cmd)
+
+    def ask_raw(self, cmd: str) -> str:
+        if self._pending:
+            pending, self._pending = self._pending, []
+            cmd = _compound([*pending, cmd])
+        t0 = time.perf_counter()
+        try:
+            reply = super().ask_raw(cmd)
+        except pyvisa.errors.VisaIOError as exc:
+            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
+                msg = f"{self.name}: no reply to {cmd!r} within {self.visa_handle.timeout:g} ms"
+            else:
+                msg = f"{self.name}: I/O error on {cmd!r} ({exc})"
+            raise InstrumentIOError(msg, self.name) from None
+        except (pyvisa.errors.InvalidSession, OSError) as exc:
+            raise InstrumentIOError(
+                f"{self.name}: connection lost on {cmd!r} ({exc})", self.name
+            ) from None
+        finally:
+            self.io_seconds += time.perf_counter() - t0
+            self.io_count += 1
+        return reply.strip()
+
+    def reconnect(self) -> None:
+        """Close the VISA session and open a new one at the same address."""
+        term = self.visa_handle.read_termination
+        timeout = self.visa_handle.timeout
+        try:
+            self.visa_handle.close()
+        except Exception:  # noqa: BLE001 - the old session may already be dead
+            pass
+        if self._address_arg is None:
+            raise InstrumentIOError(f"{self.name}: no address to reconnect to", self.name)
+        try:
+            self.set_address(self._address_arg, self._visalib_arg)
+        except Exception as exc:
+            raise InstrumentIOError(
+                f"{self.name}: cannot reconnect to {self._address_arg} ({exc})", self.name
+            ) from exc
+        if term is not None:
+            self.visa_handle.read_termination = term
+            self.visa_handle.write_termination = term
+        self.visa_handle.timeout = timeout
+        self._nodelay()
+
+    # -- strict parsing ----------------------------------------------------------------------
+    def bad_reply(self, cmd: str, reply: str, expected: str) -> InstrumentReplyError:
+        return InstrumentReplyError(
+            f"{self.name} replied {reply!r} to {cmd!r}; expected {expected}", self.name
+        )
+
+    def query_float(self, cmd: str) -> float:
+        reply = self.ask(cmd)
+        try:
+            return float(reply)
+        except ValueError:
+            raise self.bad_reply(cmd, reply, "a number") from None
+
+    def query_int(self, cmd: str) -> int:
+        reply = self.ask(cmd)
+        if not _INT.fullmatch(reply):
+            raise self.bad_reply(cmd, reply, "an integer")
+        return int(reply)
+
+    def query_bool(self, cmd: str) -> bool:
+        reply = self.ask(cmd)
+        if reply not in ("0", "1"):
+            raise self.bad_reply(cmd, reply, "0 or 1")
+        return reply == "1"
+
+    def query_choice(self, cmd: str, choices: tuple[str, ...]) -> str:
+        reply = self.ask(cmd)
+        if reply.upper() not in choices:
+            raise self.bad_reply(cmd, reply, f"one of {', '.join(choices)}")
+        return reply.upper()
+
+    def parse_floats(
+        self, cmd: str, reply: str, n: int | None = None, whole: str | None = None
+    ) -> np.ndarray:
+        """Comma-separated floats of ``reply`` (``whole``: the full reply, for the message)."""
+        said = reply if whole is None else whole
+        try:
+            out = np.array([float(x) for x in reply.split(",")], dtype=np.float64)
+        except ValueError:
+            raise self.bad_reply(cmd, said, "comma-separated numbers") from None
+        if n is not None and out.size != n:
+            raise self.bad_reply(cmd, said, f"{n} values, got {out.size}")
+        return out
+
+    def write_float(self, template: str, value: float) -> None:
+        self.write(template.format(_fmt(value)))
+
+    def errors(self, limit: int = 32) -> list[str]:
+        """Drain the SCPI error queue (``SYST:ERR?``); empty if no error."""
+        out = []
+        for _ in range(limit):
+            reply = self.ask("SYST:ERR?")
+            code = reply.split(",", 1)[0].strip()
+            if not _INT.fullmatch(code):
+                raise self.bad_reply("SYST:ERR?", reply, '<code>,"<message>"')
+            if int(code) == 0:
+                break
+            out.append(reply)
+        return out
+
+    def sync(self) -> None:
+        """Wait until every command sent so far has been executed (``*OPC?``)."""
+        reply = self.ask("*OPC?")
+        if reply != "1":
+            raise self.bad_reply("*OPC?", reply, "1")
+
+
+def _width(n: int) -> int:
+    return len(str(n))
+
+
+class SourceChannel(InstrumentChannel):
+    """One source channel: ``function`` (VOLT/CURR), ``volt`` (V), ``curr`` (A), ``curr_limit``
+    (A, compliance in VOLT mode), ``volt_limit`` (V, compliance in CURR mode), ``output``."""
+
+    def __init__(self, parent: VirtualLabSource, name: str, channel: int) -> None:
+        super().__init__(parent, name)
+        c = channel
+        vmax, imax = parent.max_voltage, parent.max_current
+        self.channel = c
+        self.function = self.add_parameter(
+            "function",
+            get_cmd=partial(parent.query_choice, f"SOUR{c}:FUNC?", ("VOLT", "CURR")),
+            set_cmd=f"SOUR{c}:FUNC {{}}",
+            vals=vals.Enum("VOLT", "CURR"),
+            docstring="VOLT: voltage source; CURR: current source",
+        )
+        self.volt = self.add_parameter(
+            "volt",
+            unit="V",
+            get_cmd=partial(parent.query_float, f"SOUR{c}:VOLT?"),
+            set_cmd=partial(parent.write_float, f"SOUR{c}:VOLT {{}}"),
+            vals=vals.Numbers(-vmax, vmax),
+            docstring="voltage level (V)",
+        )
+        self.curr = self.add_parameter(
+            "curr",
+            unit="A",
+            get_cmd=partial(parent.query_float, f"SOUR{c}:CURR?"),
+            set_cmd=partial(parent.write_float, f"SOUR{c}:CURR {{}}"),
+            vals=vals.Numbers(-imax, imax),
+            docstring="current level (A, positive into the node)",
+        )
+        self.curr_limit = self.add_parameter(
+            "curr_limit",
+            unit="A",
+            get_cmd=partial(parent.query_float, f"SOUR{c}:CURR:LIM?"),
+            set_cmd=partial(parent.write_float, f"SOUR{c}:CURR:LIM {{}}"),
+            vals=vals.Numbers(1e-9, imax),
+            docstring="compliance current of the voltage source (A)",
+        )
+        self.volt_limit = self.add_parameter(
+            "volt_limit",
+            unit="V",
+            get_cmd=partial(parent.query_float, f"SOUR{c}:VOLT:LIM?"),
+            set_cmd=partial(parent.write_float, f"SOUR{c}:VOLT:LIM {{}}"),
+            vals=vals.Numbers(1e-6, vmax),
+            docstring="compliance voltage of the current source (V)",
+        )
+        self.output = self.add_parameter(
+            "output",
+            get_cmd=partial(parent.query_bool, f"OUTP{c}?"),
+            set_cmd=lambda on, _c=c: parent.write(f"OUTP{_c} {1 if on else 0}"),
+            vals=vals.Bool(),
+            docstring="output relay (True: connected)",
+        )
+
+
+class VirtualLabSource(LabVisaInstrument):
+    """VLAB-SRC multi-channel source. ``max_voltage`` (V) / ``max_current`` (A): its hardware
+    range, which bounds the validators of every channel."""
+
+    def __init__(
+        self,
+        name: str,
+        address: str | None = None,
+        max_voltage: float = 10.0,
+        max_current: float = 0.1,
+        **kwargs: Any,
+    ) -> None:
+        self.max_voltage = float(max_voltage)
+        self.max_current = float(max_current)
+        super().__init__(name, address, **kwargs)
+        with self._closed_on_error():
+            self._setup()
+
+    def _setup(self) -> None:
+        name = self.name
+        n = self.query_int("SYST:CHAN:COUN?")
+        if not 1 <= n <= 99:
+            raise InstrumentReplyError(f"{name}: implausible channel count {n}", name)
+        w = _width(n)
+        self.channels: list[SourceChannel] = []
+        for c in range(1, n + 1):
+            ch = SourceChannel(self, f"ch{c:0{w}d}", c)
+            self.add_submodule(ch.short_name, ch)
+            self.channels.append(ch)
+        self.trip_status = self.add_parameter(
+            "trip_status",
+            get_cmd=partial(self.query_int, "STAT:TRIP?"),
+            docstring="bit mask of channels tripped by their compliance (bit k: channel k+1)",
+        )
+
+    def clear_trips(self) -> None:
+        self.write("OUTP:PROT:CLE")
+
+
+class VirtualLabDMM(LabVisaInstrument):
+    """VLAB-DMM: ``scan_list`` (multiplexer channels), ``readings`` (one scan, V, as an array),
+    ``reading_number`` (counter of the last scan's first reading; no I/O)."""
+
+    def __init__(self, name: str, address: str | None = None, **kwargs: Any) -> None:
+        super().__init__(name, address, **kwargs)
+        self._scan: list[int] = []
+        self._reading_number = -1
+        self.scan_list = self.add_parameter(
+            "scan_list",
+            get_cmd=self._get_scan,
+            set_cmd=self._set_scan,
+            vals=vals.Lists(vals.Ints(0)),
+            docstring="multiplexer channels scanned by READ?",
+        )
+        self.readings = self.add_parameter(
+            "readings",
+            unit="V",
+            get_cmd=self._read,
+            snapshot_value=False,
+            docstring="one scan: a reading per channel of scan_list (V)",
+        )
+        self.reading_number = self.add_parameter(
+            "reading_number",
+            get_cmd=lambda: self._reading_number,
+            snapshot_value=False,
+            docstring="reading counter of the first reading of the last scan (no I/O)",
+        )
+
+    def _set_scan(self, chs: list[int]) -> None:
+        self.write("ROUT:SCAN (@" + ",".join(str(int(c)) for c in chs) + ")")
+        self._scan = [int(c) for c in chs]
+
+    def _get_scan(self) -> list[int]:
+        cmd = "ROUT:SCAN?"
+        reply = self.ask(cmd)
+        m = re.fullmatch(r"\(@([0-9,:]*)\)", reply.replace(" ", ""))
+        if m is None:
+            raise self.bad_reply(cmd, reply, "a channel list (@...)")
+        chs: list[int] = []
+        for part in filter(None, m.group(1).split(",")):
+            if ":" in part:
+                a, b = (int(x) for x in part.split(":"))
+                chs.extend(range(a, b + 1))
+            else:
+                chs.append(int(part))
+        self._scan = chs
+        return chs
+
+    def _read(self) -> np.ndarray:
+        cmd = "READ?"
+        reply = self.ask(cmd)
+        head, _, rest = reply.partition(",")
+        if not _INT.fullmatch(head.strip()):
+            raise self.bad_reply(cmd, reply, "<reading number>,<v1>,...")
+        vals_ = self.parse_floats(cmd, rest, len(self._scan) if self._scan else None, reply)
+        self._reading_number = int(head)
+        return vals_
+
+    def measure(self, channel: int) -> float:
+        """One reading (V) of one multiplexer channel."""
+        return self.query_float(f"MEAS:VOLT? (@{int(channel)})")
+
+
+class PotChannel(InstrumentChannel):
+    """One digital potentiometer: ``tap`` and ``conductance`` (S, measured isolated)."""
+
+    def __init__(self, parent: VirtualLabPots, name: str, channel: int) -> None:
+        super().__init__(parent, name)
+        c = channel
+        self.channel = c
+        self.tap = self.add_parameter(
+            "tap",
+            get_cmd=partial(parent.query_int, f"POT{c}:TAP?"),
+            set_cmd=lambda k, _c=c: parent.write(f"POT{_c}:TAP {int(k)}"),
+            vals=vals.Ints(0, parent.n_taps - 1),
+            snapshot_get=False,
+            docstring="tap setting",
+        )
+        self.conductance = self.add_parameter(
+            "conductance",
+            unit="S",
+            get_cmd=partial(parent.query_float, f"POT{c}:MEAS:COND?"),
+            snapshot_get=False,
+            snapshot_value=False,
+            docstring="conductance of the device measured with it isolated (S)",
+        )
+
+
+class VirtualLabPots(LabVisaInstrument):
+    """VLAB-POT bank: ``taps`` (every device's tap, one array), per-device channels."""
+
+    def __init__(self, name: str, address: str | None = None, **kwargs: Any) -> None:
+        super().__init__(name, address, **kwargs)
+        with self._closed_on_error():
+            self._setup()
+
+    def _setup(self) -> None:
+        name = self.name
+        self.count = self.query_int("POT:COUN?")
+        self.n_taps = self.query_int("POT:TAPS?")
+        if self.count < 1 or self.n_taps < 2:
+            raise InstrumentReplyError(
+                f"{name}: implausible bank ({self.count} devices, {self.n_taps} taps)", name
+            )
+        w = _width(self.count)
+        self.channels: list[PotChannel] = []
+        for c in range(1, self.count + 1):
+            ch = PotChannel(self, f"ch{c:0{w}d}", c)
+            self.add_submodule(ch.short_name, ch)
+            self.channels.append(ch)
+        self.taps = self.add_parameter(
+            "taps",
+            get_cmd=self._get_taps,
+            set_cmd=self._set_taps,
+            vals=vals.Arrays(
+                min_value=0,
+                max_value=self.n_taps - 1,
+                shape=(self.count,),
+                valid_types=(np.integer,),
+            ),
+            docstring="tap of every device, in channel order",
+        )
+
+    def _get_taps(self) -> np.ndarray:
+        cmd = "POT:TAP:ALL?"
+        reply = self.ask(cmd)
+        parts = reply.split(",")
+        if len(parts) != self.count or not all(_INT.fullmatch(p.strip()) for p in parts):
+            raise self.bad_reply(cmd, reply, f"{self.count} comma-separated integers")
+        return np.array([int(p) for p in parts], dtype=np.int64)
+
+    def _set_taps(self, taps: np.ndarray) -> None:
+        self.write("POT:TAP:ALL " + ",".join(str(int(k)) for k in np.asarray(taps)))
+
+
+class SwitchChannel(InstrumentChannel):
+    """One relay: ``closed`` (True: the relay connects its source to its node)."""
+
+    def __init__(self, parent: VirtualLabSwitch, name: str, relay: int) -> None:
+        super().__init__(parent, name)
+        r = relay
+        self.relay = r
+        self.closed = self.add_parameter(
+            "closed",
+            get_cmd=partial(parent.query_bool, f"ROUT:CLOS? (@{r})"),
+            set_cmd=lambda on, _r=r: parent.write(f"ROUT:{'CLOS' if on else 'OPEN'} (@{_r})"),
+            vals=vals.Bool(),
+            docstring="relay state (True: closed)",
+        )
+
+
+class VirtualLabSwitch(LabVisaInstrument):
+    """VLAB-SWM switch matrix."""
+
+    def __init__(self, name: str, address: str | None = None, **kwargs: Any) -> None:
+        super().__init__(name, address, **kwargs)
+        with self._closed_on_error():
+            self._setup()
+
+    def _setup(self) -> None:
+        name = self.name
+        n = self.query_int("SYST:CHAN:COUN?")
+        if n < 1:
+            raise InstrumentReplyError(f"{name}: implausible relay count {n}", name)
+        w = _width(n)
+        self.channels: list[SwitchChannel] = []
+        for r in range(1, n + 1):
+            ch = SwitchChannel(self, f"ch{r:0{w}d}", r)
+            self.add_submodule(ch.short_name, ch)
+            self.channels.append(ch)
+
+    def open_all(self) -> None:
+        self.write("ROUT:OPEN:ALL")

@@ -1,0 +1,1124 @@
+"""A resistor network on the bench, trained through a qcodes station (``system: kind: station``).
+
+Physics and sign conventions are those of :mod:`physlearn.simulators.resistor` (PHYSICS.md,
+"Resistor networks"):
+
+* node voltages V (volts) are *measured* by a meter scanning every node through a multiplexer;
+* edge e carries a digital potentiometer of conductance g_e (S), the trainable group
+  ``"conductance"`` ``(n_edges,)``; the bank holds taps, and ``set_parameters`` writes the tap
+  nearest to each requested conductance (nominal law or calibration), reads the taps back,
+  verifies them and returns the conductances the bank now holds (the group declares
+  ``resolution = 0``: the grid is the bank's, per device);
+* energy E = 1/2 sum_e g_e (V_i - V_j)^2 (W); conjugate dE/dg_e = 1/2 (V_i - V_j)^2 (V^2 = W/S)
+  from the measured node voltages, per pattern;
+* inputs: voltage-source channels clamp the input nodes (V); outputs: output-node voltages (V);
+* nudges (what the hardware realises; ``supported_nudges`` follows the config):
+    - ``error``: current I_o = -beta * eps_o (A) injected into output o by current-mode channels;
+      beta real (W for a loss in 1/V, S for a loss in V), either sign;
+    - ``clamp``: output o held at the clamp voltage by a voltage source switched onto it (coupled
+      learning); beta unused;
+    - ``target``: relays connect each output through the hardware nudge conductance beta_hw (S)
+      to a source at the target voltage: E + beta_hw/2 sum (V_o - y_o)^2 (``native_cost = mse``);
+      the nudge's beta must equal beta_hw (a negative conductance cannot be built).
+
+One pattern at a time (``max_batch = 1``; the core's ``measure`` splits batches). A phase is one
+*transaction*: remove the previous nudge, set the inputs, apply the nudge, synchronise with every
+instrument written (a compliance-trip query or ``*OPC?``), wait ``settle_time``, scan until two
+successive scans agree within ``tolerance`` (if set; at most ``max_reads`` scans and ``timeout``
+seconds). Unchanged levels are not rewritten.
+
+Every value of a transaction is checked against the safety envelope before its first write
+(:mod:`physlearn.drivers.safety`); qcodes validators, steps and inter-delays enforce it again.
+
+Faults: a timeout or lost connection closes and reopens the VISA sessions, re-reads every level
+the system drives (so that ramps start from the truth) and redoes the transaction; a garbled
+reply or a stale scan (the meter's reading counter did not advance) redoes it on the same
+session first. After ``retry.attempts`` tries (``retry.reconnects`` reconnections) the system
+raises :class:`~physlearn.drivers.errors.InstrumentFault`; the orchestrator then commits the
+complete steps and closes the system, which ramps every source to its safe state. A compliance
+trip is never retried.
+
+Lifecycle: ``connect()`` (also done by ``snapshot()`` and ``dry_run()``) starts the virtual lab
+if configured, loads the station's instruments, checks their identities, installs the envelope
+on the qcodes parameters and reads their state -- it writes nothing. ``open()`` configures the
+sources (function, compliance), ramps them to their safe levels, switches the outputs on, sets
+the scan list and writes the initial weights. ``close()`` ramps to the safe state, closes every
+instrument (qcodes names are global) and stops the virtual lab, on every exit path.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import numpy as np
+
+from physlearn.drivers.config import SourceRole, StationConfig, SwitchRole, expand_names
+from physlearn.drivers.errors import (
+    ComplianceTrip,
+    EnvelopeViolation,
+    IdentityError,
+    InstrumentError,
+    InstrumentFault,
+    InstrumentIOError,
+    InstrumentReplyError,
+    SafeStateError,
+    StaleReadingError,
+)
+from physlearn.drivers.safety import (
+    RoleEnvelope,
+    apply_tap_limits,
+    apply_to_parameter,
+    check_taps,
+    hardware_range,
+    shield_interrupts,
+)
+from physlearn.drivers.tapmap import TapMap
+from physlearn.system import (
+    Equilibrium,
+    FloatArray,
+    Nudge,
+    NudgeKind,
+    ParameterGroup,
+    Params,
+    PhysicalSystem,
+    Port,
+)
+
+if TYPE_CHECKING:
+    from physlearn.config import ExperimentConfig
+    from physlearn.drivers.scpi_server import LabServer
+
+GROUP = "conductance"
+T = TypeVar("T")
+
+
+@dataclass
+class Timers:
+    """Wall-clock seconds by activity (for benchmarks): ``instrument`` = inside qcodes/VISA
+    calls, ``settle`` = waiting for the physics, ``visa_closed`` = VISA read/write time of the
+    instruments already closed (see :meth:`StationSystem.visa_seconds`); counts of phases,
+    scans, retries, reconnects."""
+
+    instrument: float = 0.0
+    settle: float = 0.0
+    visa_closed: float = 0.0
+    phases: int = 0
+    scans: int = 0
+    retries: int = 0
+    reconnects: int = 0
+
+
+@dataclass
+class Check:
+    """One line of a dry-run report."""
+
+    ok: bool
+    what: str
+    detail: str = ""
+
+
+@dataclass
+class _Source:
+    """A bound source role: qcodes parameters per channel."""
+
+    name: str
+    cfg: SourceRole
+    env: RoleEnvelope
+    levels: list[Any] = field(default_factory=list)
+    outputs: list[Any] | None = None
+    compliance: list[Any] | None = None
+    settings: list[dict[str, Any]] = field(default_factory=list)
+    trip: Any = None
+    roots: list[Any] = field(default_factory=list)
+    #: level last written per channel (a fast skip of unchanged levels; None = unknown)
+    last: list[float | None] = field(default_factory=list)
+
+
+@dataclass
+class _Switches:
+    name: str
+    cfg: SwitchRole
+    states: list[Any] = field(default_factory=list)
+    roots: list[Any] = field(default_factory=list)
+
+
+def _root(p: Any) -> Any:
+    return p.root_instrument
+
+
+class StationSystem(PhysicalSystem):
+    """See the module docstring. ``seed`` draws the initial conductances (``init: random``)."""
+
+    max_batch = 1
+    native_cost = "mse"
+    energy_unit = "W"
+
+    def __init__(self, config: StationConfig, seed: int = 0) -> None:
+        self.config = config
+        self.seed = int(seed)
+        self.graph = config.graph.build()
+        self.edges = np.asarray(self.graph.edges, dtype=np.int64)
+        self.n_nodes = int(self.graph.n_nodes)
+        self._in_port = Port(
+            size=int(self.graph.input_nodes.size),
+            unit="V",
+            labels=tuple(f"node{n}" for n in self.graph.input_nodes),
+            long_name="input source voltages",
+        )
+        self._out_port = Port(
+            size=int(self.graph.output_nodes.size),
+            unit="V",
+            labels=tuple(f"node{n}" for n in self.graph.output_nodes),
+            long_name="output node voltages (measured)",
+        )
+        self.supported_nudges: frozenset[NudgeKind] = frozenset(config.nudge.kinds())
+        w = config.weights
+        self.tapmap = TapMap(w.law, self.edges.shape[0], w.tap_limits, w.calibration)
+        lo_r, hi_r = self.tapmap.reachable()
+        b = w.conductance
+        if b.min < lo_r * (1 - 1e-12) or b.max > hi_r * (1 + 1e-12):
+            raise ValueError(
+                f"weights.conductance [{b.min:g}, {b.max:g}] S is not reachable by every device "
+                f"within taps {w.tap_limits[0]}..{w.tap_limits[1]} ({self.tapmap.source}: "
+                f"[{lo_r:g}, {hi_r:g}] S)"
+            )
+        self._group = ParameterGroup(
+            name=GROUP,
+            shape=(self.edges.shape[0],),
+            dims=("edge",),
+            lower=b.min,
+            upper=b.max,
+            unit="S",
+            resolution=0.0,
+            long_name="edge conductance (potentiometer bank; held values are the bank's)",
+            energy_unit="W",
+        )
+        self.envelopes: dict[str, RoleEnvelope] = {
+            "inputs": RoleEnvelope(
+                "inputs", "V", config.inputs.limits, tuple(config.inputs.names())
+            )
+        }
+        for kind in config.nudge.kinds():
+            src = getattr(config.nudge, kind).sources
+            self.envelopes[f"nudge.{kind}"] = RoleEnvelope(
+                f"nudge.{kind}", src.unit, src.limits, tuple(src.names())
+            )
+        self.timers = Timers()
+        self.events: list[str] = []
+        self.lab: LabServer | None = None
+        self._station: Any = None
+        self._instruments: dict[str, Any] = {}
+        self._identity: dict[str, str] = {}
+        self._sources: dict[str, _Source] = {}
+        self._switches: dict[str, _Switches] = {}
+        self._readings: Any = None
+        self._scan_list: Any = None
+        self._counter: Any = None
+        self._taps: Any = None
+        self._connected = False
+        self._opened = False
+        self._held = np.zeros(self.edges.shape[0])
+        self._last_counter = -1
+        self._dirty_roots: dict[int, Any] = {}
+        self._batch_roots: list[Any] = []
+        self._trips: dict[int, Any] = {}
+        self._roots: dict[int, Any] = {}
+        self._weight_names = expand_names(config.weights.channels or [])
+        #: nudge kind possibly applied on the bench ("?" unknown; None: free state)
+        self._applied: str | None = "?"
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def parameter_groups(self) -> tuple[ParameterGroup, ...]:
+        return (self._group,)
+
+    @property
+    def inputs(self) -> Port:
+        return self._in_port
+
+    @property
+    def outputs(self) -> Port:
+        return self._out_port
+
+    # -- connection --------------------------------------------------------------------------
+    def _station_yaml(self) -> dict[str, Any]:
+        import yaml
+
+        raw = yaml.safe_load(Path(self.config.station).read_text())
+        if self.lab is not None:
+            served = self.lab.station_config()["instruments"]
+            for name, entry in served.items():
+                if name in raw["instruments"]:
+                    raw["instruments"][name]["address"] = entry["address"]
+                    init = raw["instruments"][name].setdefault("init", {}) or {}
+                    init.setdefault("visalib", "@py")
+                    raw["instruments"][name]["init"] = init
+        return dict(raw)
+
+    def _needed_instruments(self) -> list[str]:
+        names: list[str] = []
+        for _, path in self.config.referenced():
+            inst = path.split(".")[0]
+            if inst not in names:
+                names.append(inst)
+        for inst in self.config.identity:
+            if inst not in names:
+                names.append(inst)
+        return names
+
+    def _start_lab(self) -> None:
+        if self.config.lab is None or self.lab is not None:
+            return
+        from physlearn.drivers.lab_config import load_lab_config
+        from physlearn.drivers.scpi_server import LabServer
+
+        self.lab = LabServer(load_lab_config(self.config.lab.serve)).start()
+        self.events.append(f"virtual lab serving {self.lab.addresses}")
+
+    def _load_instruments(self) -> None:
+        import yaml
+        from qcodes.station import Station
+
+        self._station = Station(default=False, update_snapshot=False)
+        self._station.load_config(yaml.safe_dump(self._station_yaml()))
+        attempts = self.config.retry.attempts
+        for name in self._needed_instruments():
+            for attempt in range(attempts):
+                try:
+                    inst = self._station.load_instrument(name, update_snapshot=False)
+                    break
+                except (InstrumentIOError, InstrumentReplyError) as exc:
+                    # a flaky link while the driver sets itself up: try again
+                    self.events.append(f"loading {name}: attempt {attempt + 1} failed: {exc}")
+                    if attempt == attempts - 1:
+                        raise InstrumentFault(
+                            f"{name}: cannot set up the driver after {attempts} attempt(s): {exc}",
+                            name,
+                        ) from exc
+                except InstrumentError:
+                    raise
+                except Exception as exc:
+                    raise InstrumentIOError(
+                        f"{name}: cannot connect ({type(exc).__name__}: {exc})", name
+                    ) from exc
+            self._instruments[name] = inst
+
+    def _check_identities(self) -> None:
+        for name, inst in self._instruments.items():
+            idn = inst.ask("*IDN?").strip()
+            self._identity[name] = idn
+            pattern = self.config.identity.get(name)
+            if pattern is not None and re.search(pattern, idn) is None:
+                raise IdentityError(
+                    f"{name} at {getattr(inst, 'address', '?')} identifies as {idn!r}, which "
+                    f"does not match identity.{name} = {pattern!r}: wrong instrument?",
+                    name,
+                )
+
+    def _resolve(self, path: str) -> Any:
+        """A channel or parameter from a dotted name ``inst.sub.param``."""
+        from qcodes.parameters import ParameterBase
+
+        parts = path.split(".")
+        obj: Any = self._instruments.get(parts[0])
+        if obj is None:
+            raise KeyError(f"{path!r}: instrument {parts[0]!r} is not loaded")
+        for k, part in enumerate(parts[1:], start=1):
+            subs = getattr(obj, "submodules", {})
+            params = getattr(obj, "parameters", {})
+            if part in subs:
+                obj = subs[part]
+            elif part in params and k == len(parts) - 1:
+                obj = params[part]
+            else:
+                have = sorted([*subs, *params])[:12]
+                raise KeyError(
+                    f"{path!r}: {'.'.join(parts[:k])} has no {part!r} (it has {have}...)"
+                )
+        if isinstance(obj, ParameterBase) or hasattr(obj, "parameters"):
+            return obj
+        raise KeyError(f"{path!r} is neither a channel nor a parameter")
+
+    def _param(self, channel: Any, name: str, where: str) -> Any:
+        params = getattr(channel, "parameters", {})
+        if name not in params:
+            raise KeyError(f"{where}: {channel.full_name} has no parameter {name!r}")
+        return params[name]
+
+    def _bind(self) -> None:
+        cfg = self.config
+        roles: list[tuple[str, SourceRole]] = [("inputs", cfg.inputs)]
+        for kind in cfg.nudge.kinds():
+            roles.append((f"nudge.{kind}", getattr(cfg.nudge, kind).sources))
+        for name, rc in roles:
+            src = _Source(name, rc, self.envelopes[name])
+            for ch_name in rc.names():
+                ch = self._resolve(ch_name)
+                src.levels.append(self._param(ch, rc.level, name))
+                if rc.output is not None:
+                    src.outputs = src.outputs or []
+                    src.outputs.append(self._param(ch, rc.output, name))
+                if rc.compliance is not None:
+                    src.compliance = src.compliance or []
+                    src.compliance.append(self._param(ch, rc.compliance.parameter, name))
+                src.settings.append({k: self._param(ch, k, name) for k in rc.settings})
+            if rc.trip_status is not None:
+                src.trip = self._resolve(rc.trip_status)
+            src.roots = list({id(_root(p)): _root(p) for p in src.levels}.values())
+            self._sources[name] = src
+        for kind in ("clamp", "target"):
+            role = getattr(cfg.nudge, kind)
+            if role is None or role.switches is None:
+                continue
+            sw = _Switches(f"nudge.{kind}", role.switches)
+            for ch_name in role.switches.names():
+                sw.states.append(self._param(self._resolve(ch_name), role.switches.state, kind))
+            sw.roots = list({id(_root(p)): _root(p) for p in sw.states}.values())
+            self._switches[kind] = sw
+        # Writes to an instrument are batched (compound messages) unless a role on it ramps
+        # with an inter-delay, which must separate its writes in time.
+        slow = {
+            id(r)
+            for src in self._sources.values()
+            if src.env.limits.inter_delay > 0
+            for r in src.roots
+        }
+        roots = [r for src in self._sources.values() for r in src.roots]
+        roots += [r for sw in self._switches.values() for r in sw.roots]
+        self._batch_roots = list({id(r): r for r in roots if id(r) not in slow}.values())
+        self._trips = {
+            id(_root(src.trip)): src.trip for src in self._sources.values() if src.trip is not None
+        }
+        p = cfg.probes
+        self._readings = self._resolve(p.readings)
+        self._scan_list = self._resolve(p.scan_list) if p.scan_list else None
+        self._counter = self._resolve(p.counter) if p.counter else None
+        self._taps = self._resolve(cfg.weights.taps)
+
+    def _install_envelope(self) -> None:
+        for src in self._sources.values():
+            for param in src.levels:
+                apply_to_parameter(param, src.env, hardware_range(param))
+        apply_tap_limits(self._taps, self.config.weights.tap_limits, self.edges.shape[0])
+
+    def _resync(self) -> None:
+        """Read back every level, output, relay the system drives (qcodes caches = truth)."""
+        t0 = time.perf_counter()
+        try:
+            for src in self._sources.values():
+                src.last = [float(param.get()) for param in src.levels]
+                for param in src.outputs or []:
+                    param.get()
+            for sw in self._switches.values():
+                for param in sw.states:
+                    param.get()
+        finally:
+            self.timers.instrument += time.perf_counter() - t0
+            self._applied = "?"  # whatever the read showed, release every nudge next phase
+
+    def connect(self) -> None:
+        """Load the instruments, check identities, install the envelope, read the state.
+        Writes nothing to any instrument."""
+        if self._connected:
+            return
+        try:
+            self._start_lab()
+            self._load_instruments()
+            self._transaction("checking identities", self._check_identities)
+            self._bind()
+            self._install_envelope()
+            self._transaction("reading the present state", self._resync)
+        except BaseException:
+            self._disconnect()
+            raise
+        self._connected = True
+
+    def visa_seconds(self) -> float:
+        """Seconds spent in VISA reads and writes so far, over every instrument."""
+        live = sum(getattr(i, "io_seconds", 0.0) for i in self._instruments.values())
+        return self.timers.visa_closed + live
+
+    def _disconnect(self) -> None:
+        errors = []
+        for name, inst in list(self._instruments.items()):
+            self.timers.visa_closed += getattr(inst, "io_seconds", 0.0)
+            try:
+                inst.close()
+            except Exception as exc:  # noqa: BLE001 - close them all
+                errors.append(f"{name}: {exc}")
+        self._instruments.clear()
+        self._roots.clear()
+        self._sources.clear()
+        self._switches.clear()
+        self._station = None
+        self._connected = False
+        self._opened = False
+        if self.lab is not None:
+            self.lab.stop()
+            self.lab = None
+        if errors:
+            self.events.append("closing: " + "; ".join(errors))
+
+    # -- retries -----------------------------------------------------------------------------
+    def _reconnect_all(self) -> None:
+        self.timers.reconnects += 1
+        for inst in self._instruments.values():
+            inst.reconnect()
+        self._resync()
+
+    def _resync_quietly(self) -> None:
+        """Re-read the driven levels after a failed operation (a batch may have been dropped),
+        on the same session; a failure here is left to the next attempt."""
+        try:
+            self._resync()
+        except InstrumentError as exc:
+            self.events.append(f"resync failed: {exc}")
+
+    def _transaction(self, what: str, fn: Callable[[], T], attempts: int | None = None) -> T:
+        r = self.config.retry
+        n_attempts = attempts or r.attempts
+        reconnects = 0
+        data_errors = 0
+        last: BaseException | None = None
+        for attempt in range(n_attempts):
+            try:
+                return fn()
+            except (InstrumentIOError, InstrumentReplyError, StaleReadingError) as exc:
+                last = exc
+                link = isinstance(exc, InstrumentIOError)
+                data_errors = 0 if link else data_errors + 1
+                self.events.append(f"{what}: attempt {attempt + 1} failed: {exc}")
+                if attempt == n_attempts - 1:
+                    break
+                self.timers.retries += 1
+                if r.backoff:
+                    time.sleep(r.backoff)
+                if link or data_errors >= 2:
+                    if reconnects >= r.reconnects:
+                        break
+                    reconnects += 1
+                    try:
+                        self._reconnect_all()
+                    except InstrumentError as exc2:
+                        last = exc2
+                        self.events.append(f"{what}: reconnect failed: {exc2}")
+                else:
+                    self._resync_quietly()
+        raise InstrumentFault(
+            f"{what}: gave up after {n_attempts} attempt(s) and {reconnects} reconnect(s); "
+            f"last error: {last}"
+        ) from last
+
+    # -- low-level writes (every value already checked against the envelope) -----------------
+    def _root_of(self, param: Any) -> Any:
+        """The instrument a parameter belongs to (cached: qcodes walks the parent chain)."""
+        key = id(param)
+        root = self._roots.get(key)
+        if root is None:
+            root = self._roots[key] = _root(param)
+        return root
+
+    def _set(self, param: Any, value: Any) -> None:
+        cached = param.cache.get(get_if_invalid=False)
+        if cached is not None:
+            same = (
+                np.array_equal(cached, value)
+                if isinstance(value, np.ndarray) or isinstance(cached, np.ndarray)
+                else cached == value
+            )
+            if same:
+                return
+        t0 = time.perf_counter()
+        try:
+            param.set(value)
+        finally:
+            self.timers.instrument += time.perf_counter() - t0
+        root = self._root_of(param)
+        self._dirty_roots[id(root)] = root
+
+    def _batch(self, roots: list[Any]) -> AbstractContextManager[Any]:
+        """Deferred writes (compound messages) on the given instruments that support them."""
+        if len(roots) == 1 and hasattr(roots[0], "deferred_writes"):
+            cm: AbstractContextManager[Any] = roots[0].deferred_writes()
+            return cm
+        stack = ExitStack()
+        for root in roots:
+            deferred = getattr(root, "deferred_writes", None)
+            if deferred is not None:
+                stack.enter_context(deferred())
+        return stack
+
+    def _set_levels(self, src: _Source, values: FloatArray) -> None:
+        last = src.last
+        for k, v in enumerate(values.tolist()):
+            if last[k] != v:
+                last[k] = None  # unknown until the write is through
+                self._set(src.levels[k], v)
+                last[k] = v
+
+    def _sync(self) -> None:
+        """Wait until every written instrument has executed its commands; check trips."""
+        if not self._dirty_roots:
+            return
+        roots = list(self._dirty_roots.values())
+        trips = self._trips
+        t0 = time.perf_counter()
+        try:
+            for root in roots:
+                trip = trips.get(id(root))
+                if trip is not None:
+                    mask = trip.get()
+                    if mask:
+                        raise ComplianceTrip(
+                            f"{root.name}: channels tripped by their compliance (status "
+                            f"{mask}: bit k = channel k+1); the run stops in the safe state",
+                            root.name,
+                        )
+                else:
+                    reply = root.ask("*OPC?").strip()
+                    if reply != "1":
+                        raise InstrumentReplyError(
+                            f"{root.name} replied {reply!r} to '*OPC?'; expected 1", root.name
+                        )
+        finally:
+            self.timers.instrument += time.perf_counter() - t0
+        self._dirty_roots.clear()
+
+    # -- open / close ------------------------------------------------------------------------
+    def open(self) -> None:
+        if self._opened:
+            return
+        try:
+            self.connect()
+            self._transaction("opening the bench", self._configure)
+            self._opened = True
+            if self.config.weights.conductance.init == "random":
+                b = self.config.weights.conductance
+                lo, hi = b.init_range()
+                g0 = np.random.default_rng(self.seed).uniform(lo, hi, self.edges.shape[0])
+                self.set_parameters({GROUP: g0})
+            else:
+                self._held = self.get_parameters()[GROUP]
+        except BaseException:
+            self.close()
+            raise
+
+    def _configure(self) -> None:
+        """Bring every role to its free, safe starting state (see ``open``)."""
+        self._resync()
+        for sw in self._switches.values():
+            for param in sw.states:
+                self._set(param, False)
+        for src in self._sources.values():
+            lim = src.env.limits
+            for k, level in enumerate(src.levels):
+                out = src.outputs[k] if src.outputs else None
+                on = bool(out.cache.get(get_if_invalid=False)) if out is not None else True
+                value = level.cache.get(get_if_invalid=False)
+                inside = value is not None and lim.min <= float(value) <= lim.max
+                if not inside:
+                    if on:
+                        raise EnvelopeViolation(
+                            f"{src.name}: {level.full_name} outputs {value} {src.env.unit}, "
+                            f"outside the envelope [{lim.min:g}, {lim.max:g}]; bring it inside "
+                            "by hand (or switch its output off) before running"
+                        )
+                    # disconnected: the level may jump straight to the safe value
+                    step = level.step
+                    level.step = None
+                    try:
+                        self._set(level, lim.safe)
+                    finally:
+                        level.step = step
+                needs = {
+                    name: val
+                    for name, val in src.cfg.settings.items()
+                    if src.settings[k][name].get() != val
+                }
+                if needs and on and out is not None:
+                    self._set(level, lim.safe)
+                    self._set(out, False)
+                    on = False
+                for name, val in needs.items():
+                    self._set(src.settings[k][name], val)
+                if src.compliance is not None and src.cfg.compliance is not None:
+                    want = src.cfg.compliance.value
+                    self._set(src.compliance[k], want)
+                    got = src.compliance[k].get()
+                    if not math.isclose(float(got), want, rel_tol=1e-9):
+                        raise InstrumentReplyError(
+                            f"{src.compliance[k].full_name}: wrote {want:g}, reads {got}",
+                            _root(level).name,
+                        )
+                self._set(level, lim.safe)
+        for name, src in self._sources.items():
+            if src.outputs is None:
+                continue
+            clamp_by_output = name == "nudge.clamp" and "clamp" not in self._switches
+            for out in src.outputs:
+                self._set(out, not clamp_by_output)
+        if self._scan_list is not None:
+            chans = self.config.probes.channel_list()
+            self._set(self._scan_list, chans)
+            got = list(self._scan_list.get())
+            if got != chans:
+                raise InstrumentReplyError(
+                    f"{self._scan_list.full_name}: wrote {chans}, reads {got}",
+                    _root(self._scan_list).name,
+                )
+        self._sync()
+        self._refresh_last()
+        self._applied = None
+
+    def _refresh_last(self) -> None:
+        """Re-derive the fast-skip memory of written levels from the qcodes caches."""
+        for src in self._sources.values():
+            src.last = [p.cache.get(get_if_invalid=False) for p in src.levels]
+
+    def safe_state(self) -> None:
+        """Open every relay, ramp every source to its safe level, switch its output off, and
+        verify by read-back. Retries with reconnects; raises :class:`SafeStateError` naming every
+        channel that could not be confirmed safe. Idempotent; a no-op when not connected."""
+        if not self._connected:
+            return
+        failures: list[str] = []
+        attempts = self.config.retry.safe_state_attempts
+
+        def guarded(what: str, fn: Callable[[], None]) -> None:
+            try:
+                self._transaction(what, fn, attempts=attempts)
+            except (InstrumentError, ValueError) as exc:
+                failures.append(f"{what}: {exc}")
+
+        with shield_interrupts("ramping the sources to their safe state"):
+            for sw in self._switches.values():
+                for param in sw.states:
+
+                    def open_relay(p: Any = param) -> None:
+                        p.get()
+                        self._set(p, False)
+                        if p.get() is not False:
+                            raise InstrumentReplyError(f"{p.full_name} did not open")
+
+                    guarded(f"opening {param.full_name}", open_relay)
+            order = [n for n in self._sources if n != "inputs"] + ["inputs"]
+            for name in order:
+                src = self._sources[name]
+                safe = src.env.limits.safe
+                for k, level in enumerate(src.levels):
+                    out = src.outputs[k] if src.outputs else None
+
+                    def make_safe(lv: Any = level, o: Any = out, safe: float = safe) -> None:
+                        lv.get()  # the truth, so the ramp starts where the level really is
+                        self._set(lv, safe)
+                        if o is not None:
+                            self._set(o, False)
+                        got = lv.get()
+                        if float(got) != safe:
+                            raise InstrumentReplyError(f"{lv.full_name} reads {got}, not {safe}")
+                        if o is not None and o.get() is not False:
+                            raise InstrumentReplyError(f"{o.full_name} is still on")
+
+                    guarded(f"ramping {level.full_name} to {safe:g} {src.env.unit}", make_safe)
+        self._opened = False
+        self._refresh_last()
+        self._applied = "?"
+        if failures:
+            raise SafeStateError(
+                "NOT CONFIRMED SAFE -- switch these off by hand: " + " | ".join(failures)
+            )
+
+    def close(self) -> None:
+        try:
+            self.safe_state()
+        finally:
+            self._disconnect()
+
+    # -- parameters --------------------------------------------------------------------------
+    def set_parameters(self, params: Params) -> Params:
+        """Write the conductances (S) as taps; returns the conductances the bank holds.
+
+        Refuses (``ValueError``) unknown or missing groups, a wrong shape, non-finite values and
+        values outside the group's bounds; the taps are checked against ``tap_limits``
+        (``EnvelopeViolation``) before anything is written, then written, read back and compared.
+        """
+        unknown = set(params) - {GROUP}
+        if unknown or GROUP not in params:
+            raise ValueError(
+                f"expected exactly the parameter group {GROUP!r}, got {sorted(params)}"
+            )
+        g = np.asarray(params[GROUP])
+        grp = self._group
+        if g.shape != grp.shape:
+            raise ValueError(
+                f"parameter group {GROUP!r}: expected shape {grp.shape}, got {g.shape}"
+            )
+        if np.iscomplexobj(g) or not np.all(np.isfinite(g)):
+            raise ValueError(f"parameter group {GROUP!r}: values must be real and finite")
+        g = g.astype(np.float64)
+        bad = np.flatnonzero((g < grp.lower) | (g > grp.upper))
+        if bad.size:
+            e = int(bad[0])
+            raise ValueError(
+                f"parameter group {GROUP!r}: {bad.size} value(s) outside the bounds "
+                f"[{grp.lower:g}, {grp.upper:g}] S, e.g. edge {e} = {g[e]:g} S "
+                "(project before writing; the system does not clip)"
+            )
+        taps = self.tapmap.nearest(g)
+        check_taps(taps, self.config.weights.tap_limits, self._weight_names)
+        self._require_open()
+
+        def write() -> None:
+            with self._batch([_root(self._taps)]):
+                self._write_taps(taps)
+
+        self._transaction("writing the weights", write)
+        self._held = self.tapmap.conductance(taps)
+        return {GROUP: self._held.copy()}
+
+    def _write_taps(self, taps: np.ndarray) -> None:
+        """Write the taps, read them back and compare (InstrumentReplyError if they differ)."""
+        self._set(self._taps, taps)
+        if self.config.weights.verify:
+            t0 = time.perf_counter()
+            try:
+                back = np.asarray(self._taps.get())
+            finally:
+                self.timers.instrument += time.perf_counter() - t0
+            if back.shape != taps.shape or not np.array_equal(back, taps):
+                k = int(np.flatnonzero(back != taps)[0]) if back.shape == taps.shape else 0
+                self._taps.cache.invalidate()
+                raise InstrumentReplyError(
+                    f"{_root(self._taps).name}: wrote tap {int(taps[k])} on device {k + 1}, "
+                    f"reads back {back[k] if back.shape == taps.shape else back.shape}",
+                    _root(self._taps).name,
+                )
+            self._dirty_roots.pop(id(_root(self._taps)), None)
+
+    def get_parameters(self) -> Params:
+        """Read the taps back from the bank and return their conductances (S)."""
+        self._require_connected()
+
+        def read() -> np.ndarray:
+            t0 = time.perf_counter()
+            try:
+                return np.asarray(self._taps.get(), dtype=np.int64)
+            finally:
+                self.timers.instrument += time.perf_counter() - t0
+
+        taps = self._transaction("reading the weights", read)
+        return {GROUP: np.asarray(self.tapmap.conductance(taps))}
+
+    def _require_connected(self) -> None:
+        if not self._connected:
+            raise RuntimeError("the station system is not connected (use it as a context manager)")
+
+    def _require_open(self) -> None:
+        if not self._opened:
+            raise RuntimeError("the station system is not open (use it as a context manager)")
+
+    # -- physics -----------------------------------------------------------------------------
+    def _nudge_levels(
+        self, nudge: Nudge | None, batch: int
+    ) -> tuple[str | None, FloatArray | None]:
+        if nudge is None:
+            return None, None
+        kind = nudge.kind
+        if kind not in self.supported_nudges:
+            raise ValueError(
+                f"this bench cannot realise a {kind!r} nudge (configured: "
+                f"{sorted(self.supported_nudges)})"
+            )
+        v = np.asarray(nudge.values)
+        n_out = self.outputs.size
+        if v.shape != (batch, n_out):
+            raise ValueError(
+                f"nudge {kind} values must have shape ({batch}, {n_out}), got {v.shape}"
+            )
+        if np.iscomplexobj(v) or not np.all(np.isfinite(v)):
+            raise ValueError(f"nudge {kind} values must be real and finite")
+        beta = complex(nudge.beta)
+        if kind in ("error", "target") and beta.imag != 0:
+            raise ValueError("an instrument cannot realise a complex nudge (holomorphic EP)")
+        if kind == "error":
+            return kind, np.asarray(-beta.real * v, dtype=np.float64)
+        if kind == "target":
+            assert self.config.nudge.target is not None
+            hw = self.config.nudge.target.conductance
+            if not math.isclose(beta.real, hw, rel_tol=1e-9):
+                raise ValueError(
+                    f"target nudge: the bench's nudge conductance is {hw:g} S; beta = "
+                    f"{beta.real:g} cannot be realised (a negative or different conductance "
+                    "would need other hardware; use one-sided EP with beta = the hardware value, "
+                    "or an error nudge)"
+                )
+        return kind, np.asarray(v, dtype=np.float64)
+
+    def equilibrate(
+        self,
+        inputs: FloatArray,
+        nudge: Nudge | None = None,
+        warm_start: Any = None,
+        rng: np.random.Generator | None = None,
+    ) -> Equilibrium:
+        """Measure ``inputs`` ``(batch, n_in)`` (V) one pattern at a time.
+
+        Every value (inputs, nudge levels) is checked against the envelope before the first
+        write (``EnvelopeViolation``). ``warm_start`` and ``rng`` are unused (the bench relaxes
+        by itself; its noise is its own). Diagnostics: ``iterations`` = scans read,
+        ``converged`` = the scans agreed within ``tolerance`` (always true without one),
+        ``settle_time`` = seconds waited, ``residual`` = NaN (KCL cannot be measured directly),
+        ``energy`` = E from the measured voltages and the held conductances (W); observable
+        ``node_voltages`` ``(batch, n_nodes)`` (V): the scan each pattern's values come from
+        (the last one read).
+        """
+        self._require_open()
+        x = np.asarray(inputs)
+        n_in = self.inputs.size
+        if x.ndim != 2 or x.shape[1] != n_in or x.shape[0] < 1:
+            raise ValueError(f"inputs must have shape (batch, {n_in}), got {x.shape}")
+        if np.iscomplexobj(x):
+            raise ValueError("inputs must be real (volts)")
+        x = self.envelopes["inputs"].check(x)
+        kind, levels = self._nudge_levels(nudge, x.shape[0])
+        if kind is not None and levels is not None:
+            self.envelopes[f"nudge.{kind}"].check(levels)
+        batch = x.shape[0]
+        volts = np.empty((batch, self.n_nodes))
+        reads = np.zeros(batch, dtype=np.int64)
+        converged = np.ones(batch, dtype=bool)
+        settle = 0.0
+        for b in range(batch):
+            lv = None if levels is None else levels[b]
+
+            def one(
+                u: FloatArray = x[b], lv_: FloatArray | None = lv
+            ) -> tuple[Any, int, bool, float]:
+                return self._measure_one(u, kind, lv_)
+
+            v, n, ok, waited = self._transaction("measuring a pattern", one)
+            volts[b], reads[b], converged[b] = v, n, ok
+            settle += waited
+        i, j = self.edges[:, 0], self.edges[:, 1]
+        dv = volts[:, i] - volts[:, j]
+        conj = 0.5 * dv * dv
+        return Equilibrium(
+            outputs=np.ascontiguousarray(volts[:, self.graph.output_nodes]),
+            conjugates={GROUP: conj},
+            state=None,
+            residual=np.full(batch, np.nan),
+            iterations=reads,
+            shots=0,
+            settle_time=settle,
+            energy=conj @ self._held,
+            observables={"node_voltages": volts},
+            converged=converged,
+        )
+
+    def _release_nudge(self, keep: str | None) -> None:
+        """Bring every nudge role except ``keep`` to its free-phase state."""
+        if self._applied is None or self._applied == keep:
+            return  # nothing else applied (set before a nudge is applied, cleared after this)
+        for kind in self.supported_nudges:
+            if kind == keep:
+                continue
+            if kind == "error":
+                src = self._sources["nudge.error"]
+                self._set_levels(src, np.zeros(len(src.levels)))
+            elif kind in self._switches:
+                for p in self._switches[kind].states:
+                    self._set(p, False)
+            elif kind == "clamp":
+                src = self._sources["nudge.clamp"]
+                for p in src.outputs or []:
+                    self._set(p, False)
+
+    def _measure_one(
+        self, u: FloatArray, kind: str | None, levels: FloatArray | None
+    ) -> tuple[FloatArray, int, bool, float]:
+        with self._batch(self._batch_roots):
+            self._release_nudge(kind)
+            self._applied = kind
+            self._set_levels(self._sources["inputs"], u)
+            if kind is not None and levels is not None:
+                src = self._sources[f"nudge.{kind}"]
+                self._set_levels(src, levels)
+                if kind in self._switches:
+                    for p in self._switches[kind].states:
+                        self._set(p, True)
+                elif kind == "clamp":
+                    for p in src.outputs or []:
+                        self._set(p, True)
+            self._sync()
+        self.timers.phases += 1
+        return self._read()
+
+    def _scan(self) -> FloatArray:
+        t0 = time.perf_counter()
+        try:
+            v = np.asarray(self._readings.get(), dtype=np.float64)
+            count = None if self._counter is None else int(self._counter.get())
+        finally:
+            self.timers.instrument += time.perf_counter() - t0
+        self.timers.scans += 1
+        name = self._root_of(self._readings).name
+        if v.shape != (self.n_nodes,):
+            raise InstrumentReplyError(
+                f"{name}: a scan returned {v.size} readings, expected {self.n_nodes}", name
+            )
+        if count is not None:
+            if count <= self._last_counter:
+                raise StaleReadingError(
+                    f"{name}: stale scan (reading counter {count} did not advance past "
+                    f"{self._last_counter})",
+                    name,
+                )
+            self._last_counter = count
+        rng = self.config.probes.range
+        if not (v.max() <= rng and v.min() >= -rng):
+            over = np.flatnonzero(~(np.abs(v) <= rng))
+            raise InstrumentFault(
+                f"{name}: overload on node {int(over[0])} ({v[over[0]]:g} V beyond "
+                f"{self.config.probes.range:g} V)",
+                name,
+            )
+        return v
+
+    def _wait(self, seconds: float) -> float:
+        """Wait at least ``seconds`` (sleeping: the CPU is left to others; on a loaded machine a
+        short sleep overshoots -- the network only settles further); returns the time waited."""
+        t0 = time.perf_counter()
+        time.sleep(seconds)
+        dt = time.perf_counter() - t0
+        self.timers.settle += dt
+        return dt
+
+    def _read(self) -> tuple[FloatArray, int, bool, float]:
+        eq = self.config.equilibrium
+        waited = self._wait(eq.settle_time) if eq.settle_time > 0 else 0.0
+        v = self._scan()
+        reads = 1
+        if eq.tolerance is None:
+            return v, reads, True, waited
+        start = time.perf_counter()
+        while reads < eq.max_reads and time.perf_counter() - start < eq.timeout:
+            if eq.poll_interval > 0:
+                waited += self._wait(eq.poll_interval)
+            v2 = self._scan()
+            reads += 1
+            if float(np.max(np.abs(v2 - v))) <= eq.tolerance:
+                return v2, reads, True, waited
+            v = v2
+        return v, reads, False, waited
+
+    # -- description -------------------------------------------------------------------------
+    def snapshot(self) -> dict[str, Any]:
+        """Identities, addresses and the settings of every parameter the system drives, plus
+        the envelope. Connects (reads only) if not yet connected."""
+        self.connect()
+        instruments = {}
+        for name, inst in self._instruments.items():
+            instruments[name] = {
+                "idn": self._identity.get(name, ""),
+                "class": f"{type(inst).__module__}.{type(inst).__name__}",
+                "address": getattr(inst, "address", None),
+            }
+        params = {}
+        for src in self._sources.values():
+            for group in (src.levels, src.outputs or [], src.compliance or []):
+                for p in group:
+                    params[p.full_name] = {
+                        "value": p.cache.get(get_if_invalid=False),
+                        "unit": p.unit,
+                        "vals": repr(p.vals),
+                        "step": p.step,
+                        "inter_delay": p.inter_delay,
+                    }
+        return {
+            "class": type(self).__name__,
+            "station": self.config.station,
+            "virtual_lab": None if self.lab is None else self.lab.addresses,
+            "instruments": instruments,
+            "parameters": params,
+            "envelope": {
+                name: {**env.limits.model_dump(), "unit": env.unit}
+                for name, env in self.envelopes.items()
+            },
+            "tap_limits": list(self.config.weights.tap_limits),
+            "tap_law": self.tapmap.source,
+            "n_nodes": self.n_nodes,
+            "n_edges": int(self.edges.shape[0]),
+            "supported_nudges": sorted(self.supported_nudges),
+        }
+
+    def graph_layout(self) -> dict[str, Any]:
+        g = self.graph
+        return {
+            "positions": np.asarray(g.positions).copy(),
+            "edges": np.asarray(g.edges).copy(),
+            "edge_group": GROUP,
+            "node_roles": list(g.roles),
+        }
+
+    # -- calibration -------------------------------------------------------------------------
+    def calibrate(self, points: int) -> dict[str, Any]:
+        """Measure every potentiometer's conductance (S) at ``points`` taps spread over
+        ``tap_limits``, with every source in its safe state and each device measured isolated
+        (``weights.channels`` x ``weights.measure``); the taps are restored afterwards. Returns
+        the calibration table (see :mod:`physlearn.drivers.tapmap`); connects and closes."""
+        from physlearn.drivers.tapmap import CALIBRATION_FORMAT
+
+        w = self.config.weights
+        if w.channels is None:
+            raise ValueError("weights.channels: name the devices to calibrate them")
+        if points < 2:
+            raise ValueError("calibration needs at least 2 taps per device")
+        lo, hi = w.tap_limits
+        taps = np.unique(np.round(np.linspace(lo, hi, points)).astype(np.int64))
+        self.connect()
+        try:
+            self.safe_state()  # no voltage on the network while the devices are measured
+            meas = [
+                self._param(self._resolve(n), w.measure, "weights")
+                for n in expand_names(w.channels)
+            ]
+            n_dev = len(meas)
+            table = np.empty((n_dev, taps.size))
+
+            def sweep() -> None:
+                before = np.asarray(self._taps.get(), dtype=np.int64)
+                for j, k in enumerate(taps):
+                    self._write_taps(np.full(n_dev, k, dtype=np.int64))
+                    for d, p in enumerate(meas):
+                        table[d, j] = float(p.get())
+                self._write_taps(before)
+
+            self._transaction("calibrating the bank", sweep)
+            bank = _root(self._taps).name
+            return {
+                "format": CALIBRATION_FORMAT,
+                "instrument": self._identity.get(bank, ""),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "taps": taps.tolist(),
+                "conductance": table.tolist(),
+            }
+        finally:
+            self.close()
+
+    # -- dry run -----------------------------------------------------------------------------
+    def dry_run(self, experiment: ExperimentConfig | None = None) -> list[Check]:
+        """Check the station, identities and envelope without applying anything (only
+        queries are sent). Returns the report; the system is disconnected afterwards."""
+        from physlearn.drivers.dryrun import station_checks
+
+        try:
+            return station_checks(self, experiment)
+        finally:
+            self._disconnect()

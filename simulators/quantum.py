@@ -1,0 +1,383 @@
+"""Quantum learning machines: a spin-1/2 Hamiltonian in its ground (or thermal) state.
+
+The machine (Wanjura & Marquardt arXiv:2406.06482; PHYSICS.md, quantum EP) has
+
+    H(x, theta, nu) = H0 + sum_i x_i B_i + H_theta(theta) + sum_k nu_k O_k,
+
+every operator a real combination of Pauli strings of one :class:`PauliBasis`. Inputs ``x``
+enter linearly through ``B_i`` (physical values: fields, detunings), the trainable part
+``H_theta`` is linear in theta for most machines (``sum_j theta_j A_j``) and the outputs are the
+expectation values ``<O_k>`` in the ground state (T = 0) or the Gibbs state (T > 0).
+
+* Conjugates (Hellmann--Feynman): ``dE/dtheta_j = <dH/dtheta_j>`` (``<A_j>`` for linear terms;
+  at T > 0 ``dF/dtheta_j`` with ``F = -T ln Z``).
+* Nudge: only ``error`` nudges: ``nu = beta * eps`` adds ``beta sum_k eps_k O_k`` to H, with
+  ``eps = dL/d<O>`` at the free state. That is quantum EP; real beta only.
+* Every nudged phase is a warm Lanczos solve from the free ground state of the same sample.
+* Measurement: exact expectations (``shots = 0``) or ``shots`` projective measurements per
+  measurement setting (qubit-wise commuting groups, :mod:`physlearn.simulators.quantum_shots`),
+  drawn from the ``rng`` passed to :meth:`QuantumSystem.equilibrate`.
+* :meth:`QuantumSystem.exact_gradient` is the linear-response gradient
+  ``dL/dtheta_j = 2 Re <psi|A_j|dpsi>``, ``dpsi = (E0 - H)^-1 Q (O_eps - <O_eps>) psi`` (T = 0),
+  or the Kubo--Mori response at T > 0.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from physlearn.losses import Loss
+from physlearn.simulators.pauli import PauliBasis
+from physlearn.simulators.quantum_shots import MeasurementPlan
+from physlearn.simulators.quantum_states import (
+    SolverOptions,
+    SumOperator,
+    ground_response,
+    ground_state,
+    thermal_response_operator,
+    thermal_state,
+)
+from physlearn.system import (
+    Equilibrium,
+    FloatArray,
+    Nudge,
+    NudgeKind,
+    ParameterGroup,
+    Params,
+    PhysicalSystem,
+    Port,
+)
+
+
+class HamiltonianModel:
+    """The operators of a quantum machine, as coefficient vectors over ``basis``.
+
+    Args:
+        basis: the Pauli strings every operator is built from.
+        h0: ``(T,)`` fixed Hamiltonian.
+        input_ops: ``(n_in, T)``: input ``x_i`` adds ``x_i * input_ops[i]``.
+        output_ops: ``(n_out, T)``: output ``k`` is ``<output_ops[k] . P>`` (constant parts, e.g.
+            the ``1/2`` of ``n = (1 - Z)/2``, sit on the identity string).
+        groups: trainable parameter groups.
+        param_ops: ``{group: (size, T)}``: ``H_theta = sum_j theta_j param_ops[g][j]``. Models
+            with a non-linear ``H_theta`` override :meth:`coefficients` and :meth:`jacobian`.
+        input_labels, output_labels: port labels.
+        energy_unit: unit of H (``"rad/us"``, ``"1"``).
+    """
+
+    def __init__(
+        self,
+        basis: PauliBasis,
+        h0: FloatArray,
+        input_ops: FloatArray,
+        output_ops: FloatArray,
+        groups: tuple[ParameterGroup, ...],
+        param_ops: Mapping[str, FloatArray],
+        *,
+        input_labels: tuple[str, ...] = (),
+        output_labels: tuple[str, ...] = (),
+        input_unit: str = "1",
+        energy_unit: str = "1",
+    ) -> None:
+        t = basis.size
+        self.basis = basis
+        self.h0 = np.asarray(h0, dtype=np.float64).reshape(t)
+        self.input_ops = np.asarray(input_ops, dtype=np.float64).reshape(-1, t)
+        self.output_ops = np.asarray(output_ops, dtype=np.float64).reshape(-1, t)
+        self.groups = groups
+        self.param_ops = {
+            k: np.asarray(v, dtype=np.float64).reshape(-1, t) for k, v in param_ops.items()
+        }
+        for g in groups:
+            if g.name in self.param_ops and self.param_ops[g.name].shape[0] != g.size:
+                raise ValueError(f"param_ops[{g.name!r}] has the wrong number of rows")
+        self.input_labels = input_labels
+        self.output_labels = output_labels
+        self.input_unit = input_unit
+        self.energy_unit = energy_unit
+
+    @property
+    def n_inputs(self) -> int:
+        return int(self.input_ops.shape[0])
+
+    @property
+    def n_outputs(self) -> int:
+        return int(self.output_ops.shape[0])
+
+    def coefficients(self, params: Params) -> FloatArray:
+        """``(T,)`` coefficients of ``H0 + H_theta(theta)``."""
+        c = self.h0.copy()
+        for g in self.groups:
+            c += params[g.name].reshape(-1) @ self.param_ops[g.name]
+        return c
+
+    def jacobian(self, params: Params) -> dict[str, FloatArray]:
+        """``{group: (size, T)}``: coefficients of ``dH/dtheta_j`` (the conjugate operators)."""
+        return {g.name: self.param_ops[g.name] for g in self.groups}
+
+
+@dataclass(frozen=True)
+class QuantumState:
+    """Warm-start state of one batch.
+
+    ``vectors``: the ground state of every sample (None at T > 0). ``hamiltonians`` and
+    ``coefficients``: an assembled sparse Hamiltonian per sample and its coefficient vector, so
+    that a nudged phase applies ``H_free + beta O_eps`` without assembling a new matrix.
+    """
+
+    vectors: tuple[NDArray[np.float64] | NDArray[np.complex128], ...] | None
+    hamiltonians: tuple[sp.csr_matrix, ...] = ()
+    coefficients: FloatArray | None = None
+
+
+class QuantumSystem(PhysicalSystem):
+    """A :class:`HamiltonianModel` held in its ground state (``temperature = 0``) or Gibbs state.
+
+    Args:
+        model: the operators.
+        params: initial parameters (inside the groups' bounds).
+        temperature: ``T >= 0`` in the energy unit (k_B = 1). ``T > 0`` uses dense
+            diagonalisation: keep the register small (<= ~11 qubits).
+        shots: projective measurements per setting and estimate; 0 = exact expectation values.
+        solver: ground-state solver settings (tolerances, gap check).
+        name: for snapshots.
+    """
+
+    supported_nudges: frozenset[NudgeKind] = frozenset({"error"})
+    supports_complex_nudge = False
+    native_cost = None
+    thermal = False  # no thermal samples: quantum fluctuations make -Cov/T the wrong gradient
+
+    def __init__(
+        self,
+        model: HamiltonianModel,
+        params: Params,
+        *,
+        temperature: float = 0.0,
+        shots: int = 0,
+        solver: SolverOptions | None = None,
+        name: str = "quantum",
+    ) -> None:
+        if temperature < 0:
+            raise ValueError("temperature must be >= 0")
+        if shots < 0:
+            raise ValueError("shots must be >= 0")
+        self.model = model
+        self.temperature = float(temperature)
+        self.shots = int(shots)
+        self.solver = solver or SolverOptions()
+        self.name = name
+        self.energy_unit = model.energy_unit
+        self._params: Params = {}
+        self.set_parameters(params)
+
+    # -- description -------------------------------------------------------------------------
+    @property
+    def parameter_groups(self) -> tuple[ParameterGroup, ...]:
+        return self.model.groups
+
+    @property
+    def inputs(self) -> Port:
+        return Port(self.model.n_inputs, self.model.input_unit, self.model.input_labels)
+
+    @property
+    def outputs(self) -> Port:
+        return Port(self.model.n_outputs, "1", self.model.output_labels, "expectation values")
+
+    @property
+    def n_qubits(self) -> int:
+        return self.model.basis.n_qubits
+
+    def snapshot(self) -> dict[str, Any]:
+        return {
+            "class": type(self).__name__,
+            "name": self.name,
+            "n_qubits": self.n_qubits,
+            "pauli_strings": self.model.basis.size,
+            "temperature": self.temperature,
+            "shots": self.shots,
+            "energy_unit": self.energy_unit,
+        }
+
+    # -- parameters --------------------------------------------------------------------------
+    def check_parameters(self, params: Params) -> None:
+        """Refuse missing groups, wrong shapes and values outside the bounds (``ValueError``)."""
+        for g in self.parameter_groups:
+            if g.name not in params:
+                raise ValueError(f"missing parameter group {g.name!r}")
+            v = np.asarray(params[g.name], dtype=np.float64)
+            if v.shape != g.shape:
+                raise ValueError(f"parameter group {g.name!r}: shape {v.shape} != {g.shape}")
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"parameter group {g.name!r}: non-finite values")
+            lo, hi = float(v.min(initial=np.inf)), float(v.max(initial=-np.inf))
+            if lo < g.lower or hi > g.upper:
+                raise ValueError(
+                    f"parameter group {g.name!r}: values in [{lo:.6g}, {hi:.6g}] {g.unit} "
+                    f"outside the bounds [{g.lower:.6g}, {g.upper:.6g}] {g.unit}"
+                    + (f" ({g.long_name})" if g.long_name else "")
+                )
+
+    def set_parameters(self, params: Params) -> Params:
+        self.check_parameters(params)
+        self._params = {
+            g.name: np.array(params[g.name], dtype=np.float64) for g in self.parameter_groups
+        }
+        return self.get_parameters()
+
+    def get_parameters(self) -> Params:
+        return {k: v.copy() for k, v in self._params.items()}
+
+    def check_inputs(self, inputs: FloatArray) -> None:
+        """Hook for device limits on the clamped inputs (raise ``ValueError``)."""
+
+    # -- physics -----------------------------------------------------------------------------
+    def _measured_strings(self, jac: Mapping[str, FloatArray]) -> NDArray[np.int64]:
+        used = np.any(self.model.output_ops != 0, axis=0)
+        for j in jac.values():
+            used |= np.any(j != 0, axis=0)
+        return np.flatnonzero(used)
+
+    def _coefficients(self, inputs: FloatArray, nudge: Nudge | None) -> FloatArray:
+        """``(batch, T)`` Hamiltonian coefficients of every sample."""
+        inputs = np.asarray(inputs, dtype=np.float64)
+        if inputs.ndim != 2 or inputs.shape[1] != self.model.n_inputs:
+            raise ValueError(
+                f"inputs must have shape (batch, {self.model.n_inputs}), got {inputs.shape}"
+            )
+        self.check_inputs(inputs)
+        coeffs = self.model.coefficients(self._params)[None, :] + inputs @ self.model.input_ops
+        if nudge is not None and nudge.beta != 0:
+            if nudge.kind != "error":
+                raise ValueError(f"{type(self).__name__} realises only 'error' nudges")
+            beta = complex(nudge.beta)
+            if beta.imag != 0:
+                raise ValueError(f"{type(self).__name__} needs a real beta")
+            err = np.asarray(nudge.values, dtype=np.float64)
+            if err.shape != (inputs.shape[0], self.model.n_outputs):
+                raise ValueError(
+                    f"nudge error must have shape {(inputs.shape[0], self.model.n_outputs)}"
+                )
+            coeffs = coeffs + beta.real * (err @ self.model.output_ops)
+        return np.asarray(coeffs)
+
+    def equilibrate(
+        self,
+        inputs: FloatArray,
+        nudge: Nudge | None = None,
+        warm_start: Any = None,
+        rng: np.random.Generator | None = None,
+    ) -> Equilibrium:
+        """Ground (or Gibbs) state of every sample; see the module docstring for conventions."""
+        coeffs = self._coefficients(inputs, nudge)
+        batch = coeffs.shape[0]
+        jac = self.model.jacobian(self._params)
+        strings = self._measured_strings(jac)
+        plan = MeasurementPlan(self.model.basis, strings) if self.shots else None
+        if plan is not None and rng is None:
+            raise ValueError("a finite-shot measurement needs the rng passed to equilibrate")
+        ws = warm_start if isinstance(warm_start, QuantumState) else None
+        starts = ws.vectors if ws is not None else None
+        if starts is not None and len(starts) != batch:
+            raise ValueError("warm start is from a batch of a different size")
+        reuse = ws is not None and len(ws.hamiltonians) == batch and ws.coefficients is not None
+        basis = self.model.basis
+        bases: list[sp.csr_matrix] = []
+        base_coeffs = np.empty_like(coeffs)
+        values = np.empty((batch, strings.size))
+        energy = np.empty(batch)
+        residual = np.zeros(batch)
+        iters = np.zeros(batch, dtype=np.int64)
+        vectors = []
+        for b in range(batch):
+            h: sp.csr_matrix | SumOperator
+            if reuse and self.temperature == 0:
+                assert ws is not None and ws.coefficients is not None
+                delta = coeffs[b] - ws.coefficients[b]
+                base_coeffs[b] = ws.coefficients[b]
+                bases.append(ws.hamiltonians[b])
+                h = (
+                    SumOperator(ws.hamiltonians[b], basis.operator(delta))
+                    if np.any(delta)
+                    else (ws.hamiltonians[b])
+                )
+            else:
+                h = basis.operator(coeffs[b])
+                if self.temperature == 0:
+                    bases.append(h)
+                    base_coeffs[b] = coeffs[b]
+            if self.temperature > 0:
+                th = thermal_state(h, self.temperature)
+                vecs, weights = th.vectors, th.weights
+                energy[b] = th.free_energy
+            else:
+                gs = ground_state(h, None if starts is None else starts[b], self.solver)
+                vectors.append(gs.vector)
+                vecs, weights = gs.vector[:, None], np.ones(1)
+                energy[b], residual[b], iters[b] = gs.energy, gs.residual, gs.matvecs
+            if plan is not None:
+                assert rng is not None
+                values[b] = plan.sample(vecs, weights, self.shots, rng)
+            elif self.temperature > 0:
+                values[b] = basis.expectations_mixed(vecs, weights, strings)
+            else:
+                values[b] = basis.expectations(vecs[:, 0], strings)
+        outputs = values @ self.model.output_ops[:, strings].T
+        conj = {
+            g.name: (values @ jac[g.name][:, strings].T).reshape((batch, *g.shape))
+            for g in self.parameter_groups
+        }
+        n_set = 0 if plan is None else plan.n_settings
+        tol = self.solver.tol * np.maximum(1.0, np.abs(energy))
+        return Equilibrium(
+            outputs=outputs,
+            conjugates=conj,
+            state=QuantumState(tuple(vectors), tuple(bases), base_coeffs)
+            if self.temperature == 0
+            else QuantumState(None),
+            residual=residual,
+            iterations=iters,
+            shots=self.shots,
+            energy=energy,
+            observables={
+                "measurement_settings": np.full(batch, float(n_set)),
+                "total_shots": np.full(batch, float(n_set * self.shots)),
+            },
+            converged=residual <= 10 * tol if self.temperature == 0 else np.ones(batch, bool),
+        )
+
+    # -- diagnostics -------------------------------------------------------------------------
+    def exact_gradient(self, inputs: FloatArray, targets: FloatArray, loss: Loss) -> Params:
+        """Batch-mean dL/dtheta by linear response (exact expectations, no shots, no nudge)."""
+        coeffs = self._coefficients(inputs, None)
+        batch = coeffs.shape[0]
+        jac = self.model.jacobian(self._params)
+        basis = self.model.basis
+        strings = self._measured_strings(jac)
+        grad_strings = np.zeros((batch, strings.size))
+        for b in range(batch):
+            h = basis.operator(coeffs[b])
+            if self.temperature > 0:
+                th = thermal_state(h, self.temperature)
+                y = basis.expectations_mixed(th.vectors, th.weights, strings)
+                eps = loss.grad((y @ self.model.output_ops[:, strings].T)[None], targets[b : b + 1])
+                o_eps = basis.operator(eps[0] @ self.model.output_ops)
+                r = thermal_response_operator(th, o_eps)
+                grad_strings[b] = basis.traces(r, strings).real
+            else:
+                gs = ground_state(h, None, self.solver)
+                y = basis.expectations(gs.vector, strings)
+                eps = loss.grad((y @ self.model.output_ops[:, strings].T)[None], targets[b : b + 1])
+                o_eps = basis.operator(eps[0] @ self.model.output_ops)
+                dpsi = ground_response(h, gs, o_eps @ gs.vector)
+                grad_strings[b] = 2.0 * basis.transition(gs.vector, dpsi, strings).real
+        mean = grad_strings.mean(axis=0)
+        return {
+            g.name: (jac[g.name][:, strings] @ mean).reshape(g.shape) for g in self.parameter_groups
+        }

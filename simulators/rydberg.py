@@ -1,0 +1,233 @@
+"""Rydberg tweezer-array emulator (exact state vector, ground state or Gibbs state).
+
+    H = sum_i (Omega/2) X_i - sum_i Delta_i n_i + sum_{i<j} C6 / r_ij**6 n_i n_j,
+
+``n_i = |r><r|_i = (1 - Z_i)/2`` (``|r> = |1>``), hbar = 1, energies and Omega, Delta in
+rad/us, positions in um. C6/hbar (rad us^-1 um^6): n = 60 -> 865 723.02, n = 70 -> 5 420 158.53.
+Blockade radius ``R_b = (C6/Omega)**(1/6)``.
+
+Trainable: the local detunings ``detuning`` (atom,) and the global Rabi frequency ``rabi`` ().
+Conjugates: ``dH/dDelta_i = -n_i``, ``dH/dOmega = sum_i X_i / 2``. Inputs are extra local
+detunings (rad/us) on the input atoms; outputs are ``<n_i>`` on the output atoms followed by the
+correlators ``<n_i n_j>`` of the listed pairs. Device limits (minimum distance, ``Omega_max``,
+``|Delta|_max`` on the *total* detuning, atom count) are checked; violations are refused with a
+``ValueError`` naming the limit, never clipped.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from physlearn.simulators.pauli import PauliBasis
+from physlearn.simulators.quantum import HamiltonianModel, QuantumSystem
+from physlearn.simulators.quantum_states import SolverOptions
+from physlearn.system import FloatArray, ParameterGroup, Params
+
+#: C6/hbar in rad us^-1 um^6 for the nS Rydberg states of 87Rb (PHYSICS.md).
+C6_RAD_US_UM6: dict[int, float] = {60: 865_723.02, 70: 5_420_158.53}
+TWO_PI = 2.0 * math.pi
+
+
+@dataclass(frozen=True)
+class RydbergLimits:
+    """Device limits. Distances in um, frequencies in rad/us."""
+
+    min_distance: float = 4.0
+    rabi_max: float = TWO_PI * 2.5
+    detuning_max: float = TWO_PI * 20.0
+    max_atoms: int = 20
+
+    def check_register(self, positions: FloatArray) -> None:
+        n = positions.shape[0]
+        if n > self.max_atoms:
+            raise ValueError(
+                f"{n} atoms exceed the device limit max_atoms = {self.max_atoms} "
+                "(exact emulation holds 2**n amplitudes)"
+            )
+        d = pair_distances(positions)
+        iu = np.triu_indices(n, 1)
+        if iu[0].size and d[iu].min() < self.min_distance:
+            k = int(np.argmin(d[iu]))
+            i, j = int(iu[0][k]), int(iu[1][k])
+            raise ValueError(
+                f"atoms {i} and {j} are {d[i, j]:.3g} um apart, closer than the device limit "
+                f"min_distance = {self.min_distance:g} um"
+            )
+
+
+def pair_distances(positions: FloatArray) -> FloatArray:
+    """``(n, n)`` Euclidean distances (um) of the atom positions ``(n, 2 or 3)``."""
+    diff = positions[:, None, :] - positions[None, :, :]
+    return np.asarray(np.sqrt(np.sum(diff**2, axis=-1)))
+
+
+def interactions(positions: FloatArray, c6: float) -> FloatArray:
+    """``V_ij = C6 / r_ij**6`` (rad/us), zero diagonal."""
+    d = pair_distances(positions)
+    n = d.shape[0]
+    with np.errstate(divide="ignore"):
+        v = c6 / d**6
+    v[np.arange(n), np.arange(n)] = 0.0
+    return np.asarray(v)
+
+
+def blockade_radius(c6: float, rabi: float) -> float:
+    """``R_b = (C6/Omega)**(1/6)`` in um (``rabi`` in rad/us)."""
+    return float((c6 / rabi) ** (1.0 / 6.0))
+
+
+def rydberg_model(
+    positions: FloatArray,
+    c6: float,
+    input_atoms: Sequence[int],
+    output_atoms: Sequence[int],
+    correlators: Sequence[tuple[int, int]] = (),
+    limits: RydbergLimits | None = None,
+    detuning_bound: float | None = None,
+) -> HamiltonianModel:
+    """Operators of the array as a :class:`HamiltonianModel` (see the module docstring).
+
+    ``detuning_bound`` (rad/us, default ``limits.detuning_max``) bounds the trainable detunings;
+    a smaller value leaves room for the input detunings under the device limit.
+    """
+    lim = limits or RydbergLimits()
+    pos = np.asarray(positions, dtype=np.float64)
+    lim.check_register(pos)
+    n = pos.shape[0]
+    v = interactions(pos, c6)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    labels = ["I"] + [f"X{i}" for i in range(n)] + [f"Z{i}" for i in range(n)]
+    labels += [f"Z{i} Z{j}" for i, j in pairs]
+    basis = PauliBasis.from_labels(labels, n)
+
+    def number(i: int) -> FloatArray:  # n_i = (1 - Z_i)/2
+        return basis.vector([(0.5, "I"), (-0.5, f"Z{i}")])
+
+    def pair_number(i: int, j: int) -> FloatArray:  # n_i n_j
+        return basis.vector([(0.25, "I"), (-0.25, f"Z{i}"), (-0.25, f"Z{j}"), (0.25, f"Z{i} Z{j}")])
+
+    h0 = np.zeros(basis.size)
+    for i, j in pairs:
+        h0 += v[i, j] * pair_number(i, j)
+    bound = lim.detuning_max if detuning_bound is None else detuning_bound
+    if not 0 < bound <= lim.detuning_max:
+        raise ValueError(
+            f"detuning bound {bound:.6g} rad/us exceeds the device limit "
+            f"detuning_max = {lim.detuning_max:.6g} rad/us"
+        )
+    groups = (
+        ParameterGroup(
+            "detuning",
+            (n,),
+            ("atom",),
+            -bound,
+            bound,
+            "rad/us",
+            long_name="local detuning Delta_i (|Delta| <= detuning_max)",
+            energy_unit="rad/us",
+        ),
+        ParameterGroup(
+            "rabi",
+            (),
+            (),
+            0.0,
+            lim.rabi_max,
+            "rad/us",
+            long_name="global Rabi frequency Omega (<= rabi_max)",
+            energy_unit="rad/us",
+        ),
+    )
+    param_ops = {
+        "detuning": -np.stack([number(i) for i in range(n)]),
+        "rabi": basis.vector([(0.5, f"X{i}") for i in range(n)])[None, :],
+    }
+    for a in (*input_atoms, *output_atoms, *(k for p in correlators for k in p)):
+        if not 0 <= a < n:
+            raise ValueError(f"atom index {a} outside 0..{n - 1}")
+    inputs = (
+        -np.stack([number(a) for a in input_atoms]) if input_atoms else np.zeros((0, basis.size))
+    )
+    outs = [number(a) for a in output_atoms] + [pair_number(i, j) for i, j in correlators]
+    if not outs:
+        raise ValueError("a Rydberg machine needs at least one output")
+    return HamiltonianModel(
+        basis,
+        h0,
+        inputs,
+        np.stack(outs),
+        groups,
+        param_ops,
+        input_labels=tuple(f"Delta_in[{a}]" for a in input_atoms),
+        output_labels=tuple(f"n[{a}]" for a in output_atoms)
+        + tuple(f"n[{i}]n[{j}]" for i, j in correlators),
+        input_unit="rad/us",
+        energy_unit="rad/us",
+    )
+
+
+class RydbergArray(QuantumSystem):
+    """A Rydberg array held in its ground (or Gibbs) state; see the module docstring."""
+
+    def __init__(
+        self,
+        positions: FloatArray,
+        *,
+        c6: float = C6_RAD_US_UM6[70],
+        input_atoms: Sequence[int] = (),
+        output_atoms: Sequence[int] = (),
+        correlators: Sequence[tuple[int, int]] = (),
+        limits: RydbergLimits | None = None,
+        detuning_bound: float | None = None,
+        params: Params | None = None,
+        temperature: float = 0.0,
+        shots: int = 0,
+        solver: SolverOptions | None = None,
+    ) -> None:
+        self.limits = limits or RydbergLimits()
+        self.positions = np.asarray(positions, dtype=np.float64)
+        self.c6 = float(c6)
+        self.input_atoms = tuple(int(a) for a in input_atoms)
+        model = rydberg_model(
+            self.positions,
+            self.c6,
+            self.input_atoms,
+            output_atoms,
+            correlators,
+            self.limits,
+            detuning_bound,
+        )
+        n = self.positions.shape[0]
+        init = params or {"detuning": np.zeros(n), "rabi": np.array(self.limits.rabi_max / 2)}
+        super().__init__(
+            model, init, temperature=temperature, shots=shots, solver=solver, name="rydberg"
+        )
+
+    def check_inputs(self, inputs: FloatArray) -> None:
+        """Refuse input detunings that push a total |Delta_i| over ``detuning_max``."""
+        if not self.input_atoms or inputs.size == 0:
+            return
+        total = self._params["detuning"][list(self.input_atoms)][None, :] + inputs
+        worst = float(np.abs(total).max())
+        if worst > self.limits.detuning_max:
+            raise ValueError(
+                f"total detuning {worst:.6g} rad/us (trainable + input) exceeds the device "
+                f"limit detuning_max = {self.limits.detuning_max:.6g} rad/us"
+            )
+
+    def snapshot(self) -> dict[str, object]:
+        snap = dict(super().snapshot())
+        snap.update(
+            positions_um=self.positions.tolist(),
+            c6_rad_us_um6=self.c6,
+            limits={
+                "min_distance_um": self.limits.min_distance,
+                "rabi_max_rad_us": self.limits.rabi_max,
+                "detuning_max_rad_us": self.limits.detuning_max,
+                "max_atoms": self.limits.max_atoms,
+            },
+        )
+        return snap

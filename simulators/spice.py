@@ -1,0 +1,435 @@
+"""SPICE netlists of resistor networks, and running them through ngspice, to cross-check physlearn.
+
+:func:`to_netlist` writes any linear (:class:`~physlearn.simulators.resistor.LinearResistorNetwork`)
+or non-linear (:class:`~physlearn.simulators.nonlinear.NonlinearResistorNetwork`) network with one
+or many input patterns (and optionally a nudge) as a SPICE deck that ngspice runs unchanged:
+
+* node ``i`` of the graph is ``n<i>``; bias source ``k`` drives node ``b<k>``; SPICE's ground
+  ``0`` is the reference of every source (a network's own 0 V ground is a source ``VGND``);
+* each trainable edge is a resistor ``R<e>`` of 1/g_e ohm (transistor edges are written as their
+  conductance g(V_G) at the current gate voltages: the model is an ohmic channel);
+* input channel ``k`` is a voltage source ``VIN<k>`` on its input node;
+* diodes are ``D<d> anode cathode dmod`` with the Shockley model's ``.model`` card (ideal diodes
+  do not exist in SPICE: :func:`to_netlist` refuses them; export the same network with a Shockley
+  model instead and check the ideal solver against its own KKT conditions);
+* ``.options`` pin the temperature to the model's (TEMP = TNOM, so IS is used as given) and
+  tighten the tolerances (RELTOL 1e-12, VNTOL 1e-12 V, ABSTOL 1e-15 A) so that ngspice's answer
+  is accurate to far better than 1e-6 relative.
+
+One pattern gives a ``.op``. A batch gives one ``.dc`` sweep of a dummy source ``VPATTERN`` over
+0, 1, ..., batch - 1 in which every input source reads its value from a piecewise-linear table
+of the pattern index (``B`` sources with ``pwl``): ngspice solves every pattern in one analysis of
+one process, continuing each operating point from the previous one (``mode="sweep"``, the
+fastest batch SPICE offers). ``mode="alter"`` instead writes a ``.control`` script that sets the
+sources with ``alter`` and runs ``op`` once per pattern, still in one process.
+
+:func:`run_ngspice` runs a deck in batch mode and returns the node voltages; :func:`read_raw`
+parses ngspice's binary raw files.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import ArrayLike
+
+from physlearn.simulators.diodes import SPICE_TNOM, DiodeModel
+from physlearn.system import FloatArray, IntArray, Nudge, PhysicalSystem
+
+Mode = Literal["auto", "op", "sweep", "alter"]
+
+DEFAULT_OPTIONS: dict[str, float] = {
+    "reltol": 1e-12,
+    "abstol": 1e-15,
+    "vntol": 1e-12,
+    "gmin": 1e-15,
+    "itl1": 1000,
+    "itl2": 1000,
+}
+
+
+@dataclass(frozen=True)
+class Circuit:
+    """A network as plain arrays (what a netlist needs).
+
+    Attributes:
+        n_nodes: graph nodes (``n<i>``) -- bias sources are separate (``b<k>``).
+        resistors: ``(E, 2)`` node pairs; ``conductance`` ``(E,)`` in S.
+        input_nodes: node of each input channel (``VIN<k>``).
+        ground_nodes: nodes held at 0 V by the network's own ground source.
+        bias: ``(n_bias,)`` bias source voltages (V) at nodes ``b<k>``.
+        diodes: ``(m, 2)`` anode, cathode; indices ``>= n_nodes`` are bias source
+            ``index - n_nodes``.
+        diode_model: the diodes' law (None without diodes).
+        output_nodes: the outputs (for nudges).
+    """
+
+    n_nodes: int
+    resistors: IntArray
+    conductance: FloatArray
+    input_nodes: IntArray
+    ground_nodes: IntArray
+    bias: FloatArray
+    diodes: IntArray
+    diode_model: DiodeModel | None
+    output_nodes: IntArray
+
+
+def circuit_of(system: PhysicalSystem) -> Circuit:
+    """The :class:`Circuit` of a linear or non-linear resistor network."""
+    from physlearn.simulators.nonlinear import NonlinearResistorNetwork
+    from physlearn.simulators.resistor import LinearResistorNetwork
+
+    if isinstance(system, NonlinearResistorNetwork):
+        c = system.circuit()
+        return Circuit(
+            n_nodes=int(system.graph.n_nodes),
+            resistors=c["resistors"],
+            conductance=c["conductance"],
+            input_nodes=c["input_nodes"],
+            ground_nodes=c["ground_nodes"],
+            bias=c["bias"],
+            diodes=c["diodes"] if system.n_diodes else np.zeros((0, 2), dtype=np.int64),
+            diode_model=system.model if system.n_diodes else None,
+            output_nodes=c["output_nodes"],
+        )
+    if isinstance(system, LinearResistorNetwork):
+        g = system.graph
+        n_in = system.inputs.size
+        return Circuit(
+            n_nodes=int(g.n_nodes),
+            resistors=np.asarray(g.edges).copy(),
+            conductance=system.get_parameters()["conductance"],
+            input_nodes=np.asarray(g.input_nodes[:n_in]).copy(),
+            ground_nodes=np.asarray(g.input_nodes[n_in:]).copy(),
+            bias=np.zeros(0),
+            diodes=np.zeros((0, 2), dtype=np.int64),
+            diode_model=None,
+            output_nodes=np.asarray(g.output_nodes).copy(),
+        )
+    raise TypeError(
+        f"cannot export a {type(system).__name__} to SPICE: only resistor networks "
+        "(LinearResistorNetwork, NonlinearResistorNetwork) are circuits"
+    )
+
+
+def _num(x: float) -> str:
+    """The shortest decimal that reads back as the same double."""
+    return repr(float(x))
+
+
+def _node(c: Circuit, i: int) -> str:
+    return f"n{i}" if i < c.n_nodes else f"b{i - c.n_nodes}"
+
+
+def to_netlist(
+    system: PhysicalSystem,
+    inputs: ArrayLike,
+    *,
+    nudge: Nudge | None = None,
+    mode: Mode = "auto",
+    title: str | None = None,
+    options: dict[str, float] | None = None,
+    raw_path: str | None = None,
+) -> str:
+    """A SPICE deck of ``system`` driven by ``inputs`` (``(n_in,)`` or ``(batch, n_in)``, V).
+
+    Args:
+        nudge: optionally realise a nudge: ``target`` (beta > 0 S) as a resistor 1/beta from each
+            output to a source at the target; ``error`` as current sources -beta eps_o into the
+            outputs (A); ``clamp`` as voltage sources on the outputs.
+        mode: ``"op"`` (one pattern), ``"sweep"`` (a batch as one ``.dc`` sweep), ``"alter"``
+            (a ``.control`` loop of ``alter`` + ``op``); ``"auto"``: op for one pattern, else
+            sweep.
+        title: first line of the deck.
+        options: ``.options`` overriding :data:`DEFAULT_OPTIONS`.
+        raw_path: for ``"alter"``: where the ``.control`` script appends the results (binary raw,
+            one plot per pattern); default ``physlearn.raw``.
+
+    Raises ``ValueError`` for ideal diodes (no SPICE equivalent), a non-positive target beta, or
+    inputs of the wrong shape.
+    """
+    c = circuit_of(system)
+    x = np.asarray(inputs, dtype=np.float64)
+    if x.ndim == 1:
+        x = x[None, :]
+    n_in = c.input_nodes.size
+    if x.ndim != 2 or x.shape[1] != n_in or x.shape[0] < 1 or not np.all(np.isfinite(x)):
+        raise ValueError(f"inputs must be finite volts of shape ({n_in},) or (batch, {n_in})")
+    batch = x.shape[0]
+    if mode == "auto":
+        mode = "op" if batch == 1 else "sweep"
+    if mode == "op" and batch != 1:
+        raise ValueError("mode 'op' takes one input pattern; use 'sweep' or 'alter' for a batch")
+    if c.diode_model is not None and c.diode_model.kind == "ideal":
+        raise ValueError(
+            "ideal diodes have no SPICE model: export the same network with a Shockley model "
+            "(and check the ideal solver against its KKT conditions)"
+        )
+    if np.any(c.conductance <= 0) or not np.all(np.isfinite(c.conductance)):
+        raise ValueError("every conductance must be finite and > 0 S to be written as a resistor")
+    temp_c = (c.diode_model.temperature if c.diode_model else SPICE_TNOM) - 273.15
+    opts = {**DEFAULT_OPTIONS, **(options or {}), "temp": temp_c, "tnom": temp_c}
+    lines = [f"* {title or f'physlearn export of {type(system).__name__}'}"]
+    lines.append(
+        f"* {c.n_nodes} nodes, {len(c.resistors)} resistors, {n_in} inputs, "
+        f"{c.bias.size} bias sources, {len(c.diodes)} diodes, {batch} pattern(s)"
+    )
+    for e, (a, b) in enumerate(c.resistors):
+        lines.append(f"R{e} n{a} n{b} {_num(1.0 / c.conductance[e])}")
+    for k, n in enumerate(c.ground_nodes):
+        lines.append(f"VGND{k} n{n} 0 DC 0")
+    for k, v in enumerate(c.bias):
+        lines.append(f"VB{k} b{k} 0 DC {_num(v)}")
+    if c.diode_model is not None and len(c.diodes):
+        lines.append(c.diode_model.spice_model("dmod"))
+        for d, (a, k) in enumerate(c.diodes):
+            lines.append(f"D{d} {_node(c, int(a))} {_node(c, int(k))} dmod")
+
+    def source(kind: str, name: str, np_: str, nm: str, values: FloatArray) -> list[str]:
+        """A source whose value is ``values[p]`` for pattern p (V or A)."""
+        if mode == "sweep" and batch > 1:
+            pts = ", ".join(f"{p}, {_num(v)}" for p, v in enumerate(values))
+            return [f"B{name} {np_} {nm} {kind} = pwl(V(pattern), {pts})"]
+        letter = "V" if kind == "V" else "I"
+        return [f"{letter}{name} {np_} {nm} DC {_num(values[0])}"]
+
+    alter: list[tuple[str, FloatArray]] = []
+    for k, n in enumerate(c.input_nodes):
+        lines += source("V", f"IN{k}", f"n{n}", "0", x[:, k])
+        alter.append((f"vin{k}", x[:, k]))
+    if nudge is not None:
+        vals = np.asarray(nudge.values, dtype=np.float64).reshape(batch, -1)
+        beta = complex(nudge.beta)
+        if beta.imag != 0 or not math.isfinite(beta.real):
+            raise ValueError("SPICE realises only real, finite nudges")
+        for o, node in enumerate(c.output_nodes):
+            if nudge.kind == "target":
+                if beta.real <= 0:
+                    raise ValueError("a target nudge is a conductance beta > 0 S in SPICE")
+                lines.append(f"RNUDGE{o} n{node} t{o} {_num(1.0 / beta.real)}")
+                lines += source("V", f"TGT{o}", f"t{o}", "0", vals[:, o])
+                alter.append((f"vtgt{o}", vals[:, o]))
+            elif nudge.kind == "error":
+                lines += source("I", f"ERR{o}", "0", f"n{node}", -beta.real * vals[:, o])
+                alter.append((f"ierr{o}", -beta.real * vals[:, o]))
+            else:
+                lines += source("V", f"CLAMP{o}", f"n{node}", "0", vals[:, o])
+                alter.append((f"vclamp{o}", vals[:, o]))
+    lines.append(".options " + " ".join(f"{k}={_num(v)}" for k, v in opts.items()))
+    if mode == "op":
+        lines.append(".op")
+    elif mode == "sweep":
+        lines.append("VPATTERN pattern 0 DC 0")
+        lines.append(f".dc VPATTERN 0 {batch - 1} 1")
+    else:
+        raw = raw_path or "physlearn.raw"
+        lines.append(".control")
+        lines.append("set appendwrite")
+        for p in range(batch):
+            for name, values in alter:
+                lines.append(f"alter {name} dc = {_num(values[p])}")
+            lines.append("op")
+            lines.append(f"write {raw} all")
+        lines.append("quit")
+        lines.append(".endc")
+    lines.append(".end")
+    return "\n".join(lines) + "\n"
+
+
+# -- running ngspice ----------------------------------------------------------------------------
+def find_ngspice() -> str | None:
+    """Path of the ``ngspice`` executable, or None."""
+    return shutil.which("ngspice")
+
+
+@dataclass
+class RawPlot:
+    """One plot of a raw file: ``names`` of the vectors and ``values`` ``(points, vectors)``."""
+
+    title: str
+    names: list[str]
+    values: FloatArray
+
+    def column(self, name: str) -> FloatArray:
+        return self.values[:, self.names.index(name.lower())]
+
+
+def read_raw(path: str | Path) -> list[RawPlot]:
+    """Parse an ngspice raw file (binary or ASCII, real data) into its plots."""
+    data = Path(path).read_bytes()
+    plots: list[RawPlot] = []
+    pos = 0
+    while pos < len(data):
+        header: dict[str, str] = {}
+        names: list[str] = []
+        while True:
+            end = data.index(b"\n", pos)
+            line = data[pos:end].decode("latin-1")
+            pos = end + 1
+            if line.startswith("Variables:"):
+                nvar = int(header["No. Variables"])
+                for _ in range(nvar):
+                    end = data.index(b"\n", pos)
+                    parts = data[pos:end].decode("latin-1").split()
+                    pos = end + 1
+                    names.append(parts[1].lower())
+                continue
+            if line.startswith("Binary:") or line.startswith("Values:"):
+                binary = line.startswith("Binary:")
+                break
+            key, _, value = line.partition(":")
+            header[key.strip()] = value.strip()
+        if "complex" in header.get("Flags", ""):
+            raise ValueError("complex raw data is not supported (DC analyses are real)")
+        nvar, npts = int(header["No. Variables"]), int(header["No. Points"])
+        if binary:
+            nbytes = 8 * nvar * npts
+            vals = np.frombuffer(data[pos : pos + nbytes], dtype="<f8").reshape(npts, nvar)
+            pos += nbytes
+        else:
+            tokens: list[float] = []
+            while len(tokens) < npts * (nvar + 1):
+                end = data.find(b"\n", pos)
+                end = len(data) if end < 0 else end
+                tokens += [float(t) for t in data[pos:end].split()]
+                pos = end + 1
+            vals = np.asarray(tokens).reshape(npts, nvar + 1)[:, 1:]
+        plots.append(RawPlot(header.get("Plotname", ""), names, np.array(vals)))
+        while pos < len(data) and data[pos : pos + 1] in (b"\n", b"\r"):
+            pos += 1
+    return plots
+
+
+@dataclass
+class SpiceResult:
+    """Node voltages computed by ngspice: ``voltages`` ``(patterns, n_nodes)`` (graph nodes, V),
+    ``bias`` ``(patterns, n_bias)``, and the wall-clock seconds of the ngspice process."""
+
+    voltages: FloatArray
+    bias: FloatArray
+    seconds: float
+    log: str
+
+
+_VNAME = re.compile(r"^v\((n|b)(\d+)\)$|^(n|b)(\d+)$")
+
+
+def run_ngspice(
+    netlist: str,
+    n_nodes: int,
+    n_bias: int = 0,
+    *,
+    executable: str | None = None,
+    timeout: float = 3600.0,
+    workdir: str | Path | None = None,
+) -> SpiceResult:
+    """Run ``netlist`` (from :func:`to_netlist`) in ngspice batch mode; return node voltages.
+
+    ``op`` and ``sweep`` decks run as ``ngspice -b -r out.raw deck``; ``alter`` decks write their
+    own raw file from their ``.control`` block. Raises ``FileNotFoundError`` without ngspice and
+    ``RuntimeError`` (with ngspice's log) when it fails.
+    """
+    import time
+
+    exe = executable or find_ngspice()
+    if exe is None:
+        raise FileNotFoundError("ngspice is not installed (Debian: apt-get install ngspice)")
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        deck = Path(tmp) / "deck.cir"
+        raw = Path(tmp) / "out.raw"
+        text = netlist
+        control = ".control" in netlist
+        if control:
+            text = re.sub(r"^write \S+ all$", f"write {raw} all", netlist, flags=re.M)
+            raw.unlink(missing_ok=True)
+        deck.write_text(text)
+        cmd = [exe, "-b", str(deck)] if control else [exe, "-b", "-r", str(raw), str(deck)]
+        t0 = time.perf_counter()
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=tmp)
+        seconds = time.perf_counter() - t0
+        log = proc.stdout + proc.stderr
+        if proc.returncode != 0 or not raw.exists():
+            raise RuntimeError(f"ngspice failed (exit {proc.returncode}):\n{log[-4000:]}")
+        plots = read_raw(raw)
+    return _voltages(plots, n_nodes, n_bias, seconds, log)
+
+
+def _voltages(
+    plots: list[RawPlot], n_nodes: int, n_bias: int, seconds: float, log: str
+) -> SpiceResult:
+    rows_v: list[FloatArray] = []
+    rows_b: list[FloatArray] = []
+    for plot in plots:
+        v = np.full((plot.values.shape[0], n_nodes), np.nan)
+        b = np.full((plot.values.shape[0], n_bias), np.nan)
+        for col, name in enumerate(plot.names):
+            mt = _VNAME.match(name)
+            if not mt:
+                continue
+            kind = mt.group(1) or mt.group(3)
+            idx = int(mt.group(2) or mt.group(4))
+            if kind == "n" and idx < n_nodes:
+                v[:, idx] = plot.values[:, col]
+            elif kind == "b" and idx < n_bias:
+                b[:, idx] = plot.values[:, col]
+        rows_v.append(v)
+        rows_b.append(b)
+    return SpiceResult(np.concatenate(rows_v), np.concatenate(rows_b), seconds, log)
+
+
+def simulate(
+    system: PhysicalSystem,
+    inputs: ArrayLike,
+    *,
+    nudge: Nudge | None = None,
+    mode: Mode = "auto",
+    **kw: Any,
+) -> SpiceResult:
+    """Export ``system`` with ``inputs`` and run it in ngspice (see :func:`run_ngspice`)."""
+    c = circuit_of(system)
+    deck = to_netlist(system, inputs, nudge=nudge, mode=mode)
+    return run_ngspice(deck, c.n_nodes, c.bias.size, **kw)
+
+
+# -- command line -------------------------------------------------------------------------------
+def export_from_config(
+    config_path: str,
+    pattern: int,
+    *,
+    split: Literal["train", "test"] = "test",
+    overrides: list[str] | None = None,
+    nudge_beta: float | None = None,
+) -> str:
+    """The netlist of an experiment's system (initial parameters, seeded as a run) driven by the
+    encoded input ``pattern`` of the ``split`` of its dataset; ``nudge_beta`` > 0 adds a target
+    nudge (a conductance beta to the encoded target). Used by ``physlearn export-spice``.
+
+    Raises ``ValueError`` with the reason (pattern out of range, ideal diodes, ...).
+    """
+    from physlearn.config import load_config
+    from physlearn.task import Task
+
+    cfg = load_config(config_path, overrides)
+    system = cfg.system.build(cfg.seed)
+    task = Task(cfg.task, cfg.task.dataset.load(cfg.seed), system.outputs.size)
+    data = task.data
+    xs, ys = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
+    if not 0 <= pattern < xs.shape[0]:
+        raise ValueError(
+            f"--pattern {pattern}: the {split} split has patterns 0..{xs.shape[0] - 1}"
+        )
+    x = task.encode_inputs(xs[pattern : pattern + 1])
+    nudge = None
+    if nudge_beta is not None:
+        nudge = Nudge(beta=nudge_beta, target=task.encode_targets(ys[pattern : pattern + 1]))
+    title = f"{cfg.name}: {split} pattern {pattern} (label {ys[pattern]}), seed {cfg.seed}"
+    return to_netlist(system, x, nudge=nudge, title=title)

@@ -1,0 +1,72 @@
+"""The black-box baselines and the estimator plumbing, on a real (simulated) resistor network."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from physlearn.estimators import SPSA, EquilibriumPropagation, FiniteDifference, centred, measure
+from physlearn.losses import get_loss
+from physlearn.orchestrator import gradient_fidelity
+from physlearn.simulators.graphs import layered
+from physlearn.simulators.resistor import LinearResistorNetwork
+
+
+@pytest.fixture
+def net() -> LinearResistorNetwork:
+    return LinearResistorNetwork(layered([4, 6, 2]), bounds=(1e-5, 1e-2), init=(1e-4, 1e-3), seed=3)
+
+
+def _batch(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(-1, 1, size=(8, 4)), rng.uniform(-0.3, 0.3, size=(8, 2))
+
+
+def test_finite_differences_match_the_exact_gradient_and_restore_parameters(net):
+    x, t = _batch()
+    loss = get_loss("mse")
+    before = net.get_parameters()
+    est = FiniteDifference(step=1e-7).estimate(net, x, t, loss, np.random.default_rng(0))
+    exact = net.exact_gradient(x, t, loss)
+    cos, rel = gradient_fidelity(est.gradient, exact)
+    assert cos > 0.999999 and rel < 1e-4
+    np.testing.assert_array_equal(net.get_parameters()["conductance"], before["conductance"])
+
+
+def test_spsa_is_unbiased_on_average(net):
+    x, t = _batch(1)
+    loss = get_loss("mse")
+    exact = net.exact_gradient(x, t, loss)
+    spsa = SPSA(c=1e-6, n_samples=400)
+    est = spsa.estimate(net, x, t, loss, np.random.default_rng(5))
+    cos, _ = gradient_fidelity(est.gradient, exact)
+    # 400 Rademacher draws over 32 parameters: the estimate's noise is ~sqrt(32/400) of |g|
+    assert cos > 0.9
+    one = SPSA(c=1e-6, n_samples=1).estimate(net, x, t, loss, np.random.default_rng(5))
+    cos1, _ = gradient_fidelity(one.gradient, exact)
+    assert cos1 < cos  # a single draw is a noisy estimate
+    assert est.extras["spsa_loss_difference"].shape == (400,)
+
+
+def test_batches_larger_than_max_batch_are_split_transparently(net):
+    x, t = _batch(2)
+    whole = measure(net, x)
+    net.max_batch = 3
+    split = measure(net, x)
+    np.testing.assert_allclose(split.outputs, whole.outputs, rtol=1e-12)
+    est = EquilibriumPropagation(centred(1e-6)).estimate(
+        net, x, t, get_loss("mse"), np.random.default_rng(0)
+    )
+    net.max_batch = 1 << 30
+    ref = EquilibriumPropagation(centred(1e-6)).estimate(
+        net, x, t, get_loss("mse"), np.random.default_rng(0)
+    )
+    np.testing.assert_allclose(est.gradient["conductance"], ref.gradient["conductance"], rtol=1e-9)
+
+
+def test_target_nudge_must_realise_the_loss(net):
+    x, t = _batch()
+    with pytest.raises(ValueError, match="realises 'mse'"):
+        EquilibriumPropagation(centred(1e-6), nudge="target").estimate(
+            net, x, t, get_loss("cross_entropy"), np.random.default_rng(0)
+        )
