@@ -28,10 +28,10 @@ import math
 import time
 
 import numpy as np
-from physlearn.simulators.graphs import lattice
-from physlearn.simulators.resistor import LinearResistorNetwork
 from threadpoolctl import threadpool_limits
 
+from physlearn.simulators.graphs import lattice
+from physlearn.simulators.resistor import LinearResistorNetwork
 from physlearn.system import FloatArray, Nudge
 
 

@@ -36,6 +36,7 @@ for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
 import argparse  # noqa: E402
 import math  # noqa: E402
 import time  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -69,7 +70,13 @@ def build(kind: str, n: int, seed: int, tol: float) -> XYNetwork:
         side = math.isqrt(n)
         if side * side != n:
             raise SystemExit(f"lattice sizes must be squares, got N = {n}")
-        graph = {"type": "lattice", "rows": side, "cols": side, "inputs": min(side, 4), "outputs": 2}
+        graph = {
+            "type": "lattice",
+            "rows": side,
+            "cols": side,
+            "inputs": min(side, 4),
+            "outputs": 2,
+        }
     else:
         graph = {"type": "all_to_all", "n_nodes": n, "inputs": 4, "outputs": 2}
     cfg = XYConfig.model_validate({"kind": "xy", "graph": graph, "relaxation": {"tol": tol}})
@@ -78,7 +85,7 @@ def build(kind: str, n: int, seed: int, tol: float) -> XYNetwork:
     return net
 
 
-def reference_rhs(net: XYNetwork):  # type: ignore[no-untyped-def]
+def reference_rhs(net: XYNetwork) -> Callable[[float, np.ndarray], np.ndarray]:
     """-dE/dphi on free nodes (0 on clamped inputs) for one sample, vectorised numpy."""
     p = net.all_parameters()
     h, psi = p["bias_amplitude"], p["bias_direction"]
@@ -108,7 +115,12 @@ def reference_rhs(net: XYNetwork):  # type: ignore[no-untyped-def]
 
 
 def run_reference(
-    net: XYNetwork, phi0: np.ndarray, tol: float, method: str, rtol: float, atol: float,
+    net: XYNetwork,
+    phi0: np.ndarray,
+    tol: float,
+    method: str,
+    rtol: float,
+    atol: float,
     t_max: float,
 ) -> tuple[float, float, float]:
     """Seconds per sample, worst final residual, mean RHS evaluations."""
@@ -150,15 +162,25 @@ def measure(kind: str, n: int, args: argparse.Namespace) -> Row:
         net, init[:k], args.tol, args.ivp_method, args.ivp_rtol, args.ivp_atol, args.t_max
     )
     return Row(
-        kind, n, net.graph.n_edges, args.batch / ours, float(eq.residual.max()),
-        float(eq.iterations.mean()), 1.0 / sec, res, k, nfev,
+        kind,
+        n,
+        net.graph.n_edges,
+        args.batch / ours,
+        float(eq.residual.max()),
+        float(eq.iterations.mean()),
+        1.0 / sec,
+        res,
+        k,
+        nfev,
     )
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", type=int, nargs="+", default=[25, 100, 400], help="N oscillators")
-    ap.add_argument("--graphs", nargs="+", default=["lattice", "dense"], choices=["lattice", "dense"])
+    ap.add_argument(
+        "--graphs", nargs="+", default=["lattice", "dense"], choices=["lattice", "dense"]
+    )
     ap.add_argument("--batch", type=int, default=64, help="samples relaxed together (physlearn)")
     ap.add_argument("--tol", type=float, default=1e-6, help="target residual max|dE/dphi|")
     ap.add_argument("--ref-samples", type=int, default=8, help="samples run through solve_ivp")

@@ -259,7 +259,7 @@ class Campaign:
                 else:
                     self._record(
                         f"conj_{g.name}",
-                        [p.eq.conjugates[g.name].real.mean(axis=0) for p in phases],
+                        [p.eq.conjugate_mean(g.name).real for p in phases],
                         ("phase", *g.dims),
                         units=unit,
                         long_name=f"batch-mean dE/d{g.name}",

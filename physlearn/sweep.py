@@ -50,7 +50,9 @@ Execution
 :func:`run_task` -- a pure function of (config mapping, path) -- runs one experiment; Dask ships
 it to worker processes of a :class:`distributed.LocalCluster` (one thread each) or of an
 existing scheduler. ``workers=0`` runs everything one after another in this process, no Dask.
-Dask is imported only when a sweep executes.
+Dask is imported only when a sweep executes. Worker processes are spawned: a script that calls
+:func:`run_sweep` with workers needs the ``if __name__ == "__main__":`` guard. With a remote
+scheduler the store path must be on a filesystem the workers share.
 """
 
 from __future__ import annotations
@@ -765,12 +767,12 @@ def _create_or_claim(root: Path, sweep: Sweep) -> Any:
     else:
         root.parent.mkdir(parents=True, exist_ok=True)
         group = zarr.open_group(str(root), mode="w-", zarr_format=3)
-        group.attrs.update({"kind": SWEEP_KIND, "created": _now()})
+        group.update_attributes({"kind": SWEEP_KIND, "created": _now()})
     for run in sweep.runs:  # a group whose creation never completed is started afresh
         gpath = root / run.run_id
         if gpath.exists() and not _is_run(gpath):
             shutil.rmtree(gpath)
-    group.attrs.update(
+    group.update_attributes(
         {
             "name": sweep.spec.name,
             "spec": sweep.spec.model_dump(mode="json"),
@@ -795,14 +797,14 @@ def _is_run(path: Path) -> bool:
 
 
 def _write_table(group: Any, records: list[RunRecord]) -> None:
-    group.attrs.update({"runs": [r.row() for r in records], "updated": _now()})
+    group.update_attributes({"runs": [r.row() for r in records], "updated": _now()})
 
 
 def _release(group: Any, records: list[RunRecord]) -> None:
     counts: dict[str, int] = {}
     for r in records:
         counts[r.status] = counts.get(r.status, 0) + 1
-    group.attrs.update(
+    group.update_attributes(
         {"runs": [r.row() for r in records], "updated": _now(), "driver": None, "counts": counts}
     )
 

@@ -179,10 +179,17 @@ class Equilibrium:
     samples: dict[str, FloatArray] | None = None
     observables: dict[str, FloatArray] = field(default_factory=dict)
     converged: NDArray[np.bool_] | None = None
+    _means: dict[str, FloatArray] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def batch(self) -> int:
         return int(self.outputs.shape[0])
+
+    def conjugate_mean(self, name: str) -> FloatArray:
+        """Batch mean of the conjugate of group ``name`` (computed once, then cached)."""
+        if name not in self._means:
+            self._means[name] = np.asarray(self.conjugates[name].mean(axis=0))
+        return self._means[name]
 
 
 class PhysicalSystem(ABC):

@@ -47,7 +47,7 @@ variable. Its Newton matrices differ from the network's own A only on the nodes 
 conduct (and on clamped or active nodes): with A factorised once per parameter update and the
 columns A^-1 e_p of those nodes cached, each sample's Newton step is one shared multi-RHS solve
 plus a small dense system on its own conducting nodes (a low-rank update; diodes conducting less
-than 1e-6 of their node's conductance are left out of the step, never out of the energy or the
+than 1e-4 of their node's conductance are left out of the step, never out of the energy or the
 KCL test). Samples with too many conducting nodes are solved together by one block-diagonal
 sparse LU of the batch (one SuperLU call, no per-sample Python loop).
 
@@ -198,6 +198,9 @@ class NonlinearResistorNetwork(PhysicalSystem):
     supports_complex_nudge = False
     native_cost = "mse"
     energy_unit = "W"
+    #: Sparse backend: diodes whose conductance is below this fraction of their node's own
+    #: conductance are left out of the Newton step (never out of the energy or the KCL test).
+    lowrank_threshold: float = 1e-4
 
     def __init__(
         self,
@@ -694,9 +697,9 @@ class NonlinearResistorNetwork(PhysicalSystem):
         Laplacian block A, factorised once per parameter version.
 
         Per sample k the changes sit on a few nodes S_k: terminals of the diodes that conduct
-        (weight w above 1e-6 of the node's own conductance; the others are left out of the
-        Newton matrix -- an inexact Newton step whose relative error is that small, while the
-        line search and the convergence test use the exact energy and KCL), the fixed (clamped
+        (weight w above ``lowrank_threshold`` of the node's own conductance; the others are left
+        out of the Newton matrix -- an inexact Newton step, while the line search and the
+        convergence test use the exact energy and KCL), the fixed (clamped
         or active) nodes and, for a target nudge, the outputs. With Z = A^-1 E_S (columns cached
         per parameter version) and R = E_S^T Z: x = A^-1 r0 + Z j, the port currents j solving
         a dense |S_k| system. Returns the samples it solved (those with few ports, while the
@@ -718,7 +721,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
                 np.where(ja_v >= 0, diag[np.maximum(ja_v, 0)], np.inf),
                 np.where(jc_v >= 0, diag[np.maximum(jc_v, 0)], np.inf),
             )
-            d_idx, k_idx = np.nonzero(w > 1e-6 * scale[:, None])
+            d_idx, k_idx = np.nonzero(w > self.lowrank_threshold * scale[:, None])
             a_n.append(ja_v[d_idx])
             c_n.append(jc_v[d_idx])
             w_v.append(w[d_idx, k_idx])
@@ -978,8 +981,14 @@ class NonlinearResistorNetwork(PhysicalSystem):
         x: FloatArray,
         act_hi: BoolArray,
         act_lo: BoolArray,
+        tol_a: float,
     ) -> tuple[FloatArray, BoolArray, BoolArray, IntArray, BoolArray]:
-        """Primal-dual active set method for ideal diodes (box constraints lo <= x <= hi)."""
+        """Primal-dual active set method for ideal diodes (box constraints lo <= x <= hi).
+
+        The set update of Hintermueller, Ito & Kunisch with a hysteresis of ``tol_a`` (A): an
+        active node leaves only when its diode current is wrong by more than ``tol_a``, an
+        inactive one enters only when it violates its bound by more than ``tol_a / c`` (V), so
+        that rounding at a degenerate node (on its bound with zero current) cannot cycle."""
         assert pr.lo is not None and pr.hi is not None
         nb = x.shape[1]
         iters = np.zeros(nb, dtype=np.int64)
@@ -1005,8 +1014,8 @@ class NonlinearResistorNetwork(PhysicalSystem):
             y = pr.h[:, todo] - self._matvec(pr.q, xs)  # current the diodes must carry away
             y[pr.fixed[:, todo]] = 0.0
             with np.errstate(invalid="ignore"):
-                new_hi = (y + cscale * (xs - pr.hi[:, todo])) > 0
-                new_lo = (y + cscale * (xs - pr.lo[:, todo])) < 0
+                new_hi = (y + cscale * (xs - pr.hi[:, todo])) > np.where(hi_s, -tol_a, tol_a)
+                new_lo = (y + cscale * (xs - pr.lo[:, todo])) < np.where(lo_s, tol_a, -tol_a)
             same = np.all((new_hi == hi_s) & (new_lo == lo_s), axis=0)
             act_hi[:, todo] = new_hi
             act_lo[:, todo] = new_lo
@@ -1086,7 +1095,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
             if act_hi is None or act_lo is None:
                 act_hi = x > pr.hi
                 act_lo = x < pr.lo
-            x, act_hi, act_lo, iters, conv = self._pdas(pr, x, act_hi, act_lo)
+            x, act_hi, act_lo, iters, conv = self._pdas(pr, x, act_hi, act_lo, tol_a)
         else:
             x, iters, conv = self._newton(pr, x, tol_a)
         vf = self._expand(lin, x, u)

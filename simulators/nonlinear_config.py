@@ -3,7 +3,7 @@
 A network of trainable resistors (or transistor edges) with diodes and bias sources
 (:class:`~physlearn.simulators.nonlinear.NonlinearResistorNetwork`). Example: a deep diode-resistor
 network on the 8 x 8 digits (64 features x 2 differential + 2 bias = 130 input sources, one
-hidden layer of 100 clipping units with rails at +-0.1 V, 10 outputs)::
+hidden layer of 100 clipping units with rails at +-80 mV, 10 outputs)::
 
     system:
       kind: diode_resistor
@@ -12,7 +12,7 @@ hidden layer of 100 clipping units with rails at +-0.1 V, 10 outputs)::
         model: {kind: ideal}               # or shockley: saturation_current (A), emission, ...
         placement: hidden                  # every hidden node gets its clipping diodes
         direction: both                    # up: clip above only; down: floor only
-        rails: [{low: -0.1, high: 0.1}]    # V; one pair, or one per hidden layer
+        rails: [{low: -0.08, high: 0.08}]  # V; one pair, or one per hidden layer
       weights:
         element: resistor                  # or transistor (trainable gate voltages)
         conductance: {min: 1.0e-5, max: 1.0e-3}

@@ -57,10 +57,10 @@ import numpy as np
 import scipy.linalg
 import scipy.sparse as sp
 from numpy.typing import ArrayLike, NDArray
-from physlearn.simulators.graphs import Graph, with_extra_input
 from scipy.sparse.linalg import splu
 
 from physlearn.losses import Loss
+from physlearn.simulators.graphs import Graph, with_extra_input
 from physlearn.system import (
     Equilibrium,
     FloatArray,

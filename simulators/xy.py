@@ -187,21 +187,42 @@ class XYNetwork(PhysicalSystem):
         n, n_e = graph.n_nodes, graph.n_edges
         self._all_groups = {
             "coupling": ParameterGroup(
-                "coupling", (n_e,), ("edge",), *coupling_bounds, unit="1",
-                long_name="coupling W_ij of the edge's oscillators", energy_unit="1",
+                "coupling",
+                (n_e,),
+                ("edge",),
+                *coupling_bounds,
+                unit="1",
+                long_name="coupling W_ij of the edge's oscillators",
+                energy_unit="1",
             ),
             "bias_amplitude": ParameterGroup(
-                "bias_amplitude", (n,), ("node",), *bias_amplitude_bounds, unit="1",
-                long_name="bias field amplitude h_i on the node", energy_unit="1",
+                "bias_amplitude",
+                (n,),
+                ("node",),
+                *bias_amplitude_bounds,
+                unit="1",
+                long_name="bias field amplitude h_i on the node",
+                energy_unit="1",
             ),
             "bias_direction": ParameterGroup(
-                "bias_direction", (n,), ("node",), -np.pi, np.pi, unit="rad", periodic=True,
-                long_name="bias field direction psi_i on the node", energy_unit="1",
+                "bias_direction",
+                (n,),
+                ("node",),
+                -np.pi,
+                np.pi,
+                unit="rad",
+                periodic=True,
+                long_name="bias field direction psi_i on the node",
+                energy_unit="1",
             ),
         }
         self._params: Params = {}
         self._check_and_store(
-            {"coupling": coupling, "bias_amplitude": bias_amplitude, "bias_direction": bias_direction}
+            {
+                "coupling": coupling,
+                "bias_amplitude": bias_amplitude,
+                "bias_direction": bias_direction,
+            }
         )
         self._is_input = np.zeros(n, dtype=bool)
         self._is_input[graph.input_nodes] = True
@@ -293,9 +314,7 @@ class XYNetwork(PhysicalSystem):
         return {g: self._params[g].copy() for g in GROUPS}
 
     # -- physics helpers -----------------------------------------------------------------------
-    def field(
-        self, clamp_outputs: bool = False, nudging: Nudging | None = None
-    ) -> XYField:
+    def field(self, clamp_outputs: bool = False, nudging: Nudging | None = None) -> XYField:
         """The relaxed function ``F`` with the current parameters (inputs clamped, and the
         outputs too when ``clamp_outputs``)."""
         free = ~self._is_input
@@ -368,8 +387,8 @@ class XYNetwork(PhysicalSystem):
                 raise TypeError(f"warm_start must be an XYState, got {type(warm_start).__name__}")
             if warm_start.phi.shape != (warm_start.restarts * b, n):
                 raise ValueError(
-                    f"warm_start holds {warm_start.phi.shape[0]} copies of {warm_start.phi.shape[1]}"
-                    f" nodes; expected {warm_start.restarts} x {b} of {n}"
+                    f"warm_start holds {warm_start.phi.shape[0]} copies of "
+                    f"{warm_start.phi.shape[1]} nodes; expected {warm_start.restarts} x {b} of {n}"
                 )
             phi0 = np.array(warm_start.phi, dtype=np.float64)
             r = warm_start.restarts
@@ -435,7 +454,9 @@ class XYNetwork(PhysicalSystem):
         conj = self.conjugates(phi)
         return Equilibrium(
             outputs=self._combine_phase(outs, keep_r, b),
-            conjugates={k: v.reshape(keep_r, b, *v.shape[1:]).mean(axis=0) for k, v in conj.items()},
+            conjugates={
+                k: v.reshape(keep_r, b, *v.shape[1:]).mean(axis=0) for k, v in conj.items()
+            },
             state=state,
             residual=residual,
             iterations=iterations,
@@ -553,7 +574,8 @@ class XYNetwork(PhysicalSystem):
         p = self._params
         d = phi - p["bias_direction"]
         grads = {
-            "coupling": -np.sin(phi[:, e[:, 0]] - phi[:, e[:, 1]]) * (lam[:, e[:, 0]] - lam[:, e[:, 1]]),
+            "coupling": -np.sin(phi[:, e[:, 0]] - phi[:, e[:, 1]])
+            * (lam[:, e[:, 0]] - lam[:, e[:, 1]]),
             "bias_amplitude": -lam * np.sin(d),
             "bias_direction": lam * p["bias_amplitude"] * np.cos(d),
         }

@@ -40,6 +40,10 @@ if TYPE_CHECKING:
 XYGroup = Literal["coupling", "bias_amplitude", "bias_direction"]
 
 
+def _all_groups() -> list[XYGroup]:
+    return ["coupling", "bias_amplitude", "bias_direction"]
+
+
 class AllToAllGraph(StrictModel):
     """Every pair of nodes coupled (n (n - 1) / 2 edges)."""
 
@@ -199,7 +203,7 @@ class XYConfig(SystemConfigBase):
         default_factory=XYBiasConfig, description="bias amplitude bounds (1), init (1, rad)"
     )
     trainable: list[XYGroup] = Field(
-        default_factory=lambda: ["coupling", "bias_amplitude", "bias_direction"],
+        default_factory=_all_groups,
         min_length=1,
         description="parameter groups the optimiser trains (W, h, psi); the others stay fixed",
     )
@@ -224,9 +228,7 @@ class XYConfig(SystemConfigBase):
     langevin: XYLangevinConfig = Field(
         default_factory=XYLangevinConfig, description="thermal sampling (used when T > 0)"
     )
-    max_batch: int = Field(
-        1024, ge=1, description="patterns relaxed together in one call (count)"
-    )
+    max_batch: int = Field(1024, ge=1, description="patterns relaxed together in one call (count)")
 
     @model_validator(mode="after")
     def _check(self) -> XYConfig:

@@ -19,16 +19,6 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from physlearn.simulators.graphs import (
-    Graph,
-    all_to_all,
-    from_edge_list,
-    lattice,
-    layered,
-    with_extra_input,
-)
-from physlearn.simulators.resistor import LinearResistorNetwork
-from physlearn.simulators.resistor_config import ResistorConfig
 from pydantic import ValidationError
 
 from physlearn.estimators import (
@@ -40,6 +30,16 @@ from physlearn.estimators import (
     one_sided,
 )
 from physlearn.losses import MSE
+from physlearn.simulators.graphs import (
+    Graph,
+    all_to_all,
+    from_edge_list,
+    lattice,
+    layered,
+    with_extra_input,
+)
+from physlearn.simulators.resistor import LinearResistorNetwork
+from physlearn.simulators.resistor_config import ResistorConfig
 from physlearn.system import ExactGradient, Nudge
 from physlearn.system import Graph as GraphProtocol
 

@@ -37,8 +37,7 @@ class CoupledLearning(Estimator):
         clamp = free.outputs + self.eta * (targets - free.outputs)
         clamped = measure(system, inputs, Nudge(clamp=clamp), free.state, rng)
         grad = {
-            g.name: (clamped.conjugates[g.name].mean(0) - free.conjugates[g.name].mean(0))
-            / self.eta
+            g.name: (clamped.conjugate_mean(g.name) - free.conjugate_mean(g.name)) / self.eta
             for g in system.parameter_groups
         }
         phases = [

@@ -129,6 +129,6 @@ class EquilibriumPropagation(Estimator):
         for g in system.parameter_groups:
             acc = np.zeros(g.shape, dtype=complex)
             for b, w in self.pairs:
-                acc += w * by_beta[b].conjugates[g.name].mean(axis=0)
+                acc += w * by_beta[b].conjugate_mean(g.name)
             grad[g.name] = np.ascontiguousarray(acc.real).reshape(g.shape)  # keeps 0-d groups 0-d
         return Estimate(grad, phases, loss.value(free.outputs, targets), loss)
