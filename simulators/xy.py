@@ -125,8 +125,10 @@ class XYNetwork(PhysicalSystem):
         temperature: T (energy units, k_B = 1); ``0`` is deterministic relaxation.
         restarts: random initial conditions per sample for a cold start (>= 1).
         restart_policy: ``"lowest"`` energy, or ``"average"`` over restarts.
-        init: initial phases of free nodes for a cold start: ``"random"`` uniform on
-            ``[-pi, pi)``, or ``"zeros"`` (restart 0 only; later restarts are random).
+        init: initial phases of free nodes for a cold start: ``"zeros"`` (restart 0 only;
+            later restarts are random), or ``"random"`` uniform on ``[-pi, pi)``. Zeros make
+            the free state a continuous function of the parameters between bifurcations,
+            which training needs; random restarts sample the multistable landscape.
         relax_settings: tolerances of the relaxation (:class:`RelaxSettings`).
         langevin_settings: Langevin sampling at ``T > 0`` (:class:`LangevinSettings`).
         backend: ``"auto"``, ``"dense"`` or ``"sparse"`` linear algebra (see
@@ -153,7 +155,7 @@ class XYNetwork(PhysicalSystem):
         temperature: float = 0.0,
         restarts: int = 1,
         restart_policy: RestartPolicy = "lowest",
-        init: Literal["random", "zeros"] = "random",
+        init: Literal["random", "zeros"] = "zeros",
         relax_settings: RelaxSettings | None = None,
         langevin_settings: LangevinSettings | None = None,
         backend: Literal["auto", "dense", "sparse"] = "auto",

@@ -218,9 +218,10 @@ class XYConfig(SystemConfigBase):
         description="keep the lowest-energy fixed point, or average over restarts",
     )
     init_phases: Literal["random", "zeros"] = Field(
-        "random",
-        description="free phases of a cold start: uniform on [-pi, pi) (rad), or 0 for the "
-        "first restart",
+        "zeros",
+        description="free phases of a cold start: 0 for the first restart (rad; later restarts "
+        "are uniform on [-pi, pi)), or uniform for every restart. Zeros keep the free state "
+        "continuous in the parameters between bifurcations, which training needs",
     )
     relaxation: XYRelaxConfig = Field(
         default_factory=XYRelaxConfig, description="relaxation tolerances"

@@ -58,6 +58,9 @@ def make_graph(kind: str, seed: int) -> Graph:
 
 
 def make_net(graph: Graph, seed: int, w_scale: float = 1.0, **kw: Any) -> XYNetwork:
+    """Random couplings N(0, w_scale), h in [0.1, 1], psi uniform; cold starts from random
+    phases (harder for the relaxation than the default zeros)."""
+    kw.setdefault("init", "random")
     rng = np.random.default_rng(seed + 1000)
     return XYNetwork(
         graph,
