@@ -89,6 +89,7 @@ from physlearn.system import (
     Params,
     PhysicalSystem,
     Port,
+    check_parameters,
 )
 
 if TYPE_CHECKING:
@@ -749,28 +750,7 @@ class StationSystem(PhysicalSystem):
         values outside the group's bounds; the taps are checked against ``tap_limits``
         (``EnvelopeViolation``) before anything is written, then written, read back and compared.
         """
-        unknown = set(params) - {GROUP}
-        if unknown or GROUP not in params:
-            raise ValueError(
-                f"expected exactly the parameter group {GROUP!r}, got {sorted(params)}"
-            )
-        g = np.asarray(params[GROUP])
-        grp = self._group
-        if g.shape != grp.shape:
-            raise ValueError(
-                f"parameter group {GROUP!r}: expected shape {grp.shape}, got {g.shape}"
-            )
-        if np.iscomplexobj(g) or not np.all(np.isfinite(g)):
-            raise ValueError(f"parameter group {GROUP!r}: values must be real and finite")
-        g = g.astype(np.float64)
-        bad = np.flatnonzero((g < grp.lower) | (g > grp.upper))
-        if bad.size:
-            e = int(bad[0])
-            raise ValueError(
-                f"parameter group {GROUP!r}: {bad.size} value(s) outside the bounds "
-                f"[{grp.lower:g}, {grp.upper:g}] S, e.g. edge {e} = {g[e]:g} S "
-                "(project before writing; the system does not clip)"
-            )
+        g = check_parameters((self._group,), params)[GROUP]
         taps = self.tapmap.nearest(g)
         check_taps(taps, self.config.weights.tap_limits, self._weight_names)
         self._require_open()

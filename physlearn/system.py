@@ -296,6 +296,43 @@ class PhysicalSystem(ABC):
         self.close()
 
 
+def check_parameters(groups: tuple[ParameterGroup, ...], params: Params) -> Params:
+    """Validate a full set of parameter values before a machine holds them.
+
+    Refuses (``ValueError`` naming the group) unknown or missing groups, a wrong shape, complex or
+    non-finite values and values outside ``[lower, upper]``: the orchestrator projects first, a
+    system never clips. Returns the values as float64 arrays.
+    """
+    names = [g.name for g in groups]
+    unknown = set(params) - set(names)
+    if unknown:
+        raise ValueError(f"unknown parameter groups {sorted(unknown)}; this system has {names}")
+    out: Params = {}
+    for grp in groups:
+        if grp.name not in params:
+            raise ValueError(f"parameter group {grp.name!r} missing")
+        v = np.asarray(params[grp.name])
+        if v.shape != grp.shape:
+            raise ValueError(
+                f"parameter group {grp.name!r}: expected shape {grp.shape}, got {v.shape}"
+            )
+        if np.iscomplexobj(v) or not np.all(np.isfinite(v)):
+            raise ValueError(f"parameter group {grp.name!r}: values must be real and finite")
+        v = v.astype(np.float64)
+        bad = np.flatnonzero((v < grp.lower) | (v > grp.upper))
+        if bad.size:
+            e = int(bad[0])
+            where = grp.dims[0] if len(grp.dims) == 1 else "element"
+            raise ValueError(
+                f"parameter group {grp.name!r}: {bad.size} value(s) outside the bounds "
+                f"[{grp.lower:g}, {grp.upper:g}] {grp.unit}, e.g. {where} {e} = "
+                f"{v.reshape(-1)[e]:g} {grp.unit} (project before writing; the system does not "
+                "clip)"
+            )
+        out[grp.name] = v
+    return out
+
+
 @runtime_checkable
 class ExactGradient(Protocol):
     """Simulators that can compute dL/dtheta exactly (implicit differentiation), for diagnostics."""

@@ -97,6 +97,7 @@ from physlearn.system import (
     Params,
     PhysicalSystem,
     Port,
+    check_parameters,
 )
 
 Backend = Literal["auto", "dense", "sparse"]
@@ -485,27 +486,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
         values are held on the grid ``lower + k * resolution``.
         """
         name, grp = self._gname, self._group
-        unknown = set(params) - {name}
-        if unknown:
-            raise ValueError(
-                f"unknown parameter groups {sorted(unknown)}; this system has {name!r}"
-            )
-        if name not in params:
-            raise ValueError(f"parameter group {name!r} missing")
-        v = np.asarray(params[name])
-        if v.shape != grp.shape:
-            raise ValueError(f"parameter group {name!r}: expected shape {grp.shape}, got {v.shape}")
-        if np.iscomplexobj(v) or not np.all(np.isfinite(v)):
-            raise ValueError(f"parameter group {name!r}: values must be real and finite")
-        v = v.astype(np.float64)
-        bad = np.flatnonzero((v < grp.lower) | (v > grp.upper))
-        if bad.size:
-            e = int(bad[0])
-            raise ValueError(
-                f"parameter group {name!r}: {bad.size} value(s) outside the bounds "
-                f"[{grp.lower:g}, {grp.upper:g}] {grp.unit}, e.g. edge {e} = {v[e]:g} "
-                "(project before writing; the system does not clip)"
-            )
+        v = check_parameters((grp,), params)[name]
         if grp.resolution > 0:
             v = self._quantise(v)
         self._theta = v

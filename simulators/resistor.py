@@ -70,6 +70,7 @@ from physlearn.system import (
     Params,
     PhysicalSystem,
     Port,
+    check_parameters,
 )
 
 GROUP = "conductance"
@@ -257,30 +258,8 @@ class LinearResistorNetwork(PhysicalSystem):
         grid ``lower + k * resolution`` (nearest point), and the held values are returned.
         Invalidates the cached factorisation.
         """
-        unknown = set(params) - {GROUP}
-        if unknown:
-            raise ValueError(
-                f"unknown parameter groups {sorted(unknown)}; this system has {GROUP!r}"
-            )
-        if GROUP not in params:
-            raise ValueError(f"parameter group {GROUP!r} missing")
-        g = np.asarray(params[GROUP])
         grp = self._group
-        if g.shape != grp.shape:
-            raise ValueError(
-                f"parameter group {GROUP!r}: expected shape {grp.shape}, got {g.shape}"
-            )
-        if np.iscomplexobj(g) or not np.all(np.isfinite(g)):
-            raise ValueError(f"parameter group {GROUP!r}: values must be real and finite")
-        g = g.astype(np.float64)
-        bad = np.flatnonzero((g < grp.lower) | (g > grp.upper))
-        if bad.size:
-            e = int(bad[0])
-            raise ValueError(
-                f"parameter group {GROUP!r}: {bad.size} value(s) outside the bounds "
-                f"[{grp.lower:g}, {grp.upper:g}] S, e.g. edge {e} = {g[e]:g} S "
-                "(project before writing; the system does not clip)"
-            )
+        g = check_parameters((grp,), params)[GROUP]
         if grp.resolution > 0:
             g = self._quantise(g)
         self._g = g
