@@ -22,7 +22,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from physlearn.configbase import StrictModel
 from physlearn.drivers.config import TapLaw, graph_counts
@@ -240,16 +240,9 @@ class LabConfig(StrictModel):
 
 def parse_lab_config(raw: Any, source: str = "lab config") -> LabConfig:
     """Validate a raw mapping; errors are :class:`physlearn.config.ConfigError` naming the field."""
-    from physlearn.config import ConfigError, _format_validation
+    from physlearn.config import validate_model
 
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: expected a mapping, got {type(raw).__name__}")
-    try:
-        return LabConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(
-            f"{source} is not a valid virtual lab:\n{_format_validation(err)}"
-        ) from None
+    return validate_model(LabConfig, raw, source, "virtual lab")
 
 
 def load_lab_config(path: str | Path) -> LabConfig:

@@ -12,7 +12,7 @@ a wrong type, an out-of-range value, an unknown system kind, inconsistent sizes 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -42,6 +42,9 @@ SystemConfig = Annotated[
     | StationConfig,
     Field(discriminator="kind"),
 ]
+
+
+M = TypeVar("M", bound=StrictModel)
 
 
 class ConfigError(ValueError):
@@ -349,15 +352,19 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
+def validate_model(model: type[M], raw: Any, source: str, what: str) -> M:
+    """Validate a raw mapping against a config model; every problem becomes one ConfigError that
+    names each field path and its reason (``source`` names the file, ``what`` the kind)."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     try:
-        return ExperimentConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(
-            f"{source} is not a valid experiment:\n{_format_validation(err)}"
-        ) from None
+        raise ConfigError(f"{source} is not a valid {what}:\n{_format_validation(err)}") from None
+
+
+def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
+    return validate_model(ExperimentConfig, raw, source, "experiment")
 
 
 def read_yaml(path: str | Path) -> Any:

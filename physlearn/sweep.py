@@ -76,14 +76,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, ValidationError, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from physlearn.config import (
     ConfigError,
     ExperimentConfig,
-    _format_validation,
     parse_config,
     read_yaml,
+    validate_model,
 )
 from physlearn.configbase import StrictModel
 
@@ -330,12 +330,7 @@ def parse_sweep(raw: Any, source: Path | None = None) -> Sweep:
     """Validate a sweep mapping and expand it; relative bases resolve against ``source``'s
     directory (or the working directory)."""
     label = str(source) if source is not None else "sweep"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{label}: expected a mapping (name, base, grid, ...)")
-    try:
-        spec = SweepSpec.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(f"{label} is not a valid sweep:\n{_format_validation(err)}") from None
+    spec = validate_model(SweepSpec, raw, label, "sweep")
     folder = source.parent if source is not None else Path.cwd()
     return expand(spec, folder, source)
 
