@@ -45,13 +45,7 @@ def project(
         else:
             s = np.clip(r, g.lower, g.upper)
             clipped[g.name] = int(np.count_nonzero(s != r))
-        h = s
-        if g.resolution > 0:
-            k = np.round((s - g.lower) / g.resolution)
-            k_max = math.floor((g.upper - g.lower) / g.resolution + 1e-9)
-            h = g.lower + np.clip(k, 0, k_max) * g.resolution
-            if g.periodic:
-                h = np.where(h >= g.upper, g.lower, h)
+        h = g.quantise(s)
         shadow[g.name] = s
         held[g.name] = h
         d = np.abs(h - r)

@@ -35,6 +35,7 @@ Sign conventions
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -94,6 +95,19 @@ class ParameterGroup:
     @property
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
+
+    def quantise(self, values: FloatArray) -> FloatArray:
+        """The nearest points of the grid ``lower + k * resolution`` inside the bounds (values
+        unchanged when ``resolution == 0``); a periodic group maps ``upper`` onto ``lower``."""
+        v = np.asarray(values, dtype=np.float64)
+        if self.resolution <= 0:
+            return v
+        k_max = math.floor((self.upper - self.lower) / self.resolution + 1e-9)
+        k = np.clip(np.round((v - self.lower) / self.resolution), 0, k_max)
+        held = self.lower + k * self.resolution
+        if self.periodic:
+            held = np.where(held >= self.upper, self.lower, held)
+        return np.asarray(held)
 
 
 @dataclass(frozen=True)

@@ -440,7 +440,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
                 raise ValueError(f"init range {(lo, hi)} must lie inside bounds {(lower, upper)}")
             params = np.random.default_rng(seed).uniform(lo, hi, size=g.n_edges)
             if resolution > 0:
-                params = self._quantise(np.asarray(params))
+                params = self._group.quantise(np.asarray(params))
         self._theta = np.zeros(g.n_edges)
         self.set_parameters({name: np.asarray(params, dtype=np.float64)})
 
@@ -473,11 +473,6 @@ class NonlinearResistorNetwork(PhysicalSystem):
         return int(self._var.size)
 
     # -- parameters ----------------------------------------------------------------------
-    def _quantise(self, v: FloatArray) -> FloatArray:
-        grp = self._group
-        steps = np.round((v - grp.lower) / grp.resolution)
-        return np.asarray(np.minimum(grp.lower + steps * grp.resolution, grp.upper))
-
     def set_parameters(self, params: Params) -> Params:
         """Write the trainable group (S or V); returns what the network holds.
 
@@ -488,7 +483,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
         name, grp = self._gname, self._group
         v = check_parameters((grp,), params)[name]
         if grp.resolution > 0:
-            v = self._quantise(v)
+            v = self._group.quantise(v)
         self._theta = v
         self._version += 1
         self._cache = None

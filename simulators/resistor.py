@@ -212,7 +212,7 @@ class LinearResistorNetwork(PhysicalSystem):
             rng = np.random.default_rng(seed)
             conductance = rng.uniform(lo, hi, size=g.n_edges)
             if resolution > 0:
-                conductance = self._quantise(np.asarray(conductance))
+                conductance = self._group.quantise(np.asarray(conductance))
         self._g = np.zeros(g.n_edges)
         self.set_parameters({GROUP: np.asarray(conductance, dtype=np.float64)})
 
@@ -244,11 +244,6 @@ class LinearResistorNetwork(PhysicalSystem):
         return self.graph.n_edges
 
     # -- parameters --------------------------------------------------------------------------
-    def _quantise(self, g: FloatArray) -> FloatArray:
-        grp = self._group
-        steps = np.round((g - grp.lower) / grp.resolution)
-        return np.asarray(np.minimum(grp.lower + steps * grp.resolution, grp.upper))
-
     def set_parameters(self, params: Params) -> Params:
         """Write the conductances (S); returns what the network holds.
 
@@ -261,7 +256,7 @@ class LinearResistorNetwork(PhysicalSystem):
         grp = self._group
         g = check_parameters((grp,), params)[GROUP]
         if grp.resolution > 0:
-            g = self._quantise(g)
+            g = self._group.quantise(g)
         self._g = g
         self._version += 1
         self._cache = None
