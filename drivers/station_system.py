@@ -816,14 +816,7 @@ class StationSystem(PhysicalSystem):
                 f"this bench cannot realise a {kind!r} nudge (configured: "
                 f"{sorted(self.supported_nudges)})"
             )
-        v = np.asarray(nudge.values)
-        n_out = self.outputs.size
-        if v.shape != (batch, n_out):
-            raise ValueError(
-                f"nudge {kind} values must have shape ({batch}, {n_out}), got {v.shape}"
-            )
-        if np.iscomplexobj(v) or not np.all(np.isfinite(v)):
-            raise ValueError(f"nudge {kind} values must be real and finite")
+        v = nudge.checked_values(batch, self.outputs.size)
         beta = complex(nudge.beta)
         if kind in ("error", "target") and beta.imag != 0:
             raise ValueError("an instrument cannot realise a complex nudge (holomorphic EP)")

@@ -160,6 +160,21 @@ class Nudge:
         assert v is not None
         return v
 
+    def checked_values(self, batch: int, n_out: int) -> FloatArray:
+        """The nudge's values as float64 ``(batch, n_out)``; ``ValueError`` for a wrong shape,
+        complex or non-finite values, or a non-finite beta."""
+        v = np.asarray(self.values)
+        if v.shape != (batch, n_out):
+            raise ValueError(
+                f"nudge {self.kind} values must have shape ({batch}, {n_out}), got {v.shape}"
+            )
+        if np.iscomplexobj(v) or not np.all(np.isfinite(v)):
+            raise ValueError(f"nudge {self.kind} values must be real and finite")
+        beta = complex(self.beta)
+        if not (math.isfinite(beta.real) and math.isfinite(beta.imag)):
+            raise ValueError(f"nudge beta must be finite, got {self.beta}")
+        return v.astype(np.float64)
+
 
 @dataclass
 class Equilibrium:

@@ -789,20 +789,11 @@ class NonlinearResistorNetwork(PhysicalSystem):
         return x.astype(np.float64)
 
     def _check_nudge(self, nudge: Nudge, batch: int) -> tuple[float, FloatArray]:
-        v = np.asarray(nudge.values)
-        k = self._out_free.size
-        if v.shape != (batch, k):
-            raise ValueError(
-                f"nudge {nudge.kind} values must have shape ({batch}, {k}), got {v.shape}"
-            )
-        if np.iscomplexobj(v) or not np.all(np.isfinite(v)):
-            raise ValueError(f"nudge {nudge.kind} values must be real and finite")
+        v = nudge.checked_values(batch, self._out_free.size)
         beta = complex(nudge.beta)
         if beta.imag != 0:
             raise ValueError(f"{type(self).__name__} does not support complex (holomorphic) nudges")
-        if not math.isfinite(beta.real):
-            raise ValueError(f"nudge beta must be finite, got {nudge.beta}")
-        return beta.real, v.astype(np.float64)
+        return beta.real, v
 
     # -- the phases ----------------------------------------------------------------------
     def _problem(

@@ -342,18 +342,7 @@ class LinearResistorNetwork(PhysicalSystem):
         return x.astype(np.float64)
 
     def _check_nudge_values(self, nudge: Nudge, batch: int) -> FloatArray:
-        v = np.asarray(nudge.values)
-        k = self._out.size
-        if v.shape != (batch, k):
-            raise ValueError(
-                f"nudge {nudge.kind} values must have shape ({batch}, {k}), got {v.shape}"
-            )
-        if np.iscomplexobj(v) or not np.all(np.isfinite(v)):
-            raise ValueError(f"nudge {nudge.kind} values must be real and finite")
-        beta = complex(nudge.beta)
-        if not (np.isfinite(beta.real) and np.isfinite(beta.imag)):
-            raise ValueError(f"nudge beta must be finite, got {nudge.beta}")
-        return v.astype(np.float64)
+        return nudge.checked_values(batch, self._out.size)
 
     # -- physics -----------------------------------------------------------------------------
     def equilibrate(

@@ -409,12 +409,7 @@ class XYNetwork(PhysicalSystem):
         beta = complex(nudge.beta)
         if beta.imag != 0:
             raise ValueError("XYNetwork does not support complex (holomorphic) nudges")
-        vals = np.asarray(nudge.values, dtype=np.float64)
-        n_out = self.graph.output_nodes.size
-        if vals.shape != (b, n_out):
-            raise ValueError(f"nudge {nudge.kind} values must have shape ({b}, {n_out})")
-        if not np.all(np.isfinite(vals)):
-            raise ValueError(f"nudge {nudge.kind} values must be finite")
+        vals = nudge.checked_values(b, self.graph.output_nodes.size)
         if nudge.kind == "clamp":
             return None, True
         return Nudging(nudge.kind, float(beta.real), np.tile(vals, (r, 1))), False
