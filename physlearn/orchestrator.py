@@ -175,6 +175,10 @@ class Campaign:
         self._last_flush = time.monotonic()
         self._phases_attr: dict[str, Any] = {}
         self._phases_recorded = "phases" in store.attrs
+        # -- carried free state (PhysicalSystem.carried_shapes): the last step's free state as
+        # exported arrays; checkpointed with every commit, so a resume continues from it
+        self.carry_shapes = system.carried_shapes(config.schedule.batch_size)
+        self.carry: dict[str, np.ndarray] | None = None
 
     # -- parameters --------------------------------------------------------------------------
     def initialise(self) -> int:
@@ -186,6 +190,8 @@ class Campaign:
         else:
             self.optimizer.load_state(ck.optimizer)
             shadow, held, start = ck.shadow, ck.held, ck.step
+            if self.carry_shapes and float(ck.carry.get("valid", 0.0)) == 1.0:  # carried state
+                self.carry = {k: ck.carry[k] for k in self.carry_shapes}
         self.shadow = shadow
         self.held = self.system.set_parameters(held)
         return start
@@ -413,6 +419,8 @@ class Campaign:
         rec = self.recorder
         step_done = rec.committed_steps + rec.counts["step"]
         ck = Checkpoint(step_done, self.shadow, self.held, dict(self.optimizer.state))
+        if self.carry_shapes:  # carried state: written with the checkpoint, valid flag last
+            ck.carry = {**(self.carry or {}), "valid": np.asarray(float(self.carry is not None))}
         rec.commit(ck, self._phases_attr)
         self._phases_attr = {}
         self._last_flush = time.monotonic()
@@ -486,7 +494,8 @@ class Campaign:
         x = self.task.encode_inputs(self.task.data.x_train[idx])
         t = self.task.encode_targets(self.task.data.y_train[idx])
         rng = step_rng(self.seed, step)
-        est = self.estimator.estimate(self.system, x, t, self.loss, rng)
+        warm = None if self.carry is None else self.system.import_state(self.carry)  # carried
+        est = self.estimator.estimate(self.system, x, t, self.loss, rng, warm_start=warm)
         diag = (math.nan, math.nan)
         if cfg.diagnostics.exact_gradient and step % cfg.diagnostics.every == 0:
             assert isinstance(self.system, ExactGradient)
@@ -497,7 +506,21 @@ class Campaign:
         requested = self.optimizer.step(self.shadow, est.gradient, lr)
         self.shadow, held, proj = project(self.groups, requested)
         self.held = self.system.set_parameters(held)
+        self.carry = self._export_carry(est)  # carried state
         self._record_step(step, idx, x, t, est, diag, lr, used, proj, t0)
+
+    def _export_carry(self, est: Estimate) -> dict[str, np.ndarray] | None:
+        """This step's free state as the arrays the next step (or a resume) starts from; None
+        when the system carries nothing or the arrays do not have the declared shapes."""
+        if not self.carry_shapes:
+            return None
+        arrays = self.system.export_state(est.free.state)
+        if arrays is None or set(arrays) != set(self.carry_shapes):
+            return None
+        out = {k: np.array(v, dtype=np.float64) for k, v in arrays.items()}
+        if any(out[k].shape != shape for k, shape in self.carry_shapes.items()):
+            return None
+        return out
 
 
 def gradient_fidelity(estimate: Params, exact: Params) -> tuple[float, float]:
@@ -559,6 +582,11 @@ def create_store(config: ExperimentConfig, system: PhysicalSystem, path: Path) -
         f"{k}/{g.name}": g.shape for g in system.parameter_groups for k in ("shadow", "held")
     }
     ck_shapes |= {f"opt/{k}": v.shape for k, v in optimizer_shapes.items()}
+    carried = system.carried_shapes(config.schedule.batch_size)  # carried state
+    if "valid" in carried:
+        raise ValueError(f"{type(system).__name__}.carried_shapes: 'valid' is reserved")
+    if carried:
+        ck_shapes |= {f"carry/{k}": v for k, v in carried.items()} | {"carry/valid": ()}
     coords: dict[str, tuple[np.ndarray, str]] = {
         "phase": (np.array(build_estimator(config.estimator).phase_labels()), "1"),
     }
@@ -570,9 +598,9 @@ def create_store(config: ExperimentConfig, system: PhysicalSystem, path: Path) -
         "system_snapshot": to_jsonable(system.snapshot()),
         "total_steps": config.total_steps(),
     }
-    if isinstance(system, Graph):  # positions, edges, node roles: for plots on the graph
-        attrs["graph_layout"] = to_jsonable(system.graph_layout())
-    return RunStore.create(path, coords, ck_shapes, attrs)
+    # positions, edges, node roles: for plots on the graph
+    graph = system.graph_layout() if isinstance(system, Graph) else None
+    return RunStore.create(path, coords, ck_shapes, attrs, graph)
 
 
 def start_run(

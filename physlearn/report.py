@@ -7,7 +7,7 @@ the store), the figures as PNG files and ``report.html``, which embeds every fig
 A run's report shows the loss and accuracy curves (per step and on the test split), the
 gradient fidelity (``grad_cosine``, ``grad_rel_error``) when the run logged the exact gradient,
 histograms of every parameter group at the first and last step with its spread over the run, the
-edge parameter drawn on the system's graph (``graph_layout`` run attribute) and the equilibrium
+edge parameter drawn on the system's graph (the run's ``graph`` group) and the equilibrium
 diagnostics. A sweep's report has the run table, a table of the final metrics per configuration
 (mean +- std over seeds), the final metric against every swept axis and the learning curves of
 every configuration (mean and +-std band over seeds).
@@ -164,12 +164,12 @@ def read_parameters(store: RunStore, max_rows: int = 200) -> list[F.ParamSeries]
 
 
 def graph_layout(store: RunStore) -> dict[str, Any] | None:
-    """The ``graph_layout`` run attribute; for runs written before it existed, rebuilt from the
-    stored config (None when the system has no graph)."""
-    attrs = store.attrs
-    if "graph_layout" in attrs:
-        layout: dict[str, Any] = attrs["graph_layout"]
+    """The run's ``graph`` group; for runs written before it existed, rebuilt from the stored
+    config (None when the system has no graph)."""
+    layout = store.graph_layout()
+    if layout is not None:
         return layout
+    attrs = store.attrs
     try:
         from physlearn.config import parse_config
         from physlearn.orchestrator import build_system

@@ -7,12 +7,16 @@ Layout
   per evaluation). Every array carries ``dimension_names`` and the attributes ``units`` and
   ``long_name``; label coordinates (``phase``, ...) are string arrays.
 * ``checkpoint/a`` and ``checkpoint/b``: two checkpoint slots (continuous "shadow" parameters,
-  held parameters, optimiser state). Commits alternate between them.
+  held parameters, optimiser state, and the state a system carries to the next step,
+  ``carry__<name>``). Commits alternate between them.
 * Group attributes: ``config`` (the validated config), ``physlearn_version``, ``guid``,
   ``run_timestamp``, ``completed_timestamp``, ``exit_status`` (``success`` / ``abort`` /
   ``fail``; absent while running), ``committed_steps``, ``committed_evals``, ``checkpoint_slot``,
-  ``pid`` and ``host`` of the writer; ``graph_layout`` (node positions, edges, edge group, node
-  roles) for systems with a spatial structure (:class:`physlearn.system.Graph`).
+  ``pid`` and ``host`` of the writer.
+* ``graph`` (systems with a spatial structure, :class:`physlearn.system.Graph`): arrays
+  ``positions`` (node, xy), ``edges`` (edge, end) and ``node_roles`` (node), and the attribute
+  ``edge_group``. Arrays, not run attributes: every commit rewrites the run attributes, and a
+  10 000-node layout would make each commit re-encode half a megabyte of JSON.
 
 Crash safety
 ------------
@@ -31,7 +35,7 @@ import socket
 import time
 import uuid
 from collections.abc import Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +56,10 @@ class Checkpoint:
     shadow: Params
     held: Params
     optimizer: dict[str, FloatArray]
+    # -- carried state (PhysicalSystem.carried_shapes): entries ``carry/<name>`` written with
+    # this checkpoint; only the entries given are written (the orchestrator's ``valid`` says
+    # whether the rest of the slot's carry arrays belong to this commit).
+    carry: dict[str, FloatArray] = field(default_factory=dict)
 
 
 def _fill(dtype: str) -> Any:
@@ -81,11 +89,13 @@ class RunStore:
         coords: dict[str, tuple[np.ndarray, str]],
         checkpoint_shapes: dict[str, tuple[int, ...]],
         attrs: dict[str, Any],
+        graph: dict[str, Any] | None = None,
     ) -> RunStore:
         """Create a new run group at ``path`` (must not exist).
 
         ``coords`` maps a coordinate name to (values, units); ``checkpoint_shapes`` maps checkpoint
-        entries (``shadow/<g>``, ``held/<g>``, ``opt/<key>``) to shapes.
+        entries (``shadow/<g>``, ``held/<g>``, ``opt/<key>``) to shapes; ``graph`` is a
+        :meth:`physlearn.system.Graph.graph_layout` dict, stored in the ``graph`` group.
         """
         import zarr
 
@@ -104,6 +114,8 @@ class RunStore:
             sg = ck.create_group(slot)
             for key, shape in checkpoint_shapes.items():
                 sg.create_array(key.replace("/", "__"), shape=shape, dtype="f8", compressors=None)
+        if graph is not None:
+            _write_graph(g.create_group("graph"), graph)
         g.update_attributes(
             {
                 **attrs,
@@ -145,6 +157,9 @@ class RunStore:
             fill_value=_fill(dt.str),
             dimension_names=[append_dim, *dims],
             compressors="auto" if compress else None,
+            # write every chunk: reads the same as skipping all-fill-value chunks, and spares
+            # zarr's per-chunk comparison on the writer thread
+            config={"write_empty_chunks": True},
         )
         a.update_attributes({"units": units, "long_name": long_name})
         self._arrays[name] = a
@@ -163,6 +178,19 @@ class RunStore:
         if "committed_steps" not in g.attrs or "config" not in g.attrs:
             raise StoreError(f"{p} is a Zarr group but not a physlearn run")
         return cls(p, g)
+
+    def graph_layout(self) -> dict[str, Any] | None:
+        """The system's graph as :meth:`physlearn.system.Graph.graph_layout` gives it (None when
+        the run has no ``graph`` group)."""
+        if "graph" not in self.group:
+            return None
+        gg = self.group["graph"]
+        return {
+            "positions": np.asarray(gg["positions"][...], dtype=np.float64),
+            "edges": np.asarray(gg["edges"][...], dtype=np.int64),
+            "node_roles": [str(r) for r in gg["node_roles"][...]],
+            "edge_group": str(gg.attrs["edge_group"]),
+        }
 
     # -- attributes --------------------------------------------------------------------------
     @property
@@ -243,6 +271,7 @@ class RunStore:
         entries = {f"shadow/{k}": v for k, v in ck.shadow.items()}
         entries |= {f"held/{k}": v for k, v in ck.held.items()}
         entries |= {f"opt/{k}": v for k, v in ck.optimizer.items()}
+        entries |= {f"carry/{k}": v for k, v in ck.carry.items()}
         jobs: list[Coroutine[Any, Any, None]] = [
             sg[key.replace("/", "__")].async_array.setitem(Ellipsis, np.asarray(value))
             for key, value in entries.items()
@@ -257,17 +286,19 @@ class RunStore:
         shadow: Params = {}
         held: Params = {}
         opt: dict[str, FloatArray] = {}
+        carry: dict[str, FloatArray] = {}
+        parts = {"shadow": shadow, "held": held, "opt": opt, "carry": carry}
         for key, arr in sg.arrays():
             kind, _, name = key.partition("__")
             value = np.asarray(arr[...])
-            {"shadow": shadow, "held": held, "opt": opt}[kind][name.replace("__", "/")] = value
+            parts[kind][name.replace("__", "/")] = value
         step = int(sg.attrs["step"])
         if step != self.committed("step"):
             raise StoreError(
                 f"{self.path}: checkpoint slot {slot!r} is for step {step}, "
                 f"but {self.committed('step')} steps are committed"
             )
-        return Checkpoint(step, shadow, held, opt)
+        return Checkpoint(step, shadow, held, opt, carry)
 
     def truncate_to_committed(self) -> None:
         """Drop any uncommitted tail (a crash between resize and commit)."""
@@ -297,6 +328,23 @@ class RunStore:
         }
         attrs.update({"pid": os.getpid(), "host": socket.gethostname()})
         self.group.attrs.put(attrs)
+
+
+def _write_graph(group: Any, layout: dict[str, Any]) -> None:
+    pos = np.asarray(layout["positions"], dtype=np.float64).reshape(-1, 2)
+    edges = np.asarray(layout["edges"], dtype=np.int64).reshape(-1, 2)
+    roles = np.asarray([str(r) for r in layout["node_roles"]], dtype=str)
+    for name, values, dims, long_name in (
+        ("positions", pos, ["node", "xy"], "node position in the drawing plane"),
+        ("edges", edges, ["edge", "end"], "node indices at the two ends of each edge"),
+        ("node_roles", roles, ["node"], "role of each node (input, output, hidden, ...)"),
+    ):
+        dtype: Any = str if values.dtype.kind == "U" else values.dtype
+        a = group.create_array(name, shape=values.shape, dtype=dtype, dimension_names=dims)
+        if values.size:
+            a[...] = values
+        a.update_attributes({"units": "1", "long_name": long_name})
+    group.update_attributes({"edge_group": str(layout["edge_group"])})
 
 
 async def _append(array: Any, start: int, data: np.ndarray) -> None:

@@ -26,6 +26,9 @@ class Task:
     n_outputs: int
     _mean: FloatArray = field(init=False)
     _std: FloatArray = field(init=False)
+    # permutations of the last epochs used: a pure function of (seed, epoch), so caching them
+    # changes no result; a step spans at most two epochs
+    _perms: dict[tuple[int, int], np.ndarray] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
         x = self.data.x_train
@@ -76,11 +79,25 @@ class Task:
         pos = step * batch_size + np.arange(batch_size)
         epochs = pos // n
         out = np.empty(batch_size, dtype=np.int64)
+        if epochs[0] == epochs[-1]:  # the usual case: one epoch, a contiguous slice
+            first = int(pos[0] % n)
+            return self._epoch_permutation(seed, int(epochs[0]))[first : first + batch_size].copy()
+        out = np.empty(batch_size, dtype=np.int64)
         for e in np.unique(epochs):
-            perm = np.random.default_rng([seed, 1, int(e)]).permutation(n)
             sel = epochs == e
-            out[sel] = perm[pos[sel] % n]
+            out[sel] = self._epoch_permutation(seed, int(e))[pos[sel] % n]
         return out
+
+    def _epoch_permutation(self, seed: int, epoch: int) -> np.ndarray:
+        key = (seed, epoch)
+        perm = self._perms.get(key)
+        if perm is None:
+            n = self.data.x_train.shape[0]
+            perm = np.random.default_rng([seed, 1, epoch]).permutation(n).astype(np.int64)
+            if len(self._perms) >= 2:
+                self._perms.pop(next(iter(self._perms)))
+            self._perms[key] = perm
+        return perm
 
 
 def step_rng(seed: int, step: int, stream: int = 2) -> np.random.Generator:
