@@ -4,6 +4,12 @@ Validation happens when the config is loaded (nothing is built): Pauli labels ar
 checked, and device limits (Rydberg: minimum atom distance, Rabi frequency, detuning, atom count)
 refused with a message naming the violated limit. ``build`` imports the simulators lazily.
 
+Every Pauli machine (``quantum``, ``rydberg``, ``ions``) takes an optional ``sensitivity`` block
+(:class:`SensitivityConfig`): the outputs then become the sensitivities d<O_k>/d(lambda) of chosen
+outputs to a sensed term ``lambda * B``, measured on two replicas at ``lambda0 +- delta``
+(:mod:`physlearn.simulators.quantum_sensitivity`), so that a quantum sensor trains with the same
+estimators, orchestrator and store.
+
 Pauli terms accept a template: ``{pauli: "Z{i} X{i+1} Z{i+2}", coeff: -0.5, range: [0, 8]}``
 expands to one string per ``i`` in ``[0, 8)``; ``period: 8`` wraps site indices modulo 8 (rings).
 """
@@ -24,6 +30,7 @@ if TYPE_CHECKING:
     from physlearn.simulators.ions import IonChain
     from physlearn.simulators.oscillators import ElasticNetwork
     from physlearn.simulators.quantum import QuantumSystem
+    from physlearn.simulators.quantum_sensitivity import SensitivitySystem
     from physlearn.simulators.quantum_states import SolverOptions
     from physlearn.simulators.rydberg import RydbergArray
 
@@ -127,6 +134,42 @@ class SolverConfig(StrictModel):
         )
 
 
+class SensitivityConfig(StrictModel):
+    """Train a quantum sensor: the outputs become d<O_k>/d(lambda) for a sensed term lambda * B.
+
+    Two replicas of the machine (same trainable Hamiltonian, lambda = point + delta and
+    point - delta, solved independently) give y_k = (<O_k>+ - <O_k>-) / (2 delta); EP nudges
+    them with +-beta eps/(2 delta) O_k and sums their conjugates
+    (:mod:`physlearn.simulators.quantum_sensitivity`). Train with an unsupervised loss such as
+    ``neg_abs`` (maximise |d<O>/d(lambda)|) or ``neg_sq``.
+    """
+
+    field: list[PauliTerm] = Field(
+        min_length=1,
+        description="the sensed operator B (H += lambda * B); coeffs in the machine's energy unit "
+        "per unit of lambda",
+    )
+    point: float = Field(
+        0.0, allow_inf_nan=False, description="operating point lambda0 (unit: 'unit')"
+    )
+    delta: float = Field(
+        gt=0,
+        allow_inf_nan=False,
+        description="half-step of the central difference: replicas at lambda0 +- delta (unit: "
+        "'unit'); the output is d<O>/d(lambda) + O(delta^2)",
+    )
+    outputs: list[str] = Field(
+        default_factory=list,
+        description="labels of the machine's outputs to differentiate (default: every output)",
+    )
+    name: str = Field(
+        "lambda",
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="symbol of lambda in the output labels, d<O>/d<name>",
+    )
+    unit: str = Field("1", description="unit of lambda (outputs are [O unit]/[lambda unit])")
+
+
 class _QuantumCommon(SystemConfigBase):
     temperature: float = Field(
         0.0, ge=0, description="T (energy unit, k_B = 1); 0 = ground state, > 0 dense Gibbs state"
@@ -135,6 +178,62 @@ class _QuantumCommon(SystemConfigBase):
         0, ge=0, description="projective measurements per setting and estimate; 0 = exact"
     )
     solver: SolverConfig = Field(default_factory=SolverConfig, description="eigensolver")
+    sensitivity: SensitivityConfig | None = Field(
+        None,
+        description="quantum sensor: outputs d<O>/d(lambda) of a sensed term lambda * B, from two "
+        "replicas at lambda0 +- delta (default: outputs are <O> themselves)",
+    )
+
+    @model_validator(mode="after")
+    def _sensitivity_block(self) -> _QuantumCommon:
+        s = self.sensitivity
+        if s is None:
+            return self
+        terms = _expand(s.field)
+        _check_labels(terms, self.n_qubits(), "sensitivity.field")
+        if not any(c != 0 for c, _ in terms):
+            raise ValueError("sensitivity.field: the sensed operator B is zero")
+        labels = self.machine_output_labels()
+        for o in s.outputs:
+            if o not in labels:
+                raise ValueError(
+                    f"sensitivity.outputs: unknown output {o!r}; the machine's outputs are {labels}"
+                )
+        if len(set(s.outputs)) != len(s.outputs):
+            raise ValueError("sensitivity.outputs: an output is named twice")
+        return self
+
+    def machine_output_labels(self) -> list[str]:
+        """Labels of the machine's own outputs (what ``sensitivity.outputs`` names)."""
+        raise NotImplementedError
+
+    def output_size(self) -> int:
+        s = self.sensitivity
+        if s is not None and s.outputs:
+            return len(s.outputs)
+        return len(self.machine_output_labels())
+
+    def build_machine(self, seed: int) -> QuantumSystem:
+        """The machine itself, without the sensitivity replicas."""
+        raise NotImplementedError
+
+    def build(self, seed: int) -> QuantumSystem | SensitivitySystem:
+        machine = self.build_machine(seed)
+        s = self.sensitivity
+        if s is None:
+            return machine
+        from physlearn.simulators.quantum_sensitivity import SensitivitySystem
+
+        return SensitivitySystem(
+            machine,
+            _expand(s.field),
+            point=s.point,
+            delta=s.delta,
+            outputs=s.outputs or None,
+            twin=self.build_machine(seed),
+            name=s.name,
+            unit=s.unit,
+        )
 
     @model_validator(mode="after")
     def _thermal_size(self) -> _QuantumCommon:
@@ -209,10 +308,10 @@ class QuantumConfig(_QuantumCommon):
     def input_size(self) -> int:
         return len(self.inputs)
 
-    def output_size(self) -> int:
-        return len(self.outputs)
+    def machine_output_labels(self) -> list[str]:
+        return [o.label or " + ".join(lab for _, lab in _expand(o.terms)) for o in self.outputs]
 
-    def build(self, seed: int) -> QuantumSystem:
+    def build_machine(self, seed: int) -> QuantumSystem:
         from physlearn.simulators.pauli import PauliBasis
         from physlearn.simulators.quantum import HamiltonianModel, QuantumSystem
         from physlearn.system import ParameterGroup
@@ -244,10 +343,7 @@ class QuantumConfig(_QuantumCommon):
             (group,),
             {"theta": np.stack([basis.vector(a) for a, _ in ops])},
             input_labels=tuple(f"x{i}" for i in range(len(ins))),
-            output_labels=tuple(
-                o.label or " + ".join(lab for _, lab in t)
-                for o, t in zip(self.outputs, outs, strict=True)
-            ),
+            output_labels=tuple(self.machine_output_labels()),
         )
         rng = np.random.default_rng([seed, 41])
         init = np.array([v if v is not None else rng.uniform(*self.init_range) for _, v in ops])
@@ -347,10 +443,12 @@ class RydbergConfig(_QuantumCommon):
     def input_size(self) -> int:
         return len(self.input_atoms)
 
-    def output_size(self) -> int:
-        return len(self.output_atoms) + len(self.correlators)
+    def machine_output_labels(self) -> list[str]:
+        return [f"n[{a}]" for a in self.output_atoms] + [
+            f"n[{i}]n[{j}]" for i, j in self.correlators
+        ]
 
-    def build(self, seed: int) -> RydbergArray:
+    def build_machine(self, seed: int) -> RydbergArray:
         from physlearn.simulators.rydberg import C6_RAD_US_UM6, RydbergArray, RydbergLimits
 
         lim = RydbergLimits(**self.limits.model_dump())
@@ -426,10 +524,12 @@ class IonsConfig(_QuantumCommon):
     def input_size(self) -> int:
         return len(self.input_ions)
 
-    def output_size(self) -> int:
-        return len(self.output_ions) + len(self.correlators)
+    def machine_output_labels(self) -> list[str]:
+        return [f"Z[{a}]" for a in self.output_ions] + [
+            f"X[{i}]X[{j}]" for i, j in self.correlators
+        ]
 
-    def build(self, seed: int) -> IonChain:
+    def build_machine(self, seed: int) -> IonChain:
         from physlearn.simulators.ions import IonChain, coupling_matrix
 
         n = self.n_ions

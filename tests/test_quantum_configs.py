@@ -25,6 +25,7 @@ QUANTUM = [
     "quantum_phase_sensor.yaml",
     "rydberg_iris.yaml",
     "ions_regression.yaml",
+    "quantum_sensitivity.yaml",
 ]
 
 
