@@ -22,7 +22,7 @@ from __future__ import annotations
 import re
 import socket
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from functools import partial
 from typing import Any
@@ -34,6 +34,9 @@ import pyvisa.errors
 import pyvisa.resources
 from qcodes import validators as vals
 from qcodes.instrument import InstrumentChannel, VisaInstrument
+from qcodes.parameters import Parameter
+from qcodes.parameters.permissive_range import permissive_range
+from qcodes.utils import DelayedKeyboardInterrupt
 
 from physlearn.drivers.errors import InstrumentIOError, InstrumentReplyError
 
@@ -115,16 +118,20 @@ class LabVisaInstrument(VisaInstrument):
                 self._send(_compound(pending))
 
     def _send(self, message: str) -> None:
-        t0 = time.perf_counter()
-        try:
-            super().write_raw(message)
-        except (pyvisa.errors.VisaIOError, pyvisa.errors.InvalidSession, OSError) as exc:
-            raise InstrumentIOError(
-                f"{self.name}: could not send {message!r} ({exc})", self.name
-            ) from None
-        finally:
-            self.io_seconds += time.perf_counter() - t0
-            self.io_count += 1
+        # as qcodes' VisaInstrument.write_raw (a first Ctrl-C is held until the message is
+        # out, logging), but timing only the VISA call: io_seconds is VISA time, nothing else
+        with DelayedKeyboardInterrupt(context={"instrument": self.name, "reason": "write"}):
+            self.visa_log.debug(f"Writing: {message}")
+            t0 = time.perf_counter()
+            try:
+                self.visa_handle.write(message)
+            except (pyvisa.errors.VisaIOError, pyvisa.errors.InvalidSession, OSError) as exc:
+                raise InstrumentIOError(
+                    f"{self.name}: could not send {message!r} ({exc})", self.name
+                ) from None
+            finally:
+                self.io_seconds += time.perf_counter() - t0
+                self.io_count += 1
 
     def write_raw(self, cmd: str) -> None:
         if self._pending is not None:
@@ -135,26 +142,44 @@ class LabVisaInstrument(VisaInstrument):
             return
         self._send(cmd)
 
+    def write_many(self, cmds: list[str]) -> None:
+        """Write several commands: into the pending compound message inside
+        :meth:`deferred_writes`, else as compound messages of at most ``max_batch`` commands."""
+        pending = self._pending
+        if pending is None:
+            for k in range(0, len(cmds), self.max_batch):
+                self._send(_compound(cmds[k : k + self.max_batch]))
+            return
+        pending.extend(cmds)
+        if len(pending) >= self.max_batch:
+            self._pending = []
+            for k in range(0, len(pending), self.max_batch):
+                self._send(_compound(pending[k : k + self.max_batch]))
+
     def ask_raw(self, cmd: str) -> str:
         if self._pending:
             pending, self._pending = self._pending, []
             cmd = _compound([*pending, cmd])
-        t0 = time.perf_counter()
-        try:
-            reply = super().ask_raw(cmd)
-        except pyvisa.errors.VisaIOError as exc:
-            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
-                msg = f"{self.name}: no reply to {cmd!r} within {self.visa_handle.timeout:g} ms"
-            else:
-                msg = f"{self.name}: I/O error on {cmd!r} ({exc})"
-            raise InstrumentIOError(msg, self.name) from None
-        except (pyvisa.errors.InvalidSession, OSError) as exc:
-            raise InstrumentIOError(
-                f"{self.name}: connection lost on {cmd!r} ({exc})", self.name
-            ) from None
-        finally:
-            self.io_seconds += time.perf_counter() - t0
-            self.io_count += 1
+        # as qcodes' VisaInstrument.ask_raw, timing only the VISA call (see _send)
+        with DelayedKeyboardInterrupt(context={"instrument": self.name, "reason": "ask"}):
+            self.visa_log.debug(f"Querying: {cmd}")
+            t0 = time.perf_counter()
+            try:
+                reply = self.visa_handle.query(cmd)
+            except pyvisa.errors.VisaIOError as exc:
+                if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
+                    msg = f"{self.name}: no reply to {cmd!r} within {self.visa_handle.timeout:g} ms"
+                else:
+                    msg = f"{self.name}: I/O error on {cmd!r} ({exc})"
+                raise InstrumentIOError(msg, self.name) from None
+            except (pyvisa.errors.InvalidSession, OSError) as exc:
+                raise InstrumentIOError(
+                    f"{self.name}: connection lost on {cmd!r} ({exc})", self.name
+                ) from None
+            finally:
+                self.io_seconds += time.perf_counter() - t0
+                self.io_count += 1
+            self.visa_log.debug(f"Response: {reply}")
         return reply.strip()
 
     def reconnect(self) -> None:
@@ -216,7 +241,7 @@ class LabVisaInstrument(VisaInstrument):
         """Comma-separated floats of ``reply`` (``whole``: the full reply, for the message)."""
         said = reply if whole is None else whole
         try:
-            out = np.array([float(x) for x in reply.split(",")], dtype=np.float64)
+            out = np.array(list(map(float, reply.split(","))), dtype=np.float64)
         except ValueError:
             raise self.bad_reply(cmd, said, "comma-separated numbers") from None
         if n is not None and out.size != n:
@@ -341,6 +366,68 @@ class VirtualLabSource(LabVisaInstrument):
             get_cmd=partial(self.query_int, "STAT:TRIP?"),
             docstring="bit mask of channels tripped by their compliance (bit k: channel k+1)",
         )
+        #: SCPI header of every level parameter, by parameter (for set_levels)
+        self._level_headers: dict[int, str] = {}
+        for ch in self.channels:
+            self._level_headers[id(ch.volt)] = f"SOUR{ch.channel}:VOLT "
+            self._level_headers[id(ch.curr)] = f"SOUR{ch.channel}:CURR "
+
+    def set_levels(self, params: Sequence[Parameter], values: Sequence[float]) -> None:
+        """Set several ``volt``/``curr`` parameters of this source's channels at once.
+
+        The same as ``p.set(v)`` for each pair in turn -- the same SCPI commands in the same
+        order, each value and every intermediate ramp value checked by the parameter's own
+        validators (the safety envelope installed on them), a parameter with a ``step`` ramped
+        from its cached level (read first if the cache is invalid; an unknown level is refused,
+        never jumped from), the caches holding the new levels afterwards -- but without qcodes'
+        per-call machinery, and stricter: every value is checked before the first command is
+        queued (a refused value sends nothing), and the commands travel as one compound message
+        (or join the pending one inside :meth:`deferred_writes`). Parameters with an
+        ``inter_delay`` or ``post_delay`` are refused: their writes must be separated in time,
+        set them one by one.
+        """
+        cmds: list[str] = []
+        final: dict[int, tuple[Parameter, float]] = {}
+        headers = self._level_headers
+        for p, value in zip(params, values, strict=True):
+            head = headers.get(id(p))
+            if head is None:
+                raise ValueError(f"{self.name}.set_levels: {p!r} is not a level of {self.name}")
+            if p.inter_delay or p.post_delay:
+                raise ValueError(
+                    f"{self.name}.set_levels: {p.full_name} has an inter_delay/post_delay; "
+                    "set it on its own"
+                )
+            v = float(value)
+            p.validate(v)
+            step = p.step
+            if step is None:
+                ramp = [v]
+            else:
+                prev = final.get(id(p))
+                start = p.cache.get() if prev is None else prev[1]
+                if start is None:
+                    start = p.get()
+                if not isinstance(start, (int, float)) or start != start:
+                    raise InstrumentReplyError(
+                        f"{p.full_name}: present level {start!r} unknown; refusing to jump to "
+                        f"{v!r}",
+                        self.name,
+                    )
+                if abs(v - start) <= step:
+                    ramp = [v]
+                else:  # exactly qcodes' ramp (Parameter.get_ramp_values)
+                    ramp = [*(float(r) for r in permissive_range(start, v, step)[1:]), v]
+                    for r in ramp:
+                        p.validate(r)
+            if len(ramp) == 1:
+                cmds.append(head + repr(v))
+            else:
+                cmds.extend([head + _fmt(r) for r in ramp])
+            final[id(p)] = (p, v)
+        self.write_many(cmds)
+        for p, v in final.values():
+            p.cache.set(v)
 
     def clear_trips(self) -> None:
         self.write("OUTP:PROT:CLE")

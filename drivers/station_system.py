@@ -21,11 +21,15 @@ Physics and sign conventions are those of :mod:`physlearn.simulators.resistor` (
       to a source at the target voltage: E + beta_hw/2 sum (V_o - y_o)^2 (``native_cost = mse``);
       the nudge's beta must equal beta_hw (a negative conductance cannot be built).
 
-One pattern at a time (``max_batch = 1``; the core's ``measure`` splits batches). A phase is one
-*transaction*: remove the previous nudge, set the inputs, apply the nudge, synchronise with every
-instrument written (a compliance-trip query or ``*OPC?``), wait ``settle_time``, scan until two
-successive scans agree within ``tolerance`` (if set; at most ``max_reads`` scans and ``timeout``
-seconds). Unchanged levels are not rewritten.
+One pattern at a time, but a whole batch per call (``max_batch`` is not limited): every input and
+nudge value of the batch is checked against the envelope before the first write, so a batch with
+one bad pattern is refused whole, never partly applied; then each pattern is measured in turn.
+The phase of one pattern is one *transaction*: remove the previous nudge, set the inputs, apply
+the nudge, synchronise with every instrument written (a compliance-trip query or ``*OPC?``),
+wait ``settle_time``, scan until two successive scans agree within ``tolerance`` (if set; at
+most ``max_reads`` scans and ``timeout`` seconds). Unchanged levels are not rewritten; changed
+ones go to a source offering ``set_levels`` (the virtual-lab source) in one call, which checks
+them with the channels' qcodes validators and ramps them exactly as qcodes would.
 
 Every value of a transaction is checked against the safety envelope before its first write
 (:mod:`physlearn.drivers.safety`); qcodes validators, steps and inter-delays enforce it again.
@@ -138,8 +142,11 @@ class _Source:
     settings: list[dict[str, Any]] = field(default_factory=list)
     trip: Any = None
     roots: list[Any] = field(default_factory=list)
-    #: level last written per channel (a fast skip of unchanged levels; None = unknown)
-    last: list[float | None] = field(default_factory=list)
+    #: level last written per channel (a fast skip of unchanged levels; NaN = unknown)
+    last: list[float] = field(default_factory=list)
+    #: the instrument's bulk setter (``set_levels(params, values)``) when every channel is on
+    #: one instrument that offers it and the role does not ramp with an inter-delay
+    bulk: Callable[[list[Any], list[float]], None] | None = None
 
 
 @dataclass
@@ -157,7 +164,8 @@ def _root(p: Any) -> Any:
 class StationSystem(PhysicalSystem):
     """See the module docstring. ``seed`` draws the initial conductances (``init: random``)."""
 
-    max_batch = 1
+    # max_batch: the default (no limit) -- a batch is one operation, checked whole before its
+    # first write, then measured one pattern (one transaction) at a time
     native_cost = "mse"
     energy_unit = "W"
 
@@ -167,6 +175,10 @@ class StationSystem(PhysicalSystem):
         self.graph = config.graph.build()
         self.edges = np.asarray(self.graph.edges, dtype=np.int64)
         self.n_nodes = int(self.graph.n_nodes)
+        # per-phase constants (equilibrate)
+        self._ei = np.ascontiguousarray(self.edges[:, 0])
+        self._ej = np.ascontiguousarray(self.edges[:, 1])
+        self._out_idx = np.asarray(self.graph.output_nodes, dtype=np.int64)
         self._in_port = Port(
             size=int(self.graph.input_nodes.size),
             unit="V",
@@ -373,6 +385,10 @@ class StationSystem(PhysicalSystem):
             if rc.trip_status is not None:
                 src.trip = self._resolve(rc.trip_status)
             src.roots = list({id(_root(p)): _root(p) for p in src.levels}.values())
+            bulk = getattr(src.roots[0], "set_levels", None)
+            if len(src.roots) == 1 and callable(bulk) and src.env.limits.inter_delay == 0:
+                src.bulk = bulk
+            src.last = [math.nan] * len(src.levels)
             self._sources[name] = src
         for kind in ("clamp", "target"):
             role = getattr(cfg.nudge, kind)
@@ -557,12 +573,31 @@ class StationSystem(PhysicalSystem):
         return stack
 
     def _set_levels(self, src: _Source, values: FloatArray) -> None:
+        """Write the levels that differ from the last written ones (values already checked
+        against the envelope; the instrument's validators check them again)."""
         last = src.last
-        for k, v in enumerate(values.tolist()):
-            if last[k] != v:
-                last[k] = None  # unknown until the write is through
-                self._set(src.levels[k], v)
-                last[k] = v
+        new = values.tolist()
+        idx = [k for k, v in enumerate(new) if v != last[k]]  # NaN (unknown) differs always
+        if not idx:
+            return
+        if src.bulk is None:
+            for k in idx:
+                last[k] = math.nan  # unknown until the write is through
+                self._set(src.levels[k], new[k])
+                last[k] = new[k]
+            return
+        for k in idx:
+            last[k] = math.nan
+        levels = src.levels
+        t0 = time.perf_counter()
+        try:
+            src.bulk([levels[k] for k in idx], [new[k] for k in idx])
+        finally:
+            self.timers.instrument += time.perf_counter() - t0
+        for k in idx:
+            last[k] = new[k]
+        root = src.roots[0]
+        self._dirty_roots[id(root)] = root
 
     def _sync(self) -> None:
         """Wait until every written instrument has executed its commands; check trips."""
@@ -681,7 +716,8 @@ class StationSystem(PhysicalSystem):
     def _refresh_last(self) -> None:
         """Re-derive the fast-skip memory of written levels from the qcodes caches."""
         for src in self._sources.values():
-            src.last = [p.cache.get(get_if_invalid=False) for p in src.levels]
+            got = [p.cache.get(get_if_invalid=False) for p in src.levels]
+            src.last = [math.nan if v is None else float(v) for v in got]
 
     def safe_state(self) -> None:
         """Open every relay, ramp every source to its safe level, switch its output off, and
@@ -854,10 +890,10 @@ class StationSystem(PhysicalSystem):
         """
         self._require_open()
         x = np.asarray(inputs)
-        n_in = self.inputs.size
+        n_in = self._in_port.size
         if x.ndim != 2 or x.shape[1] != n_in or x.shape[0] < 1:
             raise ValueError(f"inputs must have shape (batch, {n_in}), got {x.shape}")
-        if np.iscomplexobj(x):
+        if x.dtype.kind == "c":
             raise ValueError("inputs must be real (volts)")
         x = self.envelopes["inputs"].check(x)
         kind, levels = self._nudge_levels(nudge, x.shape[0])
@@ -865,8 +901,8 @@ class StationSystem(PhysicalSystem):
             self.envelopes[f"nudge.{kind}"].check(levels)
         batch = x.shape[0]
         volts = np.empty((batch, self.n_nodes))
-        reads = np.zeros(batch, dtype=np.int64)
-        converged = np.ones(batch, dtype=bool)
+        reads = np.empty(batch, dtype=np.int64)
+        converged = np.empty(batch, dtype=bool)
         settle = 0.0
         for b in range(batch):
             lv = None if levels is None else levels[b]
@@ -879,11 +915,11 @@ class StationSystem(PhysicalSystem):
             v, n, ok, waited = self._transaction("measuring a pattern", one)
             volts[b], reads[b], converged[b] = v, n, ok
             settle += waited
-        i, j = self.edges[:, 0], self.edges[:, 1]
-        dv = volts[:, i] - volts[:, j]
+        # take: C-contiguous results (volts[:, idx] would be a transposed buffer for batch > 1)
+        dv = volts.take(self._ei, axis=1) - volts.take(self._ej, axis=1)
         conj = 0.5 * dv * dv
         return Equilibrium(
-            outputs=np.ascontiguousarray(volts[:, self.graph.output_nodes]),
+            outputs=volts.take(self._out_idx, axis=1),
             conjugates={GROUP: conj},
             state=None,
             residual=np.full(batch, np.nan),
@@ -941,13 +977,14 @@ class StationSystem(PhysicalSystem):
         finally:
             self.timers.instrument += time.perf_counter() - t0
         self.timers.scans += 1
-        name = self._root_of(self._readings).name
         if v.shape != (self.n_nodes,):
+            name = self._root_of(self._readings).name
             raise InstrumentReplyError(
                 f"{name}: a scan returned {v.size} readings, expected {self.n_nodes}", name
             )
         if count is not None:
             if count <= self._last_counter:
+                name = self._root_of(self._readings).name
                 raise StaleReadingError(
                     f"{name}: stale scan (reading counter {count} did not advance past "
                     f"{self._last_counter})",
@@ -955,7 +992,8 @@ class StationSystem(PhysicalSystem):
                 )
             self._last_counter = count
         rng = self.config.probes.range
-        if not (v.max() <= rng and v.min() >= -rng):
+        if not np.abs(v).max() <= rng:  # NaN fails too
+            name = self._root_of(self._readings).name
             over = np.flatnonzero(~(np.abs(v) <= rng))
             raise InstrumentFault(
                 f"{name}: overload on node {int(over[0])} ({v[over[0]]:g} V beyond "

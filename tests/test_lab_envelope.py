@@ -213,3 +213,21 @@ def test_a_bad_pattern_anywhere_in_a_batch_stops_the_whole_batch(bench):
     with pytest.raises(EnvelopeViolation, match="nudge.error"):
         system.equilibrate(np.zeros((1, 10)), Nudge(beta=1e-4, error=eps))
     assert lab.received() == []
+
+
+def test_the_core_hands_the_bench_a_batch_whole(bench):
+    """Through the core's measure (as the estimators call it), a bad pattern anywhere in a batch
+    refuses the whole batch: nothing of the batch reaches an instrument."""
+    from physlearn.estimators.base import measure
+
+    lab, system, _ = bench
+    x = np.full((5, 10), 0.2)
+    x[4, 0] = -1.25  # V, outside [-1, 1], in the last pattern
+    lab.clear_received()
+    with pytest.raises(EnvelopeViolation, match=r"src\.ch01"):
+        measure(system, x)
+    eps = np.zeros((5, 3))
+    eps[3, 1] = 20.0  # I = -beta eps = -2 mA, outside +-1 mA, in the fourth pattern
+    with pytest.raises(EnvelopeViolation, match="nudge.error"):
+        measure(system, np.zeros((5, 10)), Nudge(beta=1e-4, error=eps))
+    assert lab.received() == []

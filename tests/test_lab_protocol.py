@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import numpy as np
 import pytest
+from qcodes import validators as vals
 from qcodes.instrument import Instrument
 
 from physlearn.drivers.errors import InstrumentReplyError
@@ -154,6 +155,75 @@ def test_scpi_server_commands_errors_and_compound_messages():
             assert src.query("SYST:ERR?") == '0,"No error"'
         finally:
             src.close()
+
+
+def _lab_source(lab, name: str) -> VirtualLabSource:
+    src = VirtualLabSource(
+        name,
+        lab.address("src"),
+        visalib="@py",
+        terminator="\n",
+        timeout=2.0,
+        device_clear=False,
+        max_voltage=10.0,
+        max_current=0.5,
+    )
+    for ch in src.channels[:4]:  # an envelope as the station system installs it
+        ch.volt.vals = vals.Numbers(-1.0, 1.0)
+        ch.volt.step = 0.3 * (1 - 1e-9)
+    src.channels[4].curr.vals = vals.Numbers(-1e-3, 1e-3)
+    src.channels[4].curr.step = 4e-4
+    return src
+
+
+def test_bulk_levels_send_exactly_what_setting_each_parameter_would():
+    """VirtualLabSource.set_levels: the same commands (values, ramps, order) as qcodes' set of
+    each parameter in turn, the same caches afterwards; a refused value sends nothing. (With an
+    invalid cache both read the level first, set_levels before its first write.)"""
+    rng = np.random.default_rng(3)
+    targets = [
+        [0.9, -0.9, 0.3, 0.0, 1e-3],  # ramps of 3 steps, an exact multiple of the step
+        [0.9, -0.9, 0.3, 0.0, 1e-3],  # unchanged
+        [-1.0, 1.0, 0.29, 1e-12, -1e-3],
+        *rng.uniform(-1, 1, (6, 5)) * [1, 1, 1, 1, 1e-3],
+    ]
+    with running_lab(BENCH, record=True) as lab:
+        one, bulk = _lab_source(lab, "src_one"), _lab_source(lab, "src_bulk")
+        levels = {s: [*(ch.volt for ch in s.channels[:4]), s.channels[4].curr] for s in (one, bulk)}
+        sent = {}
+        for src in (one, bulk):
+            src.write("*RST")  # both start from the same levels (0)
+            for p in levels[src]:
+                p.get()  # the caches hold the truth, as after the station system's connect
+            lab.clear_received()
+            for t in targets:
+                with src.deferred_writes():
+                    if src is one:
+                        for p, v in zip(levels[src], t, strict=True):
+                            p.set(float(v))
+                    else:
+                        src.set_levels(levels[src], [float(v) for v in t])
+                assert src.ask("*OPC?") == "1"
+            sent[src.name] = lab.received("src")
+        assert sent["src_one"] == sent["src_bulk"]
+        assert sum(line.count("VOLT ") for _, line in sent["src_bulk"]) > 4 * len(targets)
+        for p, q in zip(levels[one], levels[bulk], strict=True):
+            assert p.cache.get(get_if_invalid=False) == q.cache.get(get_if_invalid=False)
+        np.testing.assert_array_equal(lab.bench.volt[:4], targets[-1][:4])
+        # refused before anything is sent: outside the validator, not a level, an inter-delay
+        lab.clear_received()
+        before = [p.cache.get(get_if_invalid=False) for p in levels[bulk]]
+        with pytest.raises(ValueError):
+            bulk.set_levels(levels[bulk][:2], [0.5, 1.0 + 1e-9])
+        with pytest.raises(ValueError):
+            bulk.set_levels([bulk.channels[0].volt, bulk.channels[0].output], [0.5, 1.0])
+        with pytest.raises(ValueError):
+            bulk.set_levels([bulk.channels[0].volt], [float("nan")])
+        bulk.channels[1].volt.inter_delay = 0.01
+        with pytest.raises(ValueError, match="inter_delay"):
+            bulk.set_levels([bulk.channels[0].volt, bulk.channels[1].volt], [0.5, 0.5])
+        assert lab.received() == []
+        assert [p.cache.get(get_if_invalid=False) for p in levels[bulk]] == before
 
 
 def test_lab_server_refuses_remote_addresses_without_the_flag():
