@@ -92,10 +92,7 @@ class IrisConfig(StrictModel):
         return 150 - 3 * int(round(self.test_fraction * 50))
 
     def load(self, seed: int) -> Dataset:
-        from sklearn.datasets import load_iris
-
-        bunch = load_iris()
-        x, y = np.asarray(bunch.data, float), np.asarray(bunch.target, np.int64)
+        x, y = _sklearn_table("iris.csv", "load_iris", skip_header=1)
         tr, te = _stratified_split(y, self.test_fraction, np.random.default_rng([seed, 7]))
         return Dataset("iris", x[tr], y[tr], x[te], y[te], 3)
 
@@ -118,10 +115,7 @@ class DigitsConfig(StrictModel):
         return 10 * self.train_per_class
 
     def load(self, seed: int) -> Dataset:
-        from sklearn.datasets import load_digits
-
-        bunch = load_digits()
-        x, y = np.asarray(bunch.data, float), np.asarray(bunch.target, np.int64)
+        x, y = _sklearn_table("digits.csv.gz", "load_digits", skip_header=0)
         rng = np.random.default_rng([seed, 11])
         train = np.concatenate(
             [rng.permutation(np.flatnonzero(y == c))[: self.train_per_class] for c in range(10)]
@@ -197,3 +191,23 @@ DatasetConfig = Annotated[
     | ClusterIsingPhasesConfig,
     Field(discriminator="kind"),
 ]
+
+
+def _sklearn_table(file: str, loader: str, skip_header: int) -> tuple[FloatArray, np.ndarray]:
+    """(features, integer labels) of a toy dataset scikit-learn ships as a CSV file (last column:
+    the label), read straight from the installed package: importing ``sklearn.datasets`` pulls
+    in pandas and pyarrow, over a second per process (every sweep worker pays it). Falls back to
+    scikit-learn's own loader if the file is not where this scikit-learn version keeps it."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("sklearn")  # locates the package without importing it
+    if spec is not None and spec.origin is not None:
+        path = Path(spec.origin).parent / "datasets" / "data" / file
+        if path.is_file():
+            table = np.loadtxt(path, delimiter=",", skiprows=skip_header)
+            return np.ascontiguousarray(table[:, :-1]), table[:, -1].astype(np.int64)
+    import sklearn.datasets
+
+    bunch = getattr(sklearn.datasets, loader)()
+    return np.asarray(bunch.data, float), np.asarray(bunch.target, np.int64)

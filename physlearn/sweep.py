@@ -50,9 +50,12 @@ Execution
 :func:`run_task` -- a pure function of (config mapping, path) -- runs one experiment; Dask ships
 it to worker processes of a :class:`distributed.LocalCluster` (one thread each) or of an
 existing scheduler. ``workers=0`` runs everything one after another in this process, no Dask.
-Dask is imported only when a sweep executes. Worker processes are spawned: a script that calls
-:func:`run_sweep` with workers needs the ``if __name__ == "__main__":`` guard. With a remote
-scheduler the store path must be on a filesystem the workers share.
+Dask is imported only when a sweep executes. A new sweep store's LocalCluster starts in a
+background thread while the driver plans and sets up the store; runs are submitted longest
+first (by steps x batch size), so that no worker idles at the end behind one long run. Worker
+processes are spawned: a script that calls :func:`run_sweep` with workers needs the
+``if __name__ == "__main__":`` guard. With a remote scheduler the store path must be on a
+filesystem the workers share.
 """
 
 from __future__ import annotations
@@ -71,7 +74,8 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -89,7 +93,7 @@ from physlearn.configbase import StrictModel
 
 if TYPE_CHECKING:
     import numpy as np
-    from distributed import Client
+    from distributed import Client, LocalCluster
 
 SWEEP_KIND = "physlearn-sweep"
 SAFE_WORD = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
@@ -575,6 +579,9 @@ class SweepResult:
     records: list[RunRecord]
     ran: int = 0
     interrupted: bool = False
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds spent on the LocalCluster: ``cluster_start`` (starting it), ``cluster_wait`` (of
+    which the driver waited, after planning and setting up the store), ``cluster_close``."""
 
     def count(self, status: str) -> int:
         return sum(r.status == status for r in self.records)
@@ -681,6 +688,74 @@ def _config_diff(a: Any, b: Any, prefix: str = "") -> str:
 # Execution
 
 
+def _n_workers(workers: int | None, max_workers: int | None) -> int:
+    n = workers if workers is not None else (os.cpu_count() or 1)
+    return max(1, min(n, max_workers or n))
+
+
+def _local_cluster(n: int, timings: dict[str, float] | None = None) -> tuple[LocalCluster, Client]:
+    """A LocalCluster of ``n`` worker processes with one thread each, listening on 127.0.0.1
+    only, and its client. The nannies start every worker with one BLAS/OpenMP thread (Dask's
+    ``distributed.nanny.pre-spawn-environ``), so ``n`` workers do not oversubscribe ``n``
+    cores."""
+    t0 = time.perf_counter()
+    from distributed import Client, LocalCluster
+
+    cluster = LocalCluster(
+        n_workers=n,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        silence_logs=logging.ERROR,
+    )
+    try:
+        client = Client(cluster)
+    except BaseException:
+        cluster.close()
+        raise
+    if timings is not None:
+        timings["cluster_start"] = time.perf_counter() - t0
+    return cluster, client
+
+
+class _ClusterStart:
+    """A LocalCluster being started in a background thread: its worker processes spawn and
+    import while the driver plans and sets up the store. :meth:`client` waits for it;
+    :meth:`close` (always call it) waits for the start to end and closes the cluster."""
+
+    def __init__(self, n: int, timings: dict[str, float]) -> None:
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="physlearn-cluster-start")
+        self._future: Future[tuple[LocalCluster, Client]]
+        self._future = pool.submit(_local_cluster, n, timings)
+        pool.shutdown(wait=False)
+        self.timings = timings
+
+    def client(self) -> Client:
+        t0 = time.perf_counter()
+        try:
+            return self._future.result()[1]
+        finally:
+            self.timings["cluster_wait"] = time.perf_counter() - t0
+
+    def close(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._close()
+        finally:
+            self.timings["cluster_close"] = time.perf_counter() - t0
+
+    def _close(self) -> None:
+        try:
+            cluster, client = self._future.result()
+        except Exception:  # the start failed: nothing to close (the error surfaced in client())
+            return
+        try:
+            client.close()
+        finally:
+            cluster.close()
+
+
 @contextmanager
 def dask_client(
     scheduler: str | None, workers: int | None, max_workers: int | None = None
@@ -688,7 +763,7 @@ def dask_client(
     """A client of an existing scheduler, or of a LocalCluster of ``workers`` processes (default
     one per CPU, at most ``max_workers``) with one thread each, listening on 127.0.0.1 only. Both
     are closed on exit."""
-    from distributed import Client, LocalCluster
+    from distributed import Client
 
     if scheduler is not None:
         try:
@@ -698,19 +773,8 @@ def dask_client(
         with client:
             yield client
         return
-    n = workers if workers is not None else (os.cpu_count() or 1)
-    n = max(1, min(n, max_workers or n))
-    with (
-        LocalCluster(
-            n_workers=n,
-            threads_per_worker=1,
-            processes=True,
-            host="127.0.0.1",
-            dashboard_address=None,
-            silence_logs=logging.ERROR,
-        ) as cluster,
-        Client(cluster) as client,
-    ):
+    cluster, client = _local_cluster(_n_workers(workers, max_workers))
+    with cluster, client:
         yield client
 
 
@@ -736,16 +800,30 @@ def run_sweep(
             "--workers sizes the local cluster; it cannot be combined with --scheduler"
         )
     root = sweep.store_path(out)
-    records = plan(sweep, root, retry_failed)
-    todo = [
-        (run, rec) for run, rec in zip(sweep.runs, records, strict=True) if rec.action != "skip"
-    ]
-    result = SweepResult(root, records)
-    use_dask = bool(todo) and workers != 0
-    with dask_client(scheduler, workers, len(todo)) if use_dask else nullcontext() as client:
+    timings: dict[str, float] = {}
+    with ExitStack() as stack:
+        local: _ClusterStart | None = None
+        if scheduler is None and workers != 0 and sweep.runs and not root.exists():
+            # a new store: every run is to start, so the cluster's size is known before planning
+            local = _ClusterStart(_n_workers(workers, len(sweep.runs)), timings)
+            stack.callback(local.close)
+        records = plan(sweep, root, retry_failed)
+        todo = [
+            (run, rec) for run, rec in zip(sweep.runs, records, strict=True) if rec.action != "skip"
+        ]
+        result = SweepResult(root, records, timings=timings)
+        client: Client | None = None
+        if todo and workers != 0 and local is None:
+            if scheduler is None:  # it starts while the store is set up
+                local = _ClusterStart(_n_workers(workers, len(todo)), timings)
+                stack.callback(local.close)
+            else:
+                client = stack.enter_context(dask_client(scheduler, None))
         group = _create_or_claim(root, sweep)
         try:
             _write_table(group, records)
+            if todo and local is not None:
+                client = local.client()
             _execute(group, root, todo, records, client, progress, on_result, result)
         finally:
             _release(group, records)
@@ -874,7 +952,9 @@ def _execute_dask(
     from distributed import as_completed
 
     futures = {}
-    for run, rec in todo:
+    # longest first (a stable sort: equal runs keep the sweep's order), so that the last runs
+    # to finish are short ones and no worker idles behind a long run at the end
+    for run, rec in sorted(todo, key=lambda t: -_cost(t[0])):
         fut = client.submit(
             run_task,
             run.config_dict(),
@@ -901,6 +981,11 @@ def _execute_dask(
     except BaseException:
         client.cancel(list(futures))
         raise
+
+
+def _cost(run: PlannedRun) -> int:
+    """A run's predicted cost, for ordering only: patterns processed (steps x batch size)."""
+    return run.config.total_steps() * run.config.schedule.batch_size
 
 
 def _now() -> str:

@@ -73,9 +73,7 @@ locally constant), the adjoint lambda = H^-1 dL/dV_O and dL/dtheta = -mean_b lam
 
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -99,6 +97,7 @@ from physlearn.system import (
     Port,
     check_parameters,
 )
+from physlearn.threads import BlasThreads
 
 Backend = Literal["auto", "dense", "sparse"]
 Element = Literal["resistor", "transistor"]
@@ -247,8 +246,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
         self.ground = bool(ground)
         self.tol = float(tol)
         self.max_iter = int(max_iter)
-        self._blas_threads = blas_threads
-        self._threadpools: Any = None
+        self._blas = BlasThreads(blas_threads)
 
         n_user = graph.n_nodes
         self.graph = with_extra_input(graph, "ground") if ground else graph
@@ -499,22 +497,6 @@ class NonlinearResistorNetwork(PhysicalSystem):
         return self.transistor.conductance(self._theta)
 
     # -- linear algebra ------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _blas_limit(self) -> Iterator[None]:
-        if self._blas_threads is None:
-            yield
-            return
-        if self._threadpools is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-                self._blas_threads = None
-                yield
-                return
-            self._threadpools = ThreadpoolController()
-        with self._threadpools.limit(limits=self._blas_threads, user_api="blas"):
-            yield
-
     def _linear(self) -> _Linear:
         c = self._cache
         if c is not None and c.version == self._version:
@@ -1021,7 +1003,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
         ``diode_current`` ``(batch, m)`` (A, anode to cathode; for ideal diodes the current of
         the diode holding an active bound, 0 for the others when several share one bound).
         """
-        with self._blas_limit():
+        with self._blas.limit():
             return self._equilibrate(inputs, nudge, warm_start)
 
     def _equilibrate(self, inputs: FloatArray, nudge: Nudge | None, warm_start: Any) -> Equilibrium:
@@ -1239,7 +1221,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
         """Batch-mean dL/dtheta of ``loss(outputs(inputs), targets)`` by implicit
         differentiation at the free equilibrium (ideal diodes: on the active set, away from
         kinks). dL/dg_e = -mean (lambda_i - lambda_j)(V_i - V_j); for gates times g'(V_G)."""
-        with self._blas_limit():
+        with self._blas.limit():
             xin = self._check_inputs(inputs)
             t = np.asarray(targets, dtype=np.float64)
             k = self._out_free.size
@@ -1340,7 +1322,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
         st = eq.state
         if not isinstance(st, NonlinearState) or st.version != self._version:
             raise ValueError("node_voltages needs the state of an equilibrium at these parameters")
-        with self._blas_limit():
+        with self._blas.limit():
             xin = self._check_inputs(inputs)
             full = self._full(self._expand(self._linear(), st.x, st.u), self._source_values(xin))
         return np.ascontiguousarray(full[: self.graph.n_nodes + self.bias.size].T)

@@ -48,8 +48,6 @@ factorisations therefore run with BLAS limited to ``blas_threads`` (default 1) t
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -72,6 +70,7 @@ from physlearn.system import (
     Port,
     check_parameters,
 )
+from physlearn.threads import BlasThreads
 
 GROUP = "conductance"
 Array = NDArray[Any]  # float64 or complex128
@@ -197,8 +196,7 @@ class LinearResistorNetwork(PhysicalSystem):
         self._shape_a = (n_free, n_free)
         self._shape_b = (n_free, n_src)
 
-        self._blas_threads = blas_threads
-        self._threadpools: Any = None
+        self._blas = BlasThreads(blas_threads)
         #: Number of sparse LU factorisations performed so far (one per parameter update used).
         self.factorizations = 0
         self._version = 0
@@ -266,23 +264,6 @@ class LinearResistorNetwork(PhysicalSystem):
         return {GROUP: self._g.copy()}
 
     # -- linear algebra ----------------------------------------------------------------------
-    @contextlib.contextmanager
-    def _blas_limit(self) -> Iterator[None]:
-        """Limit BLAS threads to ``blas_threads`` for the duration (see the module docstring)."""
-        if self._blas_threads is None:
-            yield
-            return
-        if self._threadpools is None:
-            try:
-                from threadpoolctl import ThreadpoolController
-            except ImportError:  # pragma: no cover - threadpoolctl comes with scikit-learn
-                self._blas_threads = None
-                yield
-                return
-            self._threadpools = ThreadpoolController()
-        with self._threadpools.limit(limits=self._blas_threads, user_api="blas"):
-            yield
-
     def _factor(self) -> _Factor:
         """The factorisation for the current conductances (cached per parameter version)."""
         c = self._cache
@@ -293,7 +274,7 @@ class LinearResistorNetwork(PhysicalSystem):
             (self._a_sign * g[self._a_edges], (self._a_rows, self._a_cols)), shape=self._shape_a
         )
         b = sp.csr_array((-g[self._b_edges], (self._b_rows, self._b_cols)), shape=self._shape_b)
-        with self._blas_limit():
+        with self._blas.limit():
             lu = splu(
                 a,
                 permc_spec="MMD_AT_PLUS_A",
@@ -311,7 +292,7 @@ class LinearResistorNetwork(PhysicalSystem):
             n_free, k = self._shape_a[0], self._out.size
             pt = np.zeros((n_free, k))
             pt[self._out, np.arange(k)] = 1.0
-            with self._blas_limit():
+            with self._blas.limit():
                 z = np.asarray(f.lu.solve(pt)).reshape(n_free, k)
             kk = z[self._out, :]
             kk = 0.5 * (kk + kk.T)
@@ -328,7 +309,7 @@ class LinearResistorNetwork(PhysicalSystem):
     def _free_solve(self, f: _Factor, vs: FloatArray) -> FloatArray:
         """Free-node voltages ``(n_free, batch)`` solving A V_F = -L_FS V_S (KCL)."""
         rhs = np.asarray(-(f.b @ vs), dtype=np.float64)
-        with self._blas_limit():
+        with self._blas.limit():
             return np.asarray(f.lu.solve(rhs)).reshape(rhs.shape)
 
     def _check_inputs(self, inputs: ArrayLike) -> FloatArray:
@@ -365,7 +346,7 @@ class LinearResistorNetwork(PhysicalSystem):
         convex (1 + beta * max eig K <= 0: a saddle, not an equilibrium).
         ``energy`` = E (W) of the network alone, without the nudge term.
         """
-        with self._blas_limit():
+        with self._blas.limit():
             return self._equilibrate(inputs, nudge, warm_start)
 
     def _equilibrate(self, inputs: FloatArray, nudge: Nudge | None, warm_start: Any) -> Equilibrium:
@@ -448,7 +429,7 @@ class LinearResistorNetwork(PhysicalSystem):
         symmetric) and dL/dg_e = -mean_b (lambda_i - lambda_j)(V_i - V_j), lambda = 0 on the
         sources. Uses the cached factorisation (no new one).
         """
-        with self._blas_limit():
+        with self._blas.limit():
             return self._exact_gradient(inputs, targets, loss)
 
     def _exact_gradient(self, inputs: FloatArray, targets: FloatArray, loss: Loss) -> Params:
@@ -476,7 +457,7 @@ class LinearResistorNetwork(PhysicalSystem):
     def output_resistance(self) -> FloatArray:
         """K = P A^-1 P^T (ohms, ``(k, k)``): output voltage change per current injected at each
         output. A real ``target`` nudge with beta < -1 / max eig K has no stable equilibrium."""
-        with self._blas_limit():
+        with self._blas.limit():
             _, kk = self._transfer(self._factor())
         return kk.copy()
 

@@ -141,6 +141,18 @@ def test_datasets_are_deterministic_and_disjoint():
     assert x.y_train.tolist() == [0, 1, 1, 0]
 
 
+def test_iris_and_digits_are_scikit_learns_tables():
+    # physlearn reads the CSV files scikit-learn ships (no sklearn.datasets import per process)
+    from sklearn.datasets import load_digits, load_iris
+
+    from physlearn.datasets import _sklearn_table
+
+    for file, skip, ref in (("iris.csv", 1, load_iris()), ("digits.csv.gz", 0, load_digits())):
+        x, y = _sklearn_table(file, "", skip)
+        np.testing.assert_array_equal(x, ref.data)
+        np.testing.assert_array_equal(y, ref.target)
+
+
 def test_batches_cover_each_epoch_once():
     from physlearn.config import TaskConfig
     from physlearn.task import Task

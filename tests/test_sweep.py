@@ -216,6 +216,22 @@ def test_sweep_on_a_local_cluster_of_processes(tmp_path: Path, scheduler: str) -
     assert main(["inspect", str(out / "sizes.1-8__seed-1"), "--json"]) == 0
 
 
+def test_a_local_cluster_starts_while_planning_and_runs_go_longest_first(tmp_path: Path) -> None:
+    path = write_sweep(tmp_path, {"name": "order", "grid": {"schedule.steps": [2, 4, 6]}})
+    out = tmp_path / "order.zarr"
+    finished: list[str] = []
+    result = run_sweep(
+        load_sweep(path), out, workers=1, on_result=lambda rec: finished.append(rec.run_id)
+    )
+    assert result.all_succeeded and result.ran == 3
+    assert finished == ["steps-6", "steps-4", "steps-2"]  # one worker: in submission order
+    assert [r.run_id for r in result.records] == ["steps-2", "steps-4", "steps-6"]
+    assert {"cluster_start", "cluster_wait", "cluster_close"} <= set(result.timings)
+    pids = {RunStore.open(out / rid).attrs["pid"] for rid in finished}
+    assert len(pids) == 1 and os.getpid() not in pids  # in the cluster's worker process
+    assert [RunStore.open(out / rid).committed() for rid in finished] == [6, 4, 2]
+
+
 def test_a_failing_run_is_recorded_and_the_others_complete(
     tmp_path: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
