@@ -178,6 +178,8 @@ class Campaign:
         # -- carried free state (PhysicalSystem.carried_shapes): the last step's free state as
         # exported arrays; checkpointed with every commit, so a resume continues from it
         self.carry_shapes = system.carried_shapes(config.schedule.batch_size)
+        if self.carry_shapes and "carry/valid" not in store.checkpoint_entries():
+            self.carry_shapes = {}  # a run created before carried states: keep it as it began
         self.carry: dict[str, np.ndarray] | None = None
 
     # -- parameters --------------------------------------------------------------------------

@@ -80,6 +80,7 @@ class Recorder:
             {k: np.array(v) for k, v in checkpoint.shadow.items()},
             {k: np.array(v) for k, v in checkpoint.held.items()},
             {k: np.array(v) for k, v in checkpoint.optimizer.items()},
+            {k: np.array(v) for k, v in checkpoint.carry.items()},
         )
         self.wait()
         self._pending = self._pool.submit(self._write, rows, counts, ck, dict(attrs or {}))

@@ -278,6 +278,11 @@ class RunStore:
         ]
         return jobs
 
+    def checkpoint_entries(self) -> set[str]:
+        """Entries every checkpoint slot holds (``shadow/<g>``, ``held/<g>``, ``opt/<key>``,
+        ``carry/<name>``); a run created before an entry existed lacks it."""
+        return {k.replace("__", "/", 1) for k, _ in self.group["checkpoint"]["a"].arrays()}
+
     def read_checkpoint(self) -> Checkpoint | None:
         slot = self.group.attrs.get("checkpoint_slot", "")
         if not slot:

@@ -22,6 +22,19 @@ Writing a new system
    safe state and is called on *every* exit path.
 5. Simulators may additionally implement :class:`ExactGradient` (the implicit gradient, used only
    as a diagnostic of the estimate's fidelity).
+6. Optionally, carry a state from one training step to the next: the orchestrator keeps the free
+   phase's state of every step and hands it to the next step's free phase as ``warm_start``
+   (parameters moved by one update in between, so a good start vector, and a second solve the
+   machine can skip). Declare it with :meth:`~PhysicalSystem.carried_shapes` (named float64
+   arrays whose shapes depend only on the batch size: the run store reserves them in both
+   checkpoint slots at creation), turn a free state into those arrays with
+   :meth:`~PhysicalSystem.export_state` and back into a warm start with
+   :meth:`~PhysicalSystem.import_state`. The next step *always* receives
+   ``import_state(export_state(state))``, in an uninterrupted run as after a resume from the
+   checkpoint, so a resumed run stays bit-identical. ``equilibrate`` must check that a carried
+   warm start still applies (same inputs, batch shape, ...) and otherwise start cold; it should
+   keep every check of a cold start (e.g. the quantum machine's degeneracy check). The default
+   carries nothing: the free phase of every step starts cold, as before.
 
 Sign conventions
 ----------------
@@ -37,6 +50,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
@@ -311,6 +325,23 @@ class PhysicalSystem(ABC):
     def snapshot(self) -> dict[str, Any]:
         """JSON-serialisable description (instrument IDN and settings, graph sizes, ...)."""
         return {"class": type(self).__name__}
+
+    # -- state carried from one training step to the next (optional; see the module guide) ---
+    def carried_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        """Names (``[a-z_]+``, not ``valid``) and shapes of the float64 arrays
+        :meth:`export_state` returns for a free state of ``batch`` samples; ``{}`` (the default)
+        carries nothing."""
+        return {}
+
+    def export_state(self, state: Any) -> dict[str, FloatArray] | None:
+        """The free phase's ``Equilibrium.state`` as arrays of :meth:`carried_shapes`, or None
+        when there is nothing worth carrying (the next free phase then starts cold)."""
+        return None
+
+    def import_state(self, arrays: Mapping[str, FloatArray]) -> Any:
+        """A ``warm_start`` for the next step's free phase from :meth:`export_state`'s
+        arrays (None: start cold)."""
+        return None
 
     def __enter__(self) -> Self:
         self.open()

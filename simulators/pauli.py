@@ -174,6 +174,8 @@ class PauliBasis:
         self.group_of = inverse.astype(np.int64)
         self._group_members = [np.flatnonzero(self.group_of == g) for g in range(len(xs))]
         self._group_cols = [(self.states ^ x).astype(np.int32) for x in xs]
+        #: CSR column indices of the last set of stored groups (copied into every new matrix)
+        self._layout: tuple[tuple[int, ...], NDArray[np.int32]] | None = None
 
     @classmethod
     def from_labels(cls, labels: Sequence[str], n_qubits: int) -> PauliBasis:
@@ -222,26 +224,35 @@ class PauliBasis:
             raise ValueError(f"expected {self.size} coefficients, got shape {coeffs.shape}")
         complex_ = self.is_complex(coeffs)
         dtype = np.complex128 if complex_ else np.float64
-        cols, data = [], []
+        stored = []
         for g, members in enumerate(self._group_members):
-            c = coeffs[members]
-            nz = c != 0
-            if not nz.any():
-                continue
-            members, c = members[nz], c[nz]
-            ph = self.phase[members]
-            w = (c * ph) if complex_ else c * ph.real
-            d = signed_combination(w, self.signs[members])
-            cols.append(self._group_cols[g])
-            data.append(np.asarray(d, dtype=dtype))
-        if not cols:
+            nz = coeffs[members] != 0
+            if nz.any():
+                stored.append((g, members[nz]))
+        if not stored:
             return sp.csr_matrix((self.dim, self.dim), dtype=dtype)
-        k = len(cols)
+        k = len(stored)
+        data = np.empty((self.dim, k), dtype=dtype)  # row r holds its k entries, CSR order
+        for j, (_, members) in enumerate(stored):
+            w = coeffs[members] * (self.phase[members] if complex_ else self.phase[members].real)
+            flat = self.z[members] == 0  # sign pattern +1 everywhere: a constant
+            const = w[flat].sum()
+            if flat.all():
+                data[:, j] = const
+            else:
+                data[:, j] = signed_combination(w[~flat], self.signs[members[~flat]])
+                if const != 0:
+                    data[:, j] += const
+        groups = tuple(g for g, _ in stored)
+        layout = self._layout
+        if layout is None or layout[0] != groups:
+            layout = (groups, np.stack([self._group_cols[g] for g in groups], axis=1).ravel())
+            self._layout = layout
         indptr = np.arange(0, self.dim * k + 1, k, dtype=np.int64)
         if self.dim * k < np.iinfo(np.int32).max:
             indptr = indptr.astype(np.int32)
         mat = sp.csr_matrix(
-            (np.stack(data, axis=1).ravel(), np.stack(cols, axis=1).ravel(), indptr),
+            (data.ravel(), layout[1].copy(), indptr),  # a copy: scipy may sort in place
             shape=(self.dim, self.dim),
         )
         mat.has_sorted_indices = False
@@ -260,11 +271,20 @@ class PauliBasis:
         """``<bra|P_t|ket>`` for the selected strings (all by default); vectors of length dim."""
         idx = self._weights(strings)
         out = np.zeros(idx.size, dtype=np.complex128)
-        bra_c = np.conj(bra)
+        bra_c = np.conj(bra) if np.iscomplexobj(bra) else bra
         for g in np.unique(self.group_of[idx]):
             sel = np.flatnonzero(self.group_of[idx] == g)
-            v = bra_c * ket[self._group_cols[g]]
-            out[sel] = self.phase[idx[sel]] * signed_dot(self.signs[idx[sel]], v)
+            v: FloatArray | ComplexArray = np.asarray(
+                bra_c * (ket if self.group_x[g] == 0 else ket[self._group_cols[g]])
+            )
+            rows = idx[sel]
+            flat = self.z[rows] == 0  # sign pattern +1 everywhere: a plain sum
+            dots = np.empty(sel.size, dtype=np.result_type(v.dtype, np.float64))
+            if flat.any():
+                dots[flat] = v.sum()
+            if not flat.all():
+                dots[~flat] = signed_dot(self.signs[rows[~flat]], v)
+            out[sel] = self.phase[rows] * dots
         return out
 
     def expectations(

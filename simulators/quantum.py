@@ -14,6 +14,13 @@ expectation values ``<O_k>`` in the ground state (T = 0) or the Gibbs state (T >
 * Nudge: only ``error`` nudges: ``nu = beta * eps`` adds ``beta sum_k eps_k O_k`` to H, with
   ``eps = dL/d<O>`` at the free state. That is quantum EP; real beta only.
 * Every nudged phase is a warm Lanczos solve from the free ground state of the same sample.
+* Across training steps (T = 0, Lanczos-sized registers): the free state is carried to the next
+  step (:meth:`QuantumSystem.export_state` / :meth:`~QuantumSystem.import_state`, the ground and
+  first excited state of every sample plus the inputs). When the next step clamps the same inputs
+  (input-free tasks: phase exploration, sensitivity), its free phase is a *tracked* solve from
+  that pair (two eigenvalues, the same gap check as a cold solve,
+  :func:`~physlearn.simulators.quantum_states.ground_state`); other inputs or batch shapes give
+  a cold solve.
 * Measurement: exact expectations (``shots = 0``) or ``shots`` projective measurements per
   measurement setting (qubit-wise commuting groups, :mod:`physlearn.simulators.quantum_shots`),
   drawn from the ``rng`` passed to :meth:`QuantumSystem.equilibrate`.
@@ -134,6 +141,23 @@ class QuantumState:
     vectors: tuple[NDArray[np.float64] | NDArray[np.complex128], ...] | None
     hamiltonians: tuple[sp.csr_matrix, ...] = ()
     coefficients: FloatArray | None = None
+    #: first excited state of every sample (free phases, which run the gap check), else None
+    excited: tuple[NDArray[np.float64] | NDArray[np.complex128], ...] | None = None
+    #: the clamped inputs ``(batch, n_in)``
+    inputs: FloatArray | None = None
+
+
+@dataclass(frozen=True)
+class QuantumCarry:
+    """A free state carried to the next training step (:meth:`QuantumSystem.import_state`).
+
+    ``inputs``: ``(batch, n_in)`` inputs it was solved for; ``vectors``: ``(batch, 2, dim)``
+    ground and first excited state of every sample (float64, or complex128 for a machine whose
+    Hamiltonian can be complex).
+    """
+
+    inputs: FloatArray
+    vectors: NDArray[np.float64] | NDArray[np.complex128]
 
 
 class QuantumSystem(PhysicalSystem):
@@ -282,6 +306,7 @@ class QuantumSystem(PhysicalSystem):
         plan = MeasurementPlan(self.model.basis, strings) if self.shots else None
         if plan is not None and rng is None:
             raise ValueError("a finite-shot measurement needs the rng passed to equilibrate")
+        track = self._tracked(warm_start, inputs, nudge)
         ws = warm_start if isinstance(warm_start, QuantumState) else None
         starts = ws.vectors if ws is not None else None
         if starts is not None and len(starts) != batch:
@@ -295,6 +320,7 @@ class QuantumSystem(PhysicalSystem):
         residual = np.zeros(batch)
         iters = np.zeros(batch, dtype=np.int64)
         vectors = []
+        excited: list[Any] = []
         for b in range(batch):
             h: sp.csr_matrix | SumOperator
             if reuse and self.temperature == 0:
@@ -317,8 +343,13 @@ class QuantumSystem(PhysicalSystem):
                 vecs, weights = th.vectors, th.weights
                 energy[b] = th.free_energy
             else:
-                gs = ground_state(h, None if starts is None else starts[b], self.solver)
+                gs = (
+                    ground_state(h, track[b, 0], self.solver, excited=track[b, 1])
+                    if track is not None
+                    else ground_state(h, None if starts is None else starts[b], self.solver)
+                )
                 vectors.append(gs.vector)
+                excited.append(gs.excited)
                 vecs, weights = gs.vector[:, None], np.ones(1)
                 energy[b], residual[b], iters[b] = gs.energy, gs.residual, gs.matvecs
             if plan is not None:
@@ -338,7 +369,13 @@ class QuantumSystem(PhysicalSystem):
         return Equilibrium(
             outputs=outputs,
             conjugates=conj,
-            state=QuantumState(tuple(vectors), tuple(bases), base_coeffs)
+            state=QuantumState(
+                tuple(vectors),
+                tuple(bases),
+                base_coeffs,
+                tuple(excited) if all(e is not None for e in excited) else None,
+                np.array(inputs, dtype=np.float64),
+            )
             if self.temperature == 0
             else QuantumState(None),
             residual=residual,
@@ -351,6 +388,75 @@ class QuantumSystem(PhysicalSystem):
             },
             converged=residual <= 10 * tol if self.temperature == 0 else np.ones(batch, bool),
         )
+
+    # -- carrying the free state to the next step ----------------------------------------------
+    def _carries(self) -> bool:
+        """Whether free states are worth carrying: T = 0 and a register the Lanczos path
+        solves (dense solves take no start vector)."""
+        dim = self.model.basis.dim
+        return self.temperature == 0 and dim > self.solver.dense_below and dim >= 3
+
+    def _complex_layout(self) -> bool:
+        """Whether a Hamiltonian of this machine can be complex (strings with an odd number of
+        Y's in its basis): then carried vectors are stored as real and imaginary parts."""
+        return bool(np.any(self.model.basis.ny % 2 == 1))
+
+    def carried_shapes(self, batch: int) -> dict[str, tuple[int, ...]]:
+        if not self._carries():
+            return {}
+        shapes = {
+            "inputs": (batch, self.model.n_inputs),
+            "vectors": (batch, 2, self.model.basis.dim),
+        }
+        if self._complex_layout():
+            shapes["vectors_imag"] = (batch, 2, self.model.basis.dim)
+        return shapes
+
+    def export_state(self, state: Any) -> dict[str, FloatArray] | None:
+        if (
+            not self._carries()
+            or not isinstance(state, QuantumState)
+            or state.vectors is None
+            or state.excited is None
+            or state.inputs is None
+        ):
+            return None
+        pairs = np.stack(
+            [np.stack([v, e]) for v, e in zip(state.vectors, state.excited, strict=True)]
+        )
+        out = {"inputs": np.array(state.inputs, dtype=np.float64), "vectors": pairs.real.copy()}
+        if self._complex_layout():
+            out["vectors_imag"] = pairs.imag.copy()
+        elif np.iscomplexobj(pairs):
+            return None  # cannot happen for a real basis; never carry a truncated state
+        return out
+
+    def import_state(self, arrays: Mapping[str, FloatArray]) -> Any:
+        if not self._carries() or "vectors" not in arrays or "inputs" not in arrays:
+            return None
+        vec = np.asarray(arrays["vectors"], dtype=np.float64)
+        if "vectors_imag" in arrays:
+            vec = vec + 1j * np.asarray(arrays["vectors_imag"], dtype=np.float64)
+        return QuantumCarry(np.asarray(arrays["inputs"], dtype=np.float64), vec)
+
+    def _tracked(
+        self, warm_start: Any, inputs: FloatArray, nudge: Nudge | None
+    ) -> NDArray[Any] | None:
+        """``(batch, 2, dim)`` start pairs for a tracked free phase, or None (cold): only a
+        :class:`QuantumCarry` for the same inputs, batch shape and register, at T = 0."""
+        if not isinstance(warm_start, QuantumCarry) or not self._carries():
+            return None
+        if nudge is not None and nudge.beta != 0:
+            return None
+        x = np.asarray(inputs, dtype=np.float64)
+        v = warm_start.vectors
+        if (
+            warm_start.inputs.shape != x.shape
+            or not np.array_equal(warm_start.inputs, x)
+            or v.shape != (x.shape[0], 2, self.model.basis.dim)
+        ):
+            return None
+        return v
 
     # -- diagnostics -------------------------------------------------------------------------
     def exact_gradient(self, inputs: FloatArray, targets: FloatArray, loss: Loss) -> Params:

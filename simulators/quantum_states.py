@@ -7,6 +7,19 @@ Energies are in the unit of the Hamiltonian (hbar = 1). Conventions (PHYSICS.md,
   (:class:`DegenerateGroundStateError`); a warm solve (nudged phases) starts the Lanczos
   iteration from the free ground state (``v0``) and asks for one. Cold starts use a fixed
   pseudo-random start vector, so results never depend on ARPACK's internal seed.
+* Tracked solve (the free phase of the next training step, from the previous step's two lowest
+  states ``v0`` and ``excited``): two eigenvalues and the same gap check as a cold solve, the
+  Lanczos iteration started from ``v0 + excited/2 + TRACK_ADMIXTURE * r`` (``r`` the cold start
+  vector, normalised). The previous pair carries every level of their symmetry sectors with
+  amplitude O(parameter change); the admixture gives every other level an amplitude of about
+  ``TRACK_ADMIXTURE / sqrt(dim)``. A level w below the lowest Ritz value theta keeps at least that
+  relative amplitude through every Lanczos step and restart (the Ritz and filter polynomials have
+  their roots above w, so they grow at w), so ARPACK cannot report theta converged (residual
+  ``<= tol |theta|``) while w is unresolved unless ``amplitude * (theta - E_w) <= tol |theta|``
+  (a level between the two Ritz values: times ``(E_w - theta_1) / (theta_2 - theta_1)``). A cold
+  solve rests on the same argument with amplitude ``1/sqrt(dim)``. Both find a level of another
+  sector that came down and refuse a near-degeneracy across sectors; an *exact* degeneracy
+  across sectors escapes both (a single Lanczos vector sees one vector per eigenvalue).
 * Thermal state at temperature ``T > 0`` (same energy unit, k_B = 1): ``rho = exp(-H/T)/Z`` by
   dense diagonalisation (small systems); the free energy is ``F = -T ln Z``, and
   ``<A> = dF/dtheta`` for ``H = ... + theta A``.
@@ -31,6 +44,8 @@ from physlearn.system import FloatArray
 Vector: TypeAlias = NDArray[Any]  # float64 or complex128 state vectors
 
 _START_SEED = 0x5EED0F
+#: Weight of the fixed pseudo-random vector in a tracked solve's start (see the module docstring).
+TRACK_ADMIXTURE = 1e-2
 
 
 class DegenerateGroundStateError(RuntimeError):
@@ -47,7 +62,8 @@ class SolverOptions:
             ground state counts as degenerate and the solve raises.
         ncv: Lanczos basis size of a cold solve (None: ARPACK's default, ``max(2k + 1, 20)``).
         warm_ncv: Lanczos basis size of a warm solve; a start vector close to the answer
-            needs few Lanczos vectors, and a small basis makes each restart cheap.
+            needs few Lanczos vectors, and a small basis makes each restart cheap. A tracked
+            solve (two eigenpairs) uses ``warm_ncv + 2``.
         maxiter: ARPACK restart limit (None: ``10 * dim``).
         dense_below: Hilbert-space dimension up to which a dense ``eigh`` is used instead.
     """
@@ -74,6 +90,9 @@ class GroundState:
         gap: E1 - E0 (NaN for a warm solve, which does not compute E1).
         matvecs: Hamiltonian-vector products used (0 for a dense solve).
         residual: ``||H psi - E0 psi||``.
+        excited: normalised eigenvector of E1 when the solve computed it (cold and tracked
+            solves with the gap check), else None; with ``vector`` it seeds the next tracked
+            solve.
     """
 
     energy: float
@@ -81,6 +100,7 @@ class GroundState:
     gap: float
     matvecs: int
     residual: float
+    excited: Vector | None = None
 
 
 @dataclass(frozen=True)
@@ -112,7 +132,11 @@ class SumOperator:
         self.dtype = np.result_type(a.dtype, b.dtype)
 
     def __matmul__(self, v: Vector) -> Vector:
-        return np.asarray(self.a @ v + self.b @ v)
+        out = np.asarray(self.a @ v)
+        if np.result_type(out.dtype, self.b.dtype) == out.dtype:
+            out += self.b @ v  # in place: one temporary per product instead of two
+            return out
+        return np.asarray(out + self.b @ v)
 
     def toarray(self) -> NDArray[Any]:
         return np.asarray(self.a.toarray() + self.b.toarray())
@@ -166,14 +190,18 @@ def ground_state(
     options: SolverOptions | None = None,
     *,
     check_gap: bool | None = None,
+    excited: Vector | None = None,
 ) -> GroundState:
     """Lowest eigenpair of the Hermitian matrix ``h``.
 
     ``v0`` given: warm Lanczos from ``v0`` (no gap check unless ``check_gap``). ``v0`` None:
     cold solve from a fixed start vector with the gap check (unless ``check_gap=False``).
+    ``v0`` and ``excited`` given (the two lowest states of a nearby Hamiltonian): tracked solve
+    with the gap check, see the module docstring.
     """
     opts = options or SolverOptions()
-    check = (v0 is None) if check_gap is None else check_gap
+    tracked = v0 is not None and excited is not None
+    check = (v0 is None or tracked) if check_gap is None else check_gap
     dim = int(h.shape[0])
     if dim <= opts.dense_below or dim < 3:
         dense = to_dense(h)
@@ -183,11 +211,25 @@ def ground_state(
         if check and gap <= opts.gap_tol:
             raise _gap_error(gap, opts.gap_tol, float(w[0]))
         res = float(np.linalg.norm(dense @ psi - w[0] * psi))
-        return GroundState(float(w[0]), psi, gap if check else np.nan, 0, res)
+        second = v[:, 1] if check and dim > 1 else None
+        return GroundState(float(w[0]), psi, gap if check else np.nan, 0, res, second)
     op = _Counting(h)
     k = 2 if check else 1
-    start = start_vector(dim, h.dtype) if v0 is None else _cast_start(v0, h.dtype)
+    if v0 is None:
+        start = start_vector(dim, h.dtype)
+    elif tracked:
+        assert excited is not None
+        r = start_vector(dim, h.dtype)
+        start = (
+            _cast_start(v0, h.dtype)
+            + 0.5 * _cast_start(excited, h.dtype)
+            + (TRACK_ADMIXTURE / float(np.linalg.norm(r))) * r
+        )
+    else:
+        start = _cast_start(v0, h.dtype)
     want = opts.ncv if v0 is None else opts.warm_ncv
+    if tracked and want is not None:
+        want += 2  # two wanted pairs: as many spare Lanczos vectors as a warm k = 1 solve, + 1
     ncv = None if want is None else min(dim, max(want, 2 * k + 1))
     w, v = sla.eigsh(op, k=k, which="SA", v0=start, tol=opts.tol, ncv=ncv, maxiter=opts.maxiter)
     order = np.argsort(w)
@@ -198,7 +240,8 @@ def ground_state(
     if check and gap <= opts.gap_tol:
         raise _gap_error(gap, opts.gap_tol, e0)
     res = float(np.linalg.norm(h @ psi - e0 * psi))
-    return GroundState(e0, psi, gap, op.count + 1, res)
+    second = v[:, 1] / np.linalg.norm(v[:, 1]) if check else None
+    return GroundState(e0, psi, gap, op.count + 1, res, second)
 
 
 def thermal_state(h: Matrix, temperature: float) -> ThermalState:

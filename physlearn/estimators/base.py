@@ -64,8 +64,13 @@ class Estimator(ABC):
         targets: FloatArray,
         loss: Loss,
         rng: np.random.Generator,
+        warm_start: Any = None,
     ) -> Estimate:
-        """Measure the phases for one batch and return the gradient estimate."""
+        """Measure the phases for one batch and return the gradient estimate.
+
+        ``warm_start``: a state for the free phase (the orchestrator passes the previous
+        step's free state, carried by :meth:`PhysicalSystem.import_state`; None: cold).
+        """
 
 
 @dataclass

@@ -7,6 +7,8 @@ difference used), and the original parameters are restored before returning.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from physlearn.estimators.base import Estimate, Estimator, Phase, measure
@@ -51,9 +53,10 @@ class FiniteDifference(Estimator):
         targets: FloatArray,
         loss: Loss,
         rng: np.random.Generator,
+        warm_start: Any = None,
     ) -> Estimate:
         base = system.get_parameters()
-        free = measure(system, inputs, None, None, rng)
+        free = measure(system, inputs, None, warm_start, rng)
         grad: Params = {}
         try:
             for g in system.parameter_groups:
@@ -100,9 +103,10 @@ class SPSA(Estimator):
         targets: FloatArray,
         loss: Loss,
         rng: np.random.Generator,
+        warm_start: Any = None,
     ) -> Estimate:
         base = system.get_parameters()
-        free = measure(system, inputs, None, None, rng)
+        free = measure(system, inputs, None, warm_start, rng)
         grad = {k: np.zeros_like(v) for k, v in base.items()}
         diffs = np.zeros(self.n_samples)
         try:

@@ -7,6 +7,8 @@ sign of ``-dC/dtheta`` as eta -> 0. The clamped phase is warm-started from the f
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from physlearn.estimators.base import Estimate, Estimator, Phase, measure
@@ -30,10 +32,11 @@ class CoupledLearning(Estimator):
         targets: FloatArray,
         loss: Loss,
         rng: np.random.Generator,
+        warm_start: Any = None,
     ) -> Estimate:
         if "clamp" not in system.supported_nudges:
             raise ValueError(f"{type(system).__name__} cannot clamp its outputs")
-        free = measure(system, inputs, None, None, rng)
+        free = measure(system, inputs, None, warm_start, rng)
         clamp = free.outputs + self.eta * (targets - free.outputs)
         clamped = measure(system, inputs, Nudge(clamp=clamp), free.state, rng)
         grad = {

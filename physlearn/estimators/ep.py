@@ -13,12 +13,15 @@ stencil for d/dbeta at beta = 0 (Scellier & Bengio 2017: that derivative is dL/d
 * ``holomorphic``: ``beta e^{2 pi i k/N}`` with weights ``e^{-2 pi i k/N}/(N beta)``
   (Laborieux & Zenke 2022); needs a system with ``supports_complex_nudge``.
 
-Every nudged phase is warm-started from the free equilibrium.
+Every nudged phase is warm-started from the free equilibrium; the free phase starts from the
+``warm_start`` passed to :meth:`EquilibriumPropagation.estimate` (the orchestrator's carried
+previous free state) or cold.
 """
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -108,13 +111,14 @@ class EquilibriumPropagation(Estimator):
         targets: FloatArray,
         loss: Loss,
         rng: np.random.Generator,
+        warm_start: Any = None,
     ) -> Estimate:
         kind = self.nudge_kind(system, loss)
         if any(b.imag != 0 for b in self._nonzero) and not system.supports_complex_nudge:
             raise ValueError(
                 f"{type(system).__name__} does not support complex (holomorphic) nudges"
             )
-        free = measure(system, inputs, None, None, rng)
+        free = measure(system, inputs, None, warm_start, rng)
         phases = [Phase("free", 0.0, "free", free)]
         labels = self.phase_labels()
         error = loss.grad(free.outputs, targets) if kind == "error" else None

@@ -10,6 +10,8 @@ the batch. No output clamping or nudge is needed: the fluctuations carry the sig
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from physlearn.estimators.base import Estimate, Estimator, Phase, measure
@@ -28,6 +30,7 @@ class ThermalCovariance(Estimator):
         targets: FloatArray,
         loss: Loss,
         rng: np.random.Generator,
+        warm_start: Any = None,
     ) -> Estimate:
         temperature = float(getattr(system, "temperature", 0.0))
         if not system.thermal or temperature <= 0:
@@ -35,7 +38,7 @@ class ThermalCovariance(Estimator):
                 f"the thermal estimator needs a system at temperature T > 0 "
                 f"({type(system).__name__} has T = {temperature})"
             )
-        free = measure(system, inputs, None, None, rng)
+        free = measure(system, inputs, None, warm_start, rng)
         if free.samples is None:
             raise ValueError(f"{type(system).__name__} returned no thermal samples")
         y = free.samples["outputs"]  # (batch, S, n_out)
