@@ -9,7 +9,9 @@ Writing a new system
 --------------------
 1. Describe yourself: :attr:`PhysicalSystem.parameter_groups` (name, shape, bounds, resolution,
    unit), :attr:`~PhysicalSystem.inputs` and :attr:`~PhysicalSystem.outputs` (ports), and
-   :attr:`~PhysicalSystem.max_batch` (1 for an instrument that measures one pattern at a time).
+   :attr:`~PhysicalSystem.max_batch` (the largest batch one call takes; an instrument that
+   measures one pattern at a time may still take a whole batch per call, check every pattern
+   against its envelope before the first write, then measure them in turn).
 2. Hold parameters: :meth:`~PhysicalSystem.set_parameters` writes and returns what the machine
    actually holds (an instrument reads back and verifies); :meth:`~PhysicalSystem.get_parameters`.
 3. Equilibrate: :meth:`~PhysicalSystem.equilibrate` clamps the inputs, applies an optional
@@ -231,7 +233,14 @@ class Equilibrium:
     def conjugate_mean(self, name: str) -> FloatArray:
         """Batch mean of the conjugate of group ``name`` (computed once, then cached)."""
         if name not in self._means:
-            self._means[name] = np.asarray(self.conjugates[name].mean(axis=0))
+            c = np.asarray(self.conjugates[name])
+            # einsum's own summation loop: faster than ndarray.mean on the (batch, edges) views
+            # simulators hand out, and no BLAS call (whose idle threads would spin on a core)
+            if c.shape[0] > 1:
+                mean = np.einsum("b...->...", c) / c.shape[0]
+            else:
+                mean = c.mean(axis=0)
+            self._means[name] = np.asarray(mean)
         return self._means[name]
 
 

@@ -131,8 +131,11 @@ class EquilibriumPropagation(Estimator):
         by_beta = {complex(0.0): free} | {p.beta: p.eq for p in phases[1:]}
         grad: Params = {}
         for g in system.parameter_groups:
-            acc = np.zeros(g.shape, dtype=complex)
+            acc: np.ndarray | None = None
             for b, w in self.pairs:
-                acc += w * by_beta[b].conjugate_mean(g.name)
+                m = by_beta[b].conjugate_mean(g.name)
+                term = (w.real if w.imag == 0 else w) * m
+                acc = term if acc is None else acc + term
+            assert acc is not None  # pairs is never empty
             grad[g.name] = np.ascontiguousarray(acc.real).reshape(g.shape)  # keeps 0-d groups 0-d
         return Estimate(grad, phases, loss.value(free.outputs, targets), loss)
