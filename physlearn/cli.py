@@ -261,6 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from physlearn.config import ConfigError
     from physlearn.store import StoreError
+    from physlearn.system import PhysicsError
 
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -273,6 +274,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("physlearn: interrupted; the store keeps every committed step", file=sys.stderr)
         return INTERRUPTED
+    except PhysicsError as exc:
+        print(
+            f"physlearn: run failed: {exc}\n(the store keeps every committed step and records "
+            "the error; `physlearn inspect STORE` shows it)",
+            file=sys.stderr,
+        )
+        return RUN_FAILED
     except Exception as exc:
         from physlearn.drivers.errors import bench_failure_message
 

@@ -70,6 +70,12 @@ Params = dict[str, FloatArray]
 NudgeKind = Literal["target", "error", "clamp"]
 
 
+class PhysicsError(RuntimeError):
+    """The machine has no valid equilibrium at these parameters and inputs (e.g. a degenerate
+    ground state). Not a bug: the message says what to change, and the command line reports it
+    without a traceback."""
+
+
 @dataclass(frozen=True)
 class ParameterGroup:
     """A group of trainable parameters the machine can hold.

@@ -39,7 +39,7 @@ import scipy.sparse as sp
 import scipy.sparse.linalg as sla
 from numpy.typing import NDArray
 
-from physlearn.system import FloatArray
+from physlearn.system import FloatArray, PhysicsError
 
 Vector: TypeAlias = NDArray[Any]  # float64 or complex128 state vectors
 
@@ -48,7 +48,7 @@ _START_SEED = 0x5EED0F
 TRACK_ADMIXTURE = 1e-2
 
 
-class DegenerateGroundStateError(RuntimeError):
+class DegenerateGroundStateError(PhysicsError):
     """The ground state is (numerically) degenerate, so EP's free phase is ill-defined."""
 
 

@@ -81,3 +81,30 @@ def test_cluster_ising_labels_follow_the_known_phases() -> None:
     again = ClusterIsingPhasesConfig(train_size=20, test_size=10, label_sites=8).load(0)
     np.testing.assert_array_equal(data.x_train, again.x_train)
     assert data.x_train.shape == (20, 2) and set(np.unique(data.y_train)) <= {0, 1}
+
+
+def test_a_degenerate_ground_state_fails_the_run_cleanly(tmp_path: Path) -> None:
+    """Deep in the ferromagnet (weak field, strong Ising coupling) the two ordered states split by
+    ~4e-9, below gap_tol, so EP's free phase is ill-defined. The run fails with the solver's
+    message and no traceback, and its store records the failure."""
+    from physlearn.store import RunStore
+    from tests.conftest import run_cli
+
+    cfg = CONFIGS / "quantum_phase_exploration.yaml"
+    res = run_cli(
+        "run",
+        str(cfg),
+        "--set",
+        "system.trainable.0.init=0.2",
+        "--set",
+        "system.trainable.1.init=1.5",
+        "--set",
+        f"store.root={tmp_path}",
+    )
+    assert res.returncode == 1, res.stderr
+    assert "degenerate ground state" in res.stderr
+    assert "Traceback" not in res.stderr
+    (store_path,) = tmp_path.glob("*.zarr")
+    store = RunStore.open(store_path)
+    assert store.attrs["exit_status"] == "fail"
+    assert "degenerate" in store.attrs["error"]
