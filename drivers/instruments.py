@@ -19,6 +19,7 @@ Channels are named ``ch<k>`` with ``k`` zero-padded to the width of the channel 
 
 from __future__ import annotations
 
+import math
 import re
 import socket
 import time
@@ -35,12 +36,12 @@ import pyvisa.resources
 from qcodes import validators as vals
 from qcodes.instrument import InstrumentChannel, VisaInstrument
 from qcodes.parameters import Parameter
-from qcodes.parameters.permissive_range import permissive_range
 from qcodes.utils import DelayedKeyboardInterrupt
 
 from physlearn.drivers.errors import InstrumentIOError, InstrumentReplyError
 
 _INT = re.compile(r"[+-]?\d+")
+_PARAMETER_VALIDATE = Parameter.validate
 
 
 def _compound(cmds: list[str]) -> str:
@@ -271,6 +272,32 @@ class LabVisaInstrument(VisaInstrument):
             raise self.bad_reply("*OPC?", reply, "1")
 
 
+def _number_bounds(p: Parameter) -> tuple[float, float] | None:
+    """(min, max) a value must lie within to pass ``p.validate`` when that is exactly a chain
+    of plain :class:`qcodes.validators.Numbers` checks of a float (their intersection); None
+    when anything else validates (then ``p.validate`` itself is called)."""
+    if type(p).validate is not _PARAMETER_VALIDATE:
+        return None
+    lo: Any = -math.inf  # the validators' own bounds, compared as they compare them
+    hi: Any = math.inf
+    found = False
+    for v in p.validators:
+        if v is None:
+            continue
+        if type(v) is not vals.Numbers:
+            return None
+        found = True
+        lo = max(lo, v._min_value)
+        hi = min(hi, v._max_value)
+    return (lo, hi) if found else None
+
+
+def _refuse(p: Parameter, value: float) -> None:
+    """Raise the parameter's own validation error for ``value`` (outside its bounds)."""
+    p.validate(value)
+    raise ValueError(f"{value!r} is invalid; Parameter: {p.full_name}")  # pragma: no cover
+
+
 def _width(n: int) -> int:
     return len(str(n))
 
@@ -368,6 +395,8 @@ class VirtualLabSource(LabVisaInstrument):
         )
         #: SCPI header of every level parameter, by parameter (for set_levels)
         self._level_headers: dict[int, str] = {}
+        #: (validators, their bounds) by level parameter, recomputed when its validators change
+        self._level_bounds: dict[int, tuple[tuple[Any, ...], tuple[float, float] | None]] = {}
         for ch in self.channels:
             self._level_headers[id(ch.volt)] = f"SOUR{ch.channel}:VOLT "
             self._level_headers[id(ch.curr)] = f"SOUR{ch.channel}:CURR "
@@ -389,6 +418,7 @@ class VirtualLabSource(LabVisaInstrument):
         cmds: list[str] = []
         final: dict[int, tuple[Parameter, float]] = {}
         headers = self._level_headers
+        bounds_of = self._level_bounds
         for p, value in zip(params, values, strict=True):
             head = headers.get(id(p))
             if head is None:
@@ -399,31 +429,49 @@ class VirtualLabSource(LabVisaInstrument):
                     "set it on its own"
                 )
             v = float(value)
-            p.validate(v)
-            step = p.step
-            if step is None:
-                ramp = [v]
+            checks = p.validators
+            known = bounds_of.get(id(p))
+            if known is not None and known[0] == checks:
+                bounds = known[1]
             else:
-                prev = final.get(id(p))
-                start = p.cache.get() if prev is None else prev[1]
-                if start is None:
-                    start = p.get()
-                if not isinstance(start, (int, float)) or start != start:
-                    raise InstrumentReplyError(
-                        f"{p.full_name}: present level {start!r} unknown; refusing to jump to "
-                        f"{v!r}",
-                        self.name,
-                    )
-                if abs(v - start) <= step:
-                    ramp = [v]
-                else:  # exactly qcodes' ramp (Parameter.get_ramp_values)
-                    ramp = [*(float(r) for r in permissive_range(start, v, step)[1:]), v]
+                bounds = _number_bounds(p)
+                bounds_of[id(p)] = (checks, bounds)
+            if bounds is None:
+                p.validate(v)
+            else:
+                lo, hi = bounds
+                if not lo <= v <= hi:  # NaN fails too
+                    _refuse(p, v)
+            step: Any = p.step
+            if step is None:
+                cmds.append(head + repr(v))
+                final[id(p)] = (p, v)
+                continue
+            prev = final.get(id(p))
+            start = p.cache.get() if prev is None else prev[1]
+            if start is None:
+                start = p.get()
+            if not isinstance(start, (int, float)) or start != start:
+                raise InstrumentReplyError(
+                    f"{p.full_name}: present level {start!r} unknown; refusing to jump to {v!r}",
+                    self.name,
+                )
+            if abs(v - start) <= step:
+                cmds.append(head + repr(v))
+            else:  # exactly qcodes' ramp (Parameter.get_ramp_values, permissive_range)
+                signed = abs(step) * (1 if v > start else -1)
+                count = math.ceil((v - start) / signed - 1e-10)
+                ramp = [float(start + i * signed) for i in range(1, count)]
+                ramp.append(v)
+                if bounds is None:
                     for r in ramp:
                         p.validate(r)
-            if len(ramp) == 1:
-                cmds.append(head + repr(v))
-            else:
-                cmds.extend([head + _fmt(r) for r in ramp])
+                else:
+                    lo, hi = bounds
+                    for r in ramp:
+                        if not lo <= r <= hi:
+                            _refuse(p, r)
+                cmds.extend([head + repr(r) for r in ramp])
             final[id(p)] = (p, v)
         self.write_many(cmds)
         for p, v in final.values():
@@ -483,14 +531,31 @@ class VirtualLabDMM(LabVisaInstrument):
         return chs
 
     def _read(self) -> np.ndarray:
+        return self.read_scan()[0]
+
+    def read_scan(self) -> tuple[np.ndarray, int]:
+        """One scan (``READ?``): the readings (V) and the reading counter of its first reading.
+
+        The same query and the same strict parsing as ``readings.get()`` (which calls it), the
+        caches of ``readings`` and ``reading_number`` updated as a get would, without qcodes'
+        per-call machinery (the station system's hot path)."""
         cmd = "READ?"
         reply = self.ask(cmd)
         head, _, rest = reply.partition(",")
         if not _INT.fullmatch(head.strip()):
             raise self.bad_reply(cmd, reply, "<reading number>,<v1>,...")
-        vals_ = self.parse_floats(cmd, rest, len(self._scan) if self._scan else None, reply)
-        self._reading_number = int(head)
-        return vals_
+        try:  # the same numbers as float() of each part (and the same refusals)
+            out = np.array(rest.split(","), dtype=np.float64)
+        except ValueError:
+            raise self.bad_reply(cmd, reply, "comma-separated numbers") from None
+        n = len(self._scan)
+        if n and out.size != n:
+            raise self.bad_reply(cmd, reply, f"{n} values, got {out.size}")
+        number = int(head)
+        self._reading_number = number
+        self.readings.cache.set(out)
+        self.reading_number.cache.set(number)
+        return out, number
 
     def measure(self, channel: int) -> float:
         """One reading (V) of one multiplexer channel."""

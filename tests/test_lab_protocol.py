@@ -226,6 +226,47 @@ def test_bulk_levels_send_exactly_what_setting_each_parameter_would():
         assert [p.cache.get(get_if_invalid=False) for p in levels[bulk]] == before
 
 
+def test_read_scan_is_a_readings_get_and_keeps_the_caches():
+    dmm = VirtualLabDMM("dmm", "GPIB::2::INSTR", pyvisa_sim_file=SIM)
+    dmm.scan_list.set([101, 102, 103])
+    v, n = dmm.read_scan()
+    np.testing.assert_array_equal(v, [0.125, -0.5, 1.0])
+    assert n == 42 and dmm.reading_number.cache.get(get_if_invalid=False) == 42
+    np.testing.assert_array_equal(dmm.readings.cache.get(get_if_invalid=False), v)
+    bad = VirtualLabDMM("baddmm", "GPIB::12::INSTR", pyvisa_sim_file=SIM)
+    bad.scan_list.get()
+    with pytest.raises(InstrumentReplyError, match=r"baddmm replied '43,0.125,#\?~,1.0'"):
+        bad.read_scan()
+
+
+def test_bulk_levels_follow_validator_changes_and_custom_validators():
+    """set_levels' fast bounds check is the validators' own: it follows a new or an added
+    validator, and any other kind of validator is asked itself."""
+    with running_lab(BENCH) as lab:
+        src = _lab_source(lab, "src_vals")
+        p = src.channels[0].volt
+        p.get()
+        src.set_levels([p], [0.5])
+        p.vals = vals.Numbers(-0.4, 0.4)
+        with pytest.raises(ValueError, match="0.5"):
+            src.set_levels([p], [0.5])
+        p.add_validator(vals.Numbers(-0.2, 0.3))
+        with pytest.raises(ValueError):
+            src.set_levels([p], [0.35])
+        src.set_levels([p], [0.25])
+        p.remove_validator()
+        p.vals = vals.Multiples(divisor=2)  # not a plain Numbers: validated by qcodes itself
+        with pytest.raises((TypeError, ValueError)):
+            src.set_levels([p], [0.5])
+        p.vals = vals.Numbers(0.5, 1.0)  # the level (0.25) is now below the bounds
+        p.step = 0.1
+        lab.clear_received()
+        with pytest.raises(ValueError, match="0.35"):  # the ramp's first value is refused
+            src.set_levels([p], [0.9])
+        assert lab.received() == []
+        assert src.ask("SOUR1:VOLT?") == "0.25"
+
+
 def test_lab_server_refuses_remote_addresses_without_the_flag():
     from physlearn.drivers.scpi_server import LabServer
 
