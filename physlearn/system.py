@@ -118,6 +118,18 @@ class ParameterGroup:
     def size(self) -> int:
         return int(np.prod(self.shape, dtype=np.int64))
 
+    def uniform(self, init: tuple[float, float] | None, seed: int | None) -> FloatArray:
+        """Initial values drawn uniformly from ``init`` (default: the bounds) by a generator
+        seeded with ``seed``, put on the resolution grid. ValueError if ``init`` leaves the
+        bounds."""
+        lo, hi = init if init is not None else (self.lower, self.upper)
+        if not self.lower <= lo <= hi <= self.upper:
+            raise ValueError(
+                f"{self.name} init range {(lo, hi)} must lie inside bounds "
+                f"{(self.lower, self.upper)}"
+            )
+        return self.quantise(np.random.default_rng(seed).uniform(lo, hi, size=self.shape))
+
     def quantise(self, values: FloatArray) -> FloatArray:
         """The nearest points of the grid ``lower + k * resolution`` inside the bounds (values
         unchanged when ``resolution == 0``); a periodic group maps ``upper`` onto ``lower``."""

@@ -32,6 +32,8 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.sparse import coo_array
 from scipy.sparse.csgraph import connected_components
 
+from physlearn.system import Port
+
 IntArray = NDArray[np.int64]
 FloatArray = NDArray[np.float64]
 
@@ -343,4 +345,24 @@ def with_extra_input(graph: Graph, role: str = "ground") -> Graph:
         output_nodes=graph.output_nodes,
         positions=pos,
         roles=(*graph.roles, role),
+    )
+
+
+def input_voltage_port(graph: Graph, n_inputs: int) -> Port:
+    """The first ``n_inputs`` input nodes as voltage sources (V)."""
+    return Port(
+        size=n_inputs,
+        unit="V",
+        labels=tuple(f"node{n}" for n in graph.input_nodes[:n_inputs]),
+        long_name="input source voltages",
+    )
+
+
+def output_voltage_port(graph: Graph) -> Port:
+    """The output nodes' voltages (V)."""
+    return Port(
+        size=int(graph.output_nodes.size),
+        unit="V",
+        labels=tuple(f"node{n}" for n in graph.output_nodes),
+        long_name="output node voltages",
     )

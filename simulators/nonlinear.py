@@ -84,7 +84,12 @@ from scipy.sparse.linalg import splu
 
 from physlearn.losses import Loss
 from physlearn.simulators.diodes import DiodeModel, TransistorModel
-from physlearn.simulators.graphs import Graph, with_extra_input
+from physlearn.simulators.graphs import (
+    Graph,
+    input_voltage_port,
+    output_voltage_port,
+    with_extra_input,
+)
 from physlearn.system import (
     Equilibrium,
     FloatArray,
@@ -433,12 +438,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
         #: Sparse LU factorisations of the linear part performed so far.
         self.factorizations = 0
         if params is None:
-            lo, hi = init if init is not None else (lower, upper)
-            if not lower <= lo <= hi <= upper:
-                raise ValueError(f"init range {(lo, hi)} must lie inside bounds {(lower, upper)}")
-            params = np.random.default_rng(seed).uniform(lo, hi, size=g.n_edges)
-            if resolution > 0:
-                params = self._group.quantise(np.asarray(params))
+            params = self._group.uniform(init, seed)
         self._theta = np.zeros(g.n_edges)
         self.set_parameters({name: np.asarray(params, dtype=np.float64)})
 
@@ -449,21 +449,11 @@ class NonlinearResistorNetwork(PhysicalSystem):
 
     @property
     def inputs(self) -> Port:
-        return Port(
-            size=self._n_in,
-            unit="V",
-            labels=tuple(f"node{n}" for n in self.graph.input_nodes[: self._n_in]),
-            long_name="input source voltages",
-        )
+        return input_voltage_port(self.graph, self._n_in)
 
     @property
     def outputs(self) -> Port:
-        return Port(
-            size=int(self.graph.output_nodes.size),
-            unit="V",
-            labels=tuple(f"node{n}" for n in self.graph.output_nodes),
-            long_name="output node voltages",
-        )
+        return output_voltage_port(self.graph)
 
     @property
     def n_ports(self) -> int:

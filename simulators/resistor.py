@@ -58,7 +58,12 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.sparse.linalg import splu
 
 from physlearn.losses import Loss
-from physlearn.simulators.graphs import Graph, with_extra_input
+from physlearn.simulators.graphs import (
+    Graph,
+    input_voltage_port,
+    output_voltage_port,
+    with_extra_input,
+)
 from physlearn.system import (
     Equilibrium,
     FloatArray,
@@ -202,15 +207,7 @@ class LinearResistorNetwork(PhysicalSystem):
         self._version = 0
         self._cache: _Factor | None = None
         if conductance is None:
-            lo, hi = init if init is not None else (lower, upper)
-            if not lower <= lo <= hi <= upper:
-                raise ValueError(
-                    f"conductance init range {(lo, hi)} must lie inside bounds {(lower, upper)}"
-                )
-            rng = np.random.default_rng(seed)
-            conductance = rng.uniform(lo, hi, size=g.n_edges)
-            if resolution > 0:
-                conductance = self._group.quantise(np.asarray(conductance))
+            conductance = self._group.uniform(init, seed)
         self._g = np.zeros(g.n_edges)
         self.set_parameters({GROUP: np.asarray(conductance, dtype=np.float64)})
 
@@ -221,21 +218,11 @@ class LinearResistorNetwork(PhysicalSystem):
 
     @property
     def inputs(self) -> Port:
-        return Port(
-            size=self._n_in,
-            unit="V",
-            labels=tuple(f"node{n}" for n in self.graph.input_nodes[: self._n_in]),
-            long_name="input source voltages",
-        )
+        return input_voltage_port(self.graph, self._n_in)
 
     @property
     def outputs(self) -> Port:
-        return Port(
-            size=int(self.graph.output_nodes.size),
-            unit="V",
-            labels=tuple(f"node{n}" for n in self.graph.output_nodes),
-            long_name="output node voltages",
-        )
+        return output_voltage_port(self.graph)
 
     @property
     def n_edges(self) -> int:
