@@ -232,6 +232,23 @@ def test_a_local_cluster_starts_while_planning_and_runs_go_longest_first(tmp_pat
     assert [RunStore.open(out / rid).committed() for rid in finished] == [6, 4, 2]
 
 
+def test_physlearns_local_cluster_turns_dask_bookkeeping_down() -> None:
+    # the workers' profiler sampled the run's thread every 10 ms (runs ~9 % slower)
+    import dask.config
+
+    from physlearn.sweep import _QUIET_DASK, _local_cluster
+
+    before = {k: dask.config.get(k) for k in _QUIET_DASK}
+    cluster, client = _local_cluster(1)
+    try:
+        seen = client.run(lambda: {k: dask.config.get(k) for k in _QUIET_DASK})
+        assert list(seen.values()) == [_QUIET_DASK]
+        assert {k: dask.config.get(k) for k in _QUIET_DASK} == before  # the driver's untouched
+    finally:
+        client.close()
+        cluster.close()
+
+
 def test_a_failing_run_is_recorded_and_the_others_complete(
     tmp_path: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
