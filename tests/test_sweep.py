@@ -235,6 +235,7 @@ def test_a_local_cluster_starts_while_planning_and_runs_go_longest_first(tmp_pat
 def test_physlearns_local_cluster_turns_dask_bookkeeping_down() -> None:
     # the workers' profiler sampled the run's thread every 10 ms (runs ~9 % slower)
     import dask.config
+    import distributed  # noqa: F401  (registers the distributed.* defaults)
 
     from physlearn.sweep import _QUIET_DASK, _local_cluster
 
