@@ -48,6 +48,7 @@ from physlearn.estimators import (
     one_sided,
 )
 from physlearn.losses import Loss, get_loss
+from physlearn.memory import retain_freed_memory
 from physlearn.optim import Optimizer, lr_factor, project
 from physlearn.recorder import ArrayMeta, Recorder
 from physlearn.store import Checkpoint, RunStore, to_jsonable
@@ -55,7 +56,15 @@ from physlearn.system import ExactGradient, Graph, Params, PhysicalSystem
 from physlearn.task import Task, evaluate_loss, step_rng
 
 
-def build_estimator(cfg: EstimatorConfig) -> Estimator:
+def build_estimator(cfg: EstimatorConfig, per_sample: bool = True) -> Estimator:
+    """The configured estimator; ``per_sample=False`` when only batch means of the conjugates
+    are logged (each phase then releases its per-sample conjugates once averaged)."""
+    est = _estimator(cfg)
+    est.per_sample = per_sample
+    return est
+
+
+def _estimator(cfg: EstimatorConfig) -> Estimator:
     if isinstance(cfg, EPConfig):
         pairs = {
             "one_sided": lambda: one_sided(cfg.beta),
@@ -153,7 +162,9 @@ class Campaign:
         self.store = store
         self.seed = config.seed
         self.task = Task(config.task, config.task.dataset.load(config.seed), system.outputs.size)
-        self.estimator = build_estimator(config.estimator)
+        self.estimator = build_estimator(
+            config.estimator, per_sample=config.store.conjugates == "per_sample"
+        )
         self.loss = objective_loss(config, system)
         self.report_loss = (
             get_loss(config.task.report_loss, config.task.temperature)
@@ -650,6 +661,7 @@ def _drive(
     handle_signals: bool,
     on_step: Callable[[int], None] | None,
 ) -> RunResult:
+    retain_freed_memory()
     campaign = Campaign(config, system, store)
     status = "fail"
     try:

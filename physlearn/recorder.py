@@ -41,6 +41,7 @@ class Recorder:
         self._pending: Future[None] | None = None
         self._committed_steps = store.committed("step")
         self.buffered_bytes = 0
+        self._existing: set[str] | None = None  # the store's arrays (listed on the first write)
 
     @property
     def committed_steps(self) -> int:
@@ -106,7 +107,9 @@ class Recorder:
         attrs: dict[str, Any],
     ) -> None:
         records = {name: _assemble(values) for name, values in rows.items()}
-        existing = set(self.store.array_names())
+        if self._existing is None:
+            self._existing = set(self.store.array_names())
+        existing = self._existing
         for name, data in records.items():
             if name not in existing:
                 m = self.meta[name]
@@ -120,6 +123,7 @@ class Recorder:
                     m.long_name,
                     self.compress,
                 )
+                existing.add(name)
         self.store.commit(records, counts, ck, attrs)
 
 

@@ -79,7 +79,10 @@ class RunStore:
     def __init__(self, path: Path, group: Any) -> None:
         self.path = path
         self.group = group
+        # open handles: zarr re-reads and parses an array's metadata on every lookup by name
         self._arrays: dict[str, Any] = {}
+        self._slots: dict[str, Any] = {}
+        self._slot_arrays: dict[tuple[str, str], Any] = {}
 
     # -- creation / opening ------------------------------------------------------------------
     @classmethod
@@ -106,9 +109,14 @@ class RunStore:
         for name, (values, units) in coords.items():
             values = np.asarray(values)
             dtype: Any = str if values.dtype.kind in "UO" else values.dtype
-            a = g.create_array(name, shape=values.shape, dtype=dtype, dimension_names=[name])
+            a = g.create_array(
+                name,
+                shape=values.shape,
+                dtype=dtype,
+                dimension_names=[name],
+                attributes={"units": units, "long_name": name},
+            )
             a[...] = values
-            a.update_attributes({"units": units, "long_name": name})
         ck = g.create_group("checkpoint")
         for slot in ("a", "b"):
             sg = ck.create_group(slot)
@@ -160,8 +168,8 @@ class RunStore:
             # write every chunk: reads the same as skipping all-fill-value chunks, and spares
             # zarr's per-chunk comparison on the writer thread
             config={"write_empty_chunks": True},
+            attributes={"units": units, "long_name": long_name},
         )
-        a.update_attributes({"units": units, "long_name": long_name})
         self._arrays[name] = a
 
     @classmethod
@@ -254,7 +262,7 @@ class RunStore:
         # Every array's resize + write (and the checkpoint slot) concurrently on zarr's I/O loop;
         # the commit marker below is written only after all of them completed.
         _run_all(jobs)
-        self.group["checkpoint"][slot].update_attributes({"step": checkpoint.step})
+        self._slot(slot).update_attributes({"step": checkpoint.step})
         # one metadata write: zarr's attrs.update() would write zarr.json once per key, and a
         # kill between keys would tear the commit marker
         self.group.update_attributes(
@@ -266,14 +274,24 @@ class RunStore:
             }
         )
 
+    def _slot(self, slot: str) -> Any:
+        if slot not in self._slots:
+            self._slots[slot] = self.group["checkpoint"][slot]
+        return self._slots[slot]
+
+    def _slot_array(self, slot: str, key: str) -> Any:
+        name = key.replace("/", "__")
+        if (slot, name) not in self._slot_arrays:
+            self._slot_arrays[slot, name] = self._slot(slot)[name]
+        return self._slot_arrays[slot, name]
+
     def _checkpoint_jobs(self, slot: str, ck: Checkpoint) -> list[Coroutine[Any, Any, None]]:
-        sg = self.group["checkpoint"][slot]
         entries = {f"shadow/{k}": v for k, v in ck.shadow.items()}
         entries |= {f"held/{k}": v for k, v in ck.held.items()}
         entries |= {f"opt/{k}": v for k, v in ck.optimizer.items()}
         entries |= {f"carry/{k}": v for k, v in ck.carry.items()}
         jobs: list[Coroutine[Any, Any, None]] = [
-            sg[key.replace("/", "__")].async_array.setitem(Ellipsis, np.asarray(value))
+            self._slot_array(slot, key).async_array.setitem(Ellipsis, np.asarray(value))
             for key, value in entries.items()
         ]
         return jobs
@@ -345,10 +363,15 @@ def _write_graph(group: Any, layout: dict[str, Any]) -> None:
         ("node_roles", roles, ["node"], "role of each node (input, output, hidden, ...)"),
     ):
         dtype: Any = str if values.dtype.kind == "U" else values.dtype
-        a = group.create_array(name, shape=values.shape, dtype=dtype, dimension_names=dims)
+        a = group.create_array(
+            name,
+            shape=values.shape,
+            dtype=dtype,
+            dimension_names=dims,
+            attributes={"units": "1", "long_name": long_name},
+        )
         if values.size:
             a[...] = values
-        a.update_attributes({"units": "1", "long_name": long_name})
     group.update_attributes({"edge_group": str(layout["edge_group"])})
 
 

@@ -261,6 +261,18 @@ class Equilibrium:
             self._means[name] = np.asarray(mean)
         return self._means[name]
 
+    def keep_means_only(self) -> None:
+        """Reduce every conjugate to its batch mean and release the per-sample arrays.
+
+        For a caller that logs and uses batch means only: a 10 000-node network holds about
+        10 MB of per-sample conjugates per phase, and releasing them before the next phase
+        lets that phase reuse the memory while it is still in cache. Afterwards
+        :meth:`conjugate_mean` still answers; ``conjugates`` is empty.
+        """
+        for name in self.conjugates:
+            self.conjugate_mean(name)
+        self.conjugates = {}
+
 
 class PhysicalSystem(ABC):
     """A physical learning machine (real or simulated). See the module docstring."""

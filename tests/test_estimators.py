@@ -70,3 +70,26 @@ def test_target_nudge_must_realise_the_loss(net):
         EquilibriumPropagation(centred(1e-6), nudge="target").estimate(
             net, x, t, get_loss("cross_entropy"), np.random.default_rng(0)
         )
+
+
+def test_batch_mean_estimates_release_per_sample_conjugates_and_agree(net):
+    """An estimator told to keep batch means only (a run logging batch means) drops every
+    phase's per-sample conjugates once averaged, and estimates exactly what it estimates with
+    them."""
+    from physlearn.estimators import CoupledLearning
+
+    x, t = _batch(3)
+    loss = get_loss("mse")
+    for make in (lambda: EquilibriumPropagation(centred(1e-4)), lambda: CoupledLearning(0.5)):
+        full, lean = make(), make()
+        lean.per_sample = False
+        a = full.estimate(net, x, t, loss, np.random.default_rng(0))
+        b = lean.estimate(net, x, t, loss, np.random.default_rng(0))
+        np.testing.assert_array_equal(a.gradient["conductance"], b.gradient["conductance"])
+        for pa, pb in zip(a.phases, b.phases, strict=True):
+            assert pb.eq.conjugates == {}
+            assert pa.eq.conjugates["conductance"].shape == (8, net.parameter_groups[0].size)
+            np.testing.assert_array_equal(
+                pa.eq.conjugate_mean("conductance"), pb.eq.conjugate_mean("conductance")
+            )
+            np.testing.assert_array_equal(pa.eq.outputs, pb.eq.outputs)

@@ -51,6 +51,9 @@ class Estimator(ABC):
 
     #: Whether the estimator needs the system's energy (conjugate observables).
     needs_conjugates: bool = True
+    #: Whether each phase keeps its per-sample conjugates; False keeps batch means only (see
+    #: :meth:`Equilibrium.keep_means_only`), for runs that log batch means.
+    per_sample: bool = True
 
     @abstractmethod
     def phase_labels(self) -> list[str]:
@@ -108,8 +111,23 @@ def measure(
     nudge: Nudge | None = None,
     warm_start: Any = None,
     rng: np.random.Generator | None = None,
+    per_sample: bool = True,
 ) -> Equilibrium:
-    """``system.equilibrate`` over a batch of any size, split into chunks of ``max_batch``."""
+    """``system.equilibrate`` over a batch of any size, split into chunks of ``max_batch``;
+    ``per_sample=False`` keeps only the batch means of the conjugates."""
+    eq = _measure(system, inputs, nudge, warm_start, rng)
+    if not per_sample:
+        eq.keep_means_only()
+    return eq
+
+
+def _measure(
+    system: PhysicalSystem,
+    inputs: FloatArray,
+    nudge: Nudge | None,
+    warm_start: Any,
+    rng: np.random.Generator | None,
+) -> Equilibrium:
     n = inputs.shape[0]
     if n <= system.max_batch:
         return system.equilibrate(inputs, nudge, warm_start, rng)

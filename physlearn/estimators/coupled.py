@@ -36,9 +36,9 @@ class CoupledLearning(Estimator):
     ) -> Estimate:
         if "clamp" not in system.supported_nudges:
             raise ValueError(f"{type(system).__name__} cannot clamp its outputs")
-        free = measure(system, inputs, None, warm_start, rng)
+        free = measure(system, inputs, None, warm_start, rng, self.per_sample)
         clamp = free.outputs + self.eta * (targets - free.outputs)
-        clamped = measure(system, inputs, Nudge(clamp=clamp), free.state, rng)
+        clamped = measure(system, inputs, Nudge(clamp=clamp), free.state, rng, self.per_sample)
         grad = {
             g.name: (clamped.conjugate_mean(g.name) - free.conjugate_mean(g.name)) / self.eta
             for g in system.parameter_groups

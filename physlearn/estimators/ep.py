@@ -118,7 +118,7 @@ class EquilibriumPropagation(Estimator):
             raise ValueError(
                 f"{type(system).__name__} does not support complex (holomorphic) nudges"
             )
-        free = measure(system, inputs, None, warm_start, rng)
+        free = measure(system, inputs, None, warm_start, rng, self.per_sample)
         phases = [Phase("free", 0.0, "free", free)]
         labels = self.phase_labels()
         error = loss.grad(free.outputs, targets) if kind == "error" else None
@@ -126,7 +126,7 @@ class EquilibriumPropagation(Estimator):
             nudge = (
                 Nudge(beta=b, target=targets) if kind == "target" else Nudge(beta=b, error=error)
             )
-            eq = measure(system, inputs, nudge, free.state, rng)
+            eq = measure(system, inputs, nudge, free.state, rng, self.per_sample)
             phases.append(Phase(label, b, kind, eq, warm_start="free"))
         by_beta = {complex(0.0): free} | {p.beta: p.eq for p in phases[1:]}
         grad: Params = {}
