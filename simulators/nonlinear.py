@@ -1027,6 +1027,14 @@ class NonlinearResistorNetwork(PhysicalSystem):
                 act_hi, act_lo = ws.act_hi.copy(), ws.act_lo.copy()
                 act_hi &= ~pr.fixed
                 act_lo &= ~pr.fixed
+            elif self.n_diodes and not ideal:
+                # values the phase fixes (clamped outputs) can drive a junction of the warm
+                # start far beyond its knee, where the exponential's overflow leaves Newton no
+                # usable step: those samples start cold (junctions below their knees) instead
+                vj = np.asarray(self._ct @ x) + pr.c  # junction voltages (V)
+                far = ~(vj <= self._knee() + 1.0).all(axis=0)
+                if far.any():
+                    x[:, far] = self._initial(pr)[:, far]
         else:
             x = self._initial(pr)
         if ideal:

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.optimize
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -166,6 +166,8 @@ def test_element_laws_and_their_derivatives():
     free_pairs=st.integers(0, 3),
     backend=st.sampled_from(["dense", "sparse"]),
 )
+# a clamp far from the free outputs once drove a warm-started junction 1.3 V beyond its knee
+@example(seed=118, n_free=3, series=0.3, free_pairs=3, backend="sparse")
 def test_shockley_equilibrium_satisfies_kcl_and_the_element_laws(
     seed: int, n_free: int, series: float, free_pairs: int, backend: Backend
 ):
