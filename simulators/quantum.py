@@ -13,7 +13,14 @@ expectation values ``<O_k>`` in the ground state (T = 0) or the Gibbs state (T >
   at T > 0 ``dF/dtheta_j`` with ``F = -T ln Z``).
 * Nudge: only ``error`` nudges: ``nu = beta * eps`` adds ``beta sum_k eps_k O_k`` to H, with
   ``eps = dL/d<O>`` at the free state. That is quantum EP; real beta only.
-* Every nudged phase is a warm Lanczos solve from the free ground state of the same sample.
+* Every nudged phase is a warm Lanczos solve from the free ground state of the same sample, on
+  ``H_free + D`` applied lazily; its first product ``(H_free + D) psi0`` comes from the product
+  that certified the free state (``QuantumState.products``). A later nudge along the direction
+  of an earlier one from the same free state (the centred estimator's ``-beta`` after ``+beta``)
+  starts from the linear extrapolation ``psi0 + c (psi_1 - psi0)`` instead (``delta = c
+  delta_1``; off by O(beta^2) instead of O(beta), a few products fewer). A quantum ground state
+  is unique (the gap check), so the start changes only the cost, never the state: every solve
+  meets the same certified tolerance.
 * Across training steps (T = 0, Lanczos-sized registers): the free state is carried to the next
   step (:meth:`QuantumSystem.export_state` / :meth:`~QuantumSystem.import_state`, the ground and
   first excited state of every sample plus the inputs). When the next step clamps the same inputs
@@ -32,7 +39,7 @@ expectation values ``<O_k>`` in the ground state (T = 0) or the Gibbs state (T >
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -145,6 +152,16 @@ class QuantumState:
     excited: tuple[NDArray[np.float64] | NDArray[np.complex128], ...] | None = None
     #: the clamped inputs ``(batch, n_in)``
     inputs: FloatArray | None = None
+    #: ``hamiltonians[b] @ vectors[b]`` of every sample (free phases: the product that certified
+    #: the ground state), else None; a nudged phase from this state starts its Lanczos run
+    #: from it and saves one product
+    products: tuple[NDArray[np.float64] | NDArray[np.complex128], ...] | None = None
+    #: nudged solves warm-started from this state, per sample: ``(delta, psi, (H + D) psi)`` with
+    #: ``delta`` the coefficient change of the nudge, ``D`` its operator; a later nudge along the
+    #: same direction starts from the linear extrapolation (see :meth:`QuantumSystem.equilibrate`)
+    nudged: dict[int, list[tuple[FloatArray, Any, Any]]] = field(
+        default_factory=dict, compare=False, repr=False
+    )
 
 
 @dataclass(frozen=True)
@@ -158,6 +175,43 @@ class QuantumCarry:
 
     inputs: FloatArray
     vectors: NDArray[np.float64] | NDArray[np.complex128]
+
+
+def _nudged_start(
+    done: Any, delta: FloatArray, d_op: sp.csr_matrix, psi0: Any, h_psi0: Any
+) -> tuple[Any, Any]:
+    """Start vector of a nudged solve on ``H + D`` (``D = d_op``, coefficients ``delta``) from the
+    free ground state ``psi0`` (``h_psi0 = H psi0`` or None), and its product with ``H + D``.
+
+    ``done``: earlier nudged solves ``(delta_1, psi_1, (H + D_1) psi_1)`` from the same free
+    state. If one of them nudged along the same direction, ``delta = c delta_1`` (the centred
+    estimator's ``-beta`` after ``+beta``: ``c = -1``), the start is the linear extrapolation
+    ``psi0 + c (psi_1 - psi0)`` (``psi_1`` phase-aligned to ``psi0``): off the nudged ground state
+    by O(beta^2) instead of O(beta), which saves a few Lanczos products; the solve itself (its
+    tolerance and certification) is the same from any start. Otherwise ``psi0``.
+    """
+    best: tuple[float, Any, Any] | None = None
+    norm = float(np.linalg.norm(delta))
+    for d1, psi1, h_psi1 in done:
+        c = float(np.dot(d1, delta) / np.dot(d1, d1))
+        parallel = np.linalg.norm(delta - c * d1) <= 1e-9 * norm
+        if parallel and c != 0 and (best is None or abs(c - 1) < abs(best[0] - 1)):
+            best = (c, psi1, h_psi1)
+    h_start = None if h_psi0 is None else h_psi0 + d_op @ psi0
+    if best is None:
+        return psi0, h_start
+    c, psi1, h_psi1 = best
+    overlap = complex(np.vdot(psi1, psi0))
+    phase = overlap / abs(overlap) if overlap != 0 else 1.0
+    aligned = psi1 * phase if np.iscomplexobj(psi1) else psi1 * np.sign(phase.real)
+    start = psi0 + c * (aligned - psi0)
+    if h_start is None or h_psi1 is None:
+        return start, None
+    # (H + D) psi_1 = (H + D_1) psi_1 + (1 - 1/c) D psi_1, as D - D_1 = (1 - 1/c) D
+    h_aligned = (h_psi1 + (1.0 - 1.0 / c) * (d_op @ psi1)) * (
+        phase if np.iscomplexobj(psi1) else np.sign(phase.real)
+    )
+    return start, (1.0 - c) * h_start + c * h_aligned
 
 
 class QuantumSystem(PhysicalSystem):
@@ -321,18 +375,26 @@ class QuantumSystem(PhysicalSystem):
         iters = np.zeros(batch, dtype=np.int64)
         vectors = []
         excited: list[Any] = []
+        products: list[Any] = []
         for b in range(batch):
             h: sp.csr_matrix | SumOperator
+            v0 = None if starts is None else starts[b]
+            hv0 = None  # h @ v0 when the warm state knows it
+            record = False
             if reuse and self.temperature == 0:
                 assert ws is not None and ws.coefficients is not None
                 delta = coeffs[b] - ws.coefficients[b]
                 base_coeffs[b] = ws.coefficients[b]
                 bases.append(ws.hamiltonians[b])
-                h = (
-                    SumOperator(ws.hamiltonians[b], basis.operator(delta))
-                    if np.any(delta)
-                    else (ws.hamiltonians[b])
-                )
+                known = None if ws.products is None else ws.products[b]
+                if np.any(delta):
+                    d_op = basis.operator(delta)
+                    h = SumOperator(ws.hamiltonians[b], d_op)
+                    if v0 is not None and basis.dim > self.solver.dense_below:
+                        record = True
+                        v0, hv0 = _nudged_start(ws.nudged.get(b, ()), delta, d_op, v0, known)
+                else:
+                    h, hv0 = ws.hamiltonians[b], known
             else:
                 h = basis.operator(coeffs[b])
                 if self.temperature == 0:
@@ -346,10 +408,15 @@ class QuantumSystem(PhysicalSystem):
                 gs = (
                     ground_state(h, track[b, 0], self.solver, excited=track[b, 1])
                     if track is not None
-                    else ground_state(h, None if starts is None else starts[b], self.solver)
+                    else ground_state(h, v0, self.solver, hv0=hv0)
                 )
+                if record:
+                    assert ws is not None
+                    ws.nudged.setdefault(b, []).append((delta, gs.vector, gs.hvector))
                 vectors.append(gs.vector)
                 excited.append(gs.excited)
+                # H_base @ psi is known only when the solve ran on the base Hamiltonian itself
+                products.append(gs.hvector if h is bases[-1] else None)
                 vecs, weights = gs.vector[:, None], np.ones(1)
                 energy[b], residual[b], iters[b] = gs.energy, gs.residual, gs.matvecs
             if plan is not None:
@@ -375,6 +442,7 @@ class QuantumSystem(PhysicalSystem):
                 base_coeffs,
                 tuple(excited) if all(e is not None for e in excited) else None,
                 np.array(inputs, dtype=np.float64),
+                tuple(products) if all(p is not None for p in products) else None,
             )
             if self.temperature == 0
             else QuantumState(None),
