@@ -13,19 +13,32 @@ the reply; a timeout or a broken connection raises
 and reopens the VISA session. Each instrument counts the seconds spent in VISA reads and writes
 (``io_seconds``, ``io_count``) for the benchmarks.
 
+For the station system's hot path (one phase of one pattern: levels written, trip status
+queried, a scan read) the drivers offer, next to their qcodes parameters, methods doing the same
+as those parameters' set and get without qcodes' per-call machinery: the same commands and
+queries, the same validation (the parameters' own validators, bounds read from them) and strict
+parsing, the parameters' caches updated as a set or get would -- ``VirtualLabSource.set_levels``
+and ``level_writer`` (levels in bulk, one compound message), ``read_trip_status``,
+``VirtualLabDMM.read_scan`` and ``read_scan_floats``. Writes and queries hold a first Ctrl-C
+until the exchange is over, as qcodes does, whenever Python's default SIGINT handler is the one
+installed.
+
 Channels are named ``ch<k>`` with ``k`` zero-padded to the width of the channel count
 (``src.ch01``, ``pots.ch001``, ``swm.ch1``).
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
+import signal
 import socket
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from functools import partial
+from types import TracebackType
 from typing import Any
 
 import numpy as np
@@ -41,12 +54,59 @@ from qcodes.utils import DelayedKeyboardInterrupt
 from physlearn.drivers.errors import InstrumentIOError, InstrumentReplyError
 
 _INT = re.compile(r"[+-]?\d+")
+#: a reply of comma-separated integers (as ``_INT`` each, blanks around them allowed)
+_INTS = re.compile(r"\s*[+-]?\d+\s*(?:,\s*[+-]?\d+\s*)*")
 _PARAMETER_VALIDATE = Parameter.validate
+_ROOTED = (":", "*")
+_DEBUG = logging.DEBUG
 
 
-def _compound(cmds: list[str]) -> str:
-    """SCPI compound message: commands joined by ``;``, each from the root (``:``)."""
-    return ";".join(c if c.startswith((":", "*")) else ":" + c for c in cmds)
+def _interrupts_need_holding() -> bool:
+    """True when qcodes' :class:`DelayedKeyboardInterrupt` would hold a Ctrl-C: Python's default
+    SIGINT handler is installed. Otherwise (e.g. a run's own handler, which only sets a stop
+    flag) it does nothing but look, and the look is all that is skipped. Looked up on every
+    exchange (``signal.getsignal``, ~2 us: a phase has two or three exchanges)."""
+    return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+#: (parameter, SCPI header from the root, bounds of its Numbers validators or None, step):
+#: see VirtualLabSource._level_plan
+_LevelPlan = tuple[Parameter, str, "tuple[float, float] | None", Any]
+
+
+def _rooted(cmd: str) -> str:
+    """``cmd`` from the root (``:``), as it goes into a compound message."""
+    return cmd if cmd.startswith(_ROOTED) else ":" + cmd
+
+
+class _DeferredWrites:
+    """The context manager of :meth:`LabVisaInstrument.deferred_writes` (a class: it is entered
+    once per phase of a run, and a generator-based one costs several times more)."""
+
+    __slots__ = ("_inst", "_outer")
+
+    def __init__(self, inst: LabVisaInstrument) -> None:
+        self._inst = inst
+        self._outer = False
+
+    def __enter__(self) -> None:
+        inst = self._inst
+        self._outer = inst._pending is None  # nested: the outer block sends
+        if self._outer:
+            inst._pending = []
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._outer:
+            return
+        inst = self._inst
+        pending, inst._pending = inst._pending, None
+        if exc_type is None and pending:
+            inst._send(";".join(pending))
 
 
 def _fmt(v: float) -> str:
@@ -99,88 +159,103 @@ class LabVisaInstrument(VisaInstrument):
             raise
 
     # -- raw I/O -----------------------------------------------------------------------------
-    @contextmanager
-    def deferred_writes(self) -> Iterator[None]:
+    def deferred_writes(self) -> AbstractContextManager[None]:
         """Collect writes into SCPI compound messages (``:A;:B;...``): they are sent together,
         in order, with the next query (one round trip) or at the end of the block. Commands
-        pending when the block exits with an exception are dropped (never sent). Do not use it
-        around ramps with an inter-delay: the delays would not separate the writes."""
-        if self._pending is not None:
-            yield
-            return
-        self._pending = []
-        ok = False
-        try:
-            yield
-            ok = True
-        finally:
-            pending, self._pending = self._pending, None
-            if ok and pending:
-                self._send(_compound(pending))
+        pending when the block exits with an exception are dropped (never sent). Nested blocks
+        join the outer one. Do not use it around ramps with an inter-delay: the delays would not
+        separate the writes."""
+        return _DeferredWrites(self)
 
+    # The I/O below is qcodes' VisaInstrument.write_raw / ask_raw (a first Ctrl-C is held until
+    # the exchange is over, debug logging), timing only the VISA call: io_seconds is VISA time,
+    # nothing else. qcodes' DelayedKeyboardInterrupt is entered only when it would hold an
+    # interrupt (see _interrupts_need_holding) and the log messages are only built when debug
+    # logging is on: the same behaviour without their cost on every exchange.
     def _send(self, message: str) -> None:
-        # as qcodes' VisaInstrument.write_raw (a first Ctrl-C is held until the message is
-        # out, logging), but timing only the VISA call: io_seconds is VISA time, nothing else
-        with DelayedKeyboardInterrupt(context={"instrument": self.name, "reason": "write"}):
-            self.visa_log.debug(f"Writing: {message}")
-            t0 = time.perf_counter()
-            try:
-                self.visa_handle.write(message)
-            except (pyvisa.errors.VisaIOError, pyvisa.errors.InvalidSession, OSError) as exc:
-                raise InstrumentIOError(
-                    f"{self.name}: could not send {message!r} ({exc})", self.name
-                ) from None
-            finally:
-                self.io_seconds += time.perf_counter() - t0
-                self.io_count += 1
+        if _interrupts_need_holding():
+            with DelayedKeyboardInterrupt(context={"instrument": self.name, "reason": "write"}):
+                self._write_visa(message)
+        else:
+            self._write_visa(message)
+
+    def _write_visa(self, message: str) -> None:
+        log = self.visa_log
+        if log.isEnabledFor(_DEBUG):
+            log.debug(f"Writing: {message}")
+        t0 = time.perf_counter()
+        try:
+            self.visa_handle.write(message)
+        except (pyvisa.errors.VisaIOError, pyvisa.errors.InvalidSession, OSError) as exc:
+            raise InstrumentIOError(
+                f"{self.name}: could not send {message!r} ({exc})", self.name
+            ) from None
+        finally:
+            self.io_seconds += time.perf_counter() - t0
+            self.io_count += 1
 
     def write_raw(self, cmd: str) -> None:
-        if self._pending is not None:
-            self._pending.append(cmd)
-            if len(self._pending) >= self.max_batch:
-                pending, self._pending = self._pending, []
-                self._send(_compound(pending))
+        pending = self._pending
+        if pending is not None:
+            pending.append(_rooted(cmd))
+            if len(pending) >= self.max_batch:
+                self._pending = []
+                self._send(";".join(pending))
             return
         self._send(cmd)
 
     def write_many(self, cmds: list[str]) -> None:
         """Write several commands: into the pending compound message inside
         :meth:`deferred_writes`, else as compound messages of at most ``max_batch`` commands."""
+        self._write_rooted([_rooted(c) for c in cmds])
+
+    def _write_rooted(self, cmds: list[str]) -> None:
+        """:meth:`write_many` of commands that already start from the root (``:``/``*``)."""
         pending = self._pending
+        step = self.max_batch
         if pending is None:
-            for k in range(0, len(cmds), self.max_batch):
-                self._send(_compound(cmds[k : k + self.max_batch]))
+            for k in range(0, len(cmds), step):
+                self._send(";".join(cmds[k : k + step]))
             return
         pending.extend(cmds)
-        if len(pending) >= self.max_batch:
+        if len(pending) >= step:
             self._pending = []
-            for k in range(0, len(pending), self.max_batch):
-                self._send(_compound(pending[k : k + self.max_batch]))
+            for k in range(0, len(pending), step):
+                self._send(";".join(pending[k : k + step]))
 
     def ask_raw(self, cmd: str) -> str:
-        if self._pending:
-            pending, self._pending = self._pending, []
-            cmd = _compound([*pending, cmd])
-        # as qcodes' VisaInstrument.ask_raw, timing only the VISA call (see _send)
-        with DelayedKeyboardInterrupt(context={"instrument": self.name, "reason": "ask"}):
-            self.visa_log.debug(f"Querying: {cmd}")
-            t0 = time.perf_counter()
-            try:
-                reply = self.visa_handle.query(cmd)
-            except pyvisa.errors.VisaIOError as exc:
-                if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
-                    msg = f"{self.name}: no reply to {cmd!r} within {self.visa_handle.timeout:g} ms"
-                else:
-                    msg = f"{self.name}: I/O error on {cmd!r} ({exc})"
-                raise InstrumentIOError(msg, self.name) from None
-            except (pyvisa.errors.InvalidSession, OSError) as exc:
-                raise InstrumentIOError(
-                    f"{self.name}: connection lost on {cmd!r} ({exc})", self.name
-                ) from None
-            finally:
-                self.io_seconds += time.perf_counter() - t0
-                self.io_count += 1
-            self.visa_log.debug(f"Response: {reply}")
+        pending = self._pending
+        if pending:
+            self._pending = []
+            pending.append(_rooted(cmd))
+            cmd = ";".join(pending)
+        if _interrupts_need_holding():
+            with DelayedKeyboardInterrupt(context={"instrument": self.name, "reason": "ask"}):
+                return self._query_visa(cmd)
+        return self._query_visa(cmd)
+
+    def _query_visa(self, cmd: str) -> str:
+        log = self.visa_log
+        if log.isEnabledFor(_DEBUG):
+            log.debug(f"Querying: {cmd}")
+        t0 = time.perf_counter()
+        try:
+            reply = self.visa_handle.query(cmd)
+        except pyvisa.errors.VisaIOError as exc:
+            if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
+                msg = f"{self.name}: no reply to {cmd!r} within {self.visa_handle.timeout:g} ms"
+            else:
+                msg = f"{self.name}: I/O error on {cmd!r} ({exc})"
+            raise InstrumentIOError(msg, self.name) from None
+        except (pyvisa.errors.InvalidSession, OSError) as exc:
+            raise InstrumentIOError(
+                f"{self.name}: connection lost on {cmd!r} ({exc})", self.name
+            ) from None
+        finally:
+            self.io_seconds += time.perf_counter() - t0
+            self.io_count += 1
+        if log.isEnabledFor(_DEBUG):
+            log.debug(f"Response: {reply}")
         return reply.strip()
 
     def reconnect(self) -> None:
@@ -393,13 +468,13 @@ class VirtualLabSource(LabVisaInstrument):
             get_cmd=partial(self.query_int, "STAT:TRIP?"),
             docstring="bit mask of channels tripped by their compliance (bit k: channel k+1)",
         )
-        #: SCPI header of every level parameter, by parameter (for set_levels)
+        #: SCPI header of every level parameter, by parameter, from the root (for set_levels)
         self._level_headers: dict[int, str] = {}
         #: (validators, their bounds) by level parameter, recomputed when its validators change
         self._level_bounds: dict[int, tuple[tuple[Any, ...], tuple[float, float] | None]] = {}
         for ch in self.channels:
-            self._level_headers[id(ch.volt)] = f"SOUR{ch.channel}:VOLT "
-            self._level_headers[id(ch.curr)] = f"SOUR{ch.channel}:CURR "
+            self._level_headers[id(ch.volt)] = f":SOUR{ch.channel}:VOLT "
+            self._level_headers[id(ch.curr)] = f":SOUR{ch.channel}:CURR "
 
     def set_levels(self, params: Sequence[Parameter], values: Sequence[float]) -> None:
         """Set several ``volt``/``curr`` parameters of this source's channels at once.
@@ -412,73 +487,169 @@ class VirtualLabSource(LabVisaInstrument):
         per-call machinery, and stricter: every value is checked before the first command is
         queued (a refused value sends nothing), and the commands travel as one compound message
         (or join the pending one inside :meth:`deferred_writes`). Parameters with an
-        ``inter_delay`` or ``post_delay`` are refused: their writes must be separated in time,
-        set them one by one.
+        ``inter_delay`` or ``post_delay`` are refused (their writes must be separated in time),
+        and so are parameters with a ``scale``, ``offset``, ``val_mapping`` or ``set_parser``
+        (what is sent would not be the value): set them one by one.
+
+        Every call reads each parameter's validators, step and delays afresh; to set the same
+        parameters again and again (one phase after another), :meth:`level_writer` reads them
+        once per batch of calls.
         """
+        plans = [self._level_plan(p) for p in params]
+        if len(plans) != len(values):
+            raise ValueError(
+                f"{self.name}.set_levels: {len(plans)} parameters, {len(values)} values"
+            )
+        repeated = len(params) > 1 and len(set(map(id, params))) < len(params)
+        self._queue_levels(plans, values, repeated)
+
+    def level_writer(self, params: Sequence[Parameter]) -> LevelWriter:
+        """A :class:`LevelWriter` for ``params`` (distinct levels of this source's channels)."""
+        return LevelWriter(self, params)
+
+    def _level_plan(self, p: Parameter) -> _LevelPlan:
+        """What writing level ``p`` takes, from its present validators, step and delays:
+        ``(parameter, SCPI header, (min, max) of its plain Numbers validators or None to call
+        its validate, step or None, cache, whether the cache may be read directly)``;
+        ValueError if it cannot be set in bulk."""
+        key = id(p)
+        head = self._level_headers.get(key)
+        if head is None:
+            raise ValueError(f"{self.name}.set_levels: {p!r} is not a level of {self.name}")
+        if p.inter_delay or p.post_delay:
+            raise ValueError(
+                f"{self.name}.set_levels: {p.full_name} has an inter_delay/post_delay; "
+                "set it on its own"
+            )
+        if (
+            p.scale is not None
+            or p.offset is not None
+            or p.val_mapping is not None
+            or p.set_parser is not None
+        ):
+            raise ValueError(
+                f"{self.name}.set_levels: {p.full_name} converts its values (scale, offset, "
+                "val_mapping or set_parser); set it on its own"
+            )
+        checks = p.validators
+        known = self._level_bounds.get(key)
+        if known is not None and known[0] == checks:
+            bounds = known[1]
+        else:
+            bounds = _number_bounds(p)
+            self._level_bounds[key] = (checks, bounds)
+        return (p, head, bounds, p.step)
+
+    def _queue_levels(
+        self, plans: Sequence[_LevelPlan], values: Sequence[float], repeated: bool
+    ) -> None:
+        """Check every value (and ramp value) of ``plans`` against its bounds, then queue the
+        commands (one compound message, or the pending one) and update the caches
+        (``repeated``: a parameter may appear twice; it ramps on from its first value)."""
         cmds: list[str] = []
-        final: dict[int, tuple[Parameter, float]] = {}
-        headers = self._level_headers
-        bounds_of = self._level_bounds
-        for p, value in zip(params, values, strict=True):
-            head = headers.get(id(p))
-            if head is None:
-                raise ValueError(f"{self.name}.set_levels: {p!r} is not a level of {self.name}")
-            if p.inter_delay or p.post_delay:
-                raise ValueError(
-                    f"{self.name}.set_levels: {p.full_name} has an inter_delay/post_delay; "
-                    "set it on its own"
-                )
+        news: list[float] = []  # the final level of each parameter, in order
+        latest: dict[int, float] | None = {} if repeated else None
+        for (p, head, bounds, step), value in zip(plans, values, strict=True):
             v = float(value)
-            checks = p.validators
-            known = bounds_of.get(id(p))
-            if known is not None and known[0] == checks:
-                bounds = known[1]
-            else:
-                bounds = _number_bounds(p)
-                bounds_of[id(p)] = (checks, bounds)
             if bounds is None:
                 p.validate(v)
-            else:
-                lo, hi = bounds
-                if not lo <= v <= hi:  # NaN fails too
-                    _refuse(p, v)
-            step: Any = p.step
-            if step is None:
-                cmds.append(head + repr(v))
-                final[id(p)] = (p, v)
-                continue
-            prev = final.get(id(p))
-            start = p.cache.get() if prev is None else prev[1]
-            if start is None:
-                start = p.get()
-            if not isinstance(start, (int, float)) or start != start:
-                raise InstrumentReplyError(
-                    f"{p.full_name}: present level {start!r} unknown; refusing to jump to {v!r}",
-                    self.name,
-                )
-            if abs(v - start) <= step:
-                cmds.append(head + repr(v))
-            else:  # exactly qcodes' ramp (Parameter.get_ramp_values, permissive_range)
-                signed = abs(step) * (1 if v > start else -1)
-                count = math.ceil((v - start) / signed - 1e-10)
-                ramp = [float(start + i * signed) for i in range(1, count)]
-                ramp.append(v)
-                if bounds is None:
-                    for r in ramp:
-                        p.validate(r)
+            elif not bounds[0] <= v <= bounds[1]:  # NaN fails too
+                _refuse(p, v)
+            news.append(v)
+            if step is not None:
+                if latest is not None and id(p) in latest:
+                    start = latest[id(p)]
                 else:
-                    lo, hi = bounds
-                    for r in ramp:
-                        if not lo <= r <= hi:
-                            _refuse(p, r)
-                cmds.extend([head + repr(r) for r in ramp])
-            final[id(p)] = (p, v)
-        self.write_many(cmds)
-        for p, v in final.values():
-            p.cache.set(v)
+                    start = p.cache.get()  # the cached level; a get (a query) if invalid
+                    if start is None:
+                        start = p.get()
+                if not isinstance(start, (int, float)) or start != start:
+                    raise InstrumentReplyError(
+                        f"{p.full_name}: present level {start!r} unknown; refusing to jump to "
+                        f"{v!r}",
+                        self.name,
+                    )
+                if not abs(v - start) <= step:  # exactly qcodes' ramp (get_ramp_values)
+                    signed = abs(step) * (1 if v > start else -1)
+                    count = math.ceil((v - start) / signed - 1e-10)
+                    ramp = [float(start + i * signed) for i in range(1, count)]
+                    if bounds is None:
+                        for r in ramp:
+                            p.validate(r)
+                    else:
+                        lo, hi = bounds
+                        for r in ramp:
+                            if not lo <= r <= hi:
+                                _refuse(p, r)
+                    cmds.extend([head + repr(r) for r in ramp])
+            cmds.append(head + repr(v))
+            if latest is not None:
+                latest[id(p)] = v
+        self._write_rooted(cmds)
+        # the caches as a set would leave them (raw value = value: nothing converts it); a
+        # parameter given twice ends at its last value
+        for plan, v in zip(plans, news, strict=True):
+            plan[0].cache.set(v)
+
+    def read_trip_status(self) -> int:
+        """``trip_status.get()`` without qcodes' per-call machinery (the station system's hot
+        path): the same query (``STAT:TRIP?``, joining pending deferred writes), the same
+        strict parsing and error, the parameter's cache updated as a get would."""
+        cmd = "STAT:TRIP?"
+        reply = self.ask(cmd)
+        if not _INT.fullmatch(reply):
+            raise self.bad_reply(cmd, reply, "an integer")
+        mask = int(reply)
+        self.trip_status.cache.set(mask)
+        return mask
 
     def clear_trips(self) -> None:
         self.write("OUTP:PROT:CLE")
+
+
+class LevelWriter:
+    """:meth:`VirtualLabSource.set_levels` of a fixed list of level parameters, prepared.
+
+    :meth:`refresh` reads what writing each parameter takes (its validators' bounds, step,
+    delays, conversions: the checks ``set_levels`` makes on every call) and :meth:`write` then
+    writes with it, one phase after another, without reading them again: the same commands,
+    the same validation of every value and ramp value against those bounds, the same ramps
+    from the cached levels, the same caches afterwards. Call :meth:`refresh` before each batch
+    of writes (the station system does, at the start of every ``equilibrate``, where it also
+    checks the batch against the safety envelope): a validator, step or delay changed since
+    the last refresh is not seen by :meth:`write` until the next one.
+    """
+
+    def __init__(self, source: VirtualLabSource, params: Sequence[Parameter]) -> None:
+        if len(set(map(id, params))) != len(params):
+            raise ValueError(f"{source.name}.level_writer: a parameter is given twice")
+        self.source = source
+        self.params = list(params)
+        self._plans: list[_LevelPlan] = []
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read every parameter's validators, step, delays and conversions afresh (ValueError
+        if one can no longer be set in bulk)."""
+        self._plans = [self.source._level_plan(p) for p in self.params]
+
+    def write(self, values: Sequence[float], indices: Sequence[int] | None = None) -> None:
+        """Set ``params[indices[j]]`` to ``values[j]`` (every parameter, in order, when
+        ``indices`` is None): see the class docstring."""
+        plans = self._plans
+        if indices is None:
+            if len(values) != len(plans):
+                raise ValueError(
+                    f"{self.source.name}: {len(values)} values for {len(plans)} levels"
+                )
+            self.source._queue_levels(plans, values, False)
+            return
+        if len(indices) != len(values) or len(set(indices)) != len(indices):
+            raise ValueError(
+                f"{self.source.name}: {len(values)} values for level indices {list(indices)} "
+                "(each index once)"
+            )
+        self.source._queue_levels([plans[k] for k in indices], values, False)
 
 
 class VirtualLabDMM(LabVisaInstrument):
@@ -538,24 +709,36 @@ class VirtualLabDMM(LabVisaInstrument):
 
         The same query and the same strict parsing as ``readings.get()`` (which calls it), the
         caches of ``readings`` and ``reading_number`` updated as a get would, without qcodes'
-        per-call machinery (the station system's hot path)."""
+        per-call machinery."""
+        _, out, number = self._scan_once()
+        return out, number
+
+    def read_scan_floats(self) -> tuple[list[float], int]:
+        """:meth:`read_scan` with the readings as Python floats (the same scan, parsing and
+        caches; the ``readings`` cache holds them as an array): the station system's hot path,
+        where an array of a few dozen values costs more than it saves."""
+        values, _, number = self._scan_once()
+        return values, number
+
+    def _scan_once(self) -> tuple[list[float], np.ndarray, int]:
         cmd = "READ?"
         reply = self.ask(cmd)
         head, _, rest = reply.partition(",")
         if not _INT.fullmatch(head.strip()):
             raise self.bad_reply(cmd, reply, "<reading number>,<v1>,...")
-        try:  # the same numbers as float() of each part (and the same refusals)
-            out = np.array(rest.split(","), dtype=np.float64)
+        try:  # float() of each part: its numbers and its refusals
+            values = list(map(float, rest.split(",")))
         except ValueError:
             raise self.bad_reply(cmd, reply, "comma-separated numbers") from None
         n = len(self._scan)
-        if n and out.size != n:
-            raise self.bad_reply(cmd, reply, f"{n} values, got {out.size}")
+        if n and len(values) != n:
+            raise self.bad_reply(cmd, reply, f"{n} values, got {len(values)}")
         number = int(head)
+        out = np.array(values, dtype=np.float64)
         self._reading_number = number
-        self.readings.cache.set(out)
+        self.readings.cache.set(out)  # the caches as the parameters' get would leave them
         self.reading_number.cache.set(number)
-        return out, number
+        return values, out, number
 
     def measure(self, channel: int) -> float:
         """One reading (V) of one multiplexer channel."""
@@ -626,12 +809,15 @@ class VirtualLabPots(LabVisaInstrument):
         cmd = "POT:TAP:ALL?"
         reply = self.ask(cmd)
         parts = reply.split(",")
-        if len(parts) != self.count or not all(_INT.fullmatch(p.strip()) for p in parts):
+        if len(parts) != self.count or not _INTS.fullmatch(reply):
             raise self.bad_reply(cmd, reply, f"{self.count} comma-separated integers")
-        return np.array([int(p) for p in parts], dtype=np.int64)
+        return np.array(list(map(int, parts)), dtype=np.int64)
 
     def _set_taps(self, taps: np.ndarray) -> None:
-        self.write("POT:TAP:ALL " + ",".join(str(int(k)) for k in np.asarray(taps)))
+        ks = np.asarray(taps)
+        if ks.dtype.kind not in "iu":  # the validator admits integer arrays only; be sure
+            ks = ks.astype(np.int64)
+        self.write("POT:TAP:ALL " + ",".join(map(str, ks.tolist())))
 
 
 class SwitchChannel(InstrumentChannel):

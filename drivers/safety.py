@@ -36,6 +36,8 @@ from physlearn.drivers.errors import EnvelopeViolation
 
 #: qcodes may overshoot its ramp step by a relative 1e-10; the envelope step is shrunk by this.
 STEP_MARGIN = 1e-9
+_MIN = np.minimum.reduce
+_MAX = np.maximum.reduce
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,8 @@ class RoleEnvelope:
                 f"{v.shape}"
             )
         lo, hi = self.limits.min, self.limits.max
-        if v.min() >= lo and v.max() <= hi:  # NaN fails both comparisons
+        # the ufuncs' reductions themselves (v.min()/v.max() add a Python layer; once a batch)
+        if _MIN(v, axis=None) >= lo and _MAX(v, axis=None) <= hi:  # NaN fails both
             return v
         bad = ~np.isfinite(v) | (v < lo) | (v > hi)
         if bad.any():

@@ -28,8 +28,17 @@ The phase of one pattern is one *transaction*: remove the previous nudge, set th
 the nudge, synchronise with every instrument written (a compliance-trip query or ``*OPC?``),
 wait ``settle_time``, scan until two successive scans agree within ``tolerance`` (if set; at
 most ``max_reads`` scans and ``timeout`` seconds). Unchanged levels are not rewritten; changed
-ones go to a source offering ``set_levels`` (the virtual-lab source) in one call, which checks
-them with the channels' qcodes validators and ramps them exactly as qcodes would.
+ones go to a source offering a bulk writer (the virtual-lab source's ``level_writer``, or its
+``set_levels``) in one call, which checks them against the channels' qcodes validators and
+ramps them exactly as qcodes would, leaving the parameters' caches at the levels written; the
+writer reads the validators, steps and delays once per batch (``equilibrate``), when the batch
+is checked against the envelope. Every role on one instrument shares that instrument's writer:
+a phase's changed levels (nudge released, inputs, nudge applied) are collected and go to it in
+one call, just before the phase writes anything else (a relay, an output) or synchronises --
+the same commands in the same order as writing role after role. The compliance-trip query and
+the scan go through the drivers' own readers (``read_trip_status``, ``read_scan_floats``: the
+parameters' get without qcodes' per-call machinery, the same queries, parsing, errors and
+caches) when they offer them.
 
 Every value of a transaction is checked against the safety envelope before its first write
 (:mod:`physlearn.drivers.safety`); qcodes validators, steps and inter-delays enforce it again.
@@ -59,7 +68,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
 
@@ -144,9 +153,29 @@ class _Source:
     roots: list[Any] = field(default_factory=list)
     #: level last written per channel (a fast skip of unchanged levels; NaN = unknown)
     last: list[float] = field(default_factory=list)
-    #: the instrument's bulk setter (``set_levels(params, values)``) when every channel is on
-    #: one instrument that offers it and the role does not ramp with an inter-delay
-    bulk: Callable[[list[Any], list[float]], None] | None = None
+    #: the instrument's bulk level writer (``level_writer(levels)``, or its ``set_levels``)
+    #: when every channel is on one instrument that offers it and the role does not ramp with
+    #: an inter-delay; shared by every such role on the instrument when it can be
+    bulk: _BulkWriter | None = None
+    #: index of the role's first level among the levels of ``bulk``
+    offset: int = 0
+
+
+class _PhaseLevels:
+    """The changed levels of one phase not yet handed to their bulk writer (one writer at a
+    time: see :meth:`StationSystem._set_levels`). Local to the phase: a phase that fails drops
+    it, and nothing it still holds was handed to an instrument."""
+
+    __slots__ = ("writer", "root", "values", "index", "roles", "ids")
+
+    def __init__(self) -> None:
+        self.writer: _BulkWriter | None = None
+        self.root: Any = None
+        self.values: list[float] = []  # new levels, in the order written
+        self.index: list[int] = []  # their indices among the writer's levels
+        #: per role queued: the role, its changed channels and their new levels
+        self.roles: list[tuple[_Source, list[int], list[float]]] = []
+        self.ids: list[int] = []  # id() of each role queued
 
 
 @dataclass
@@ -159,6 +188,44 @@ class _Switches:
 
 def _root(p: Any) -> Any:
     return p.root_instrument
+
+
+class _BulkWriter(Protocol):
+    """Sets a source role's levels in one go (see ``VirtualLabSource.level_writer``)."""
+
+    def refresh(self) -> None: ...
+
+    def write(self, values: list[float], indices: list[int] | None = None) -> None: ...
+
+
+class _SetLevelsWriter:
+    """A :class:`_BulkWriter` over an instrument's ``set_levels(params, values)`` (which reads
+    the parameters' validators on every call: nothing to refresh)."""
+
+    def __init__(self, set_levels: Callable[[list[Any], list[float]], None], params: list[Any]):
+        self._set_levels = set_levels
+        self._params = params
+
+    def refresh(self) -> None:
+        pass
+
+    def write(self, values: list[float], indices: list[int] | None = None) -> None:
+        params = self._params if indices is None else [self._params[k] for k in indices]
+        self._set_levels(params, values)
+
+
+def _bulk_writer(root: Any, levels: list[Any]) -> _BulkWriter | None:
+    """The instrument's bulk writer of ``levels``: ``level_writer`` (prepared once per batch),
+    else ``set_levels``; None if it has neither or cannot write these levels in bulk."""
+    make = getattr(root, "level_writer", None)
+    if callable(make):
+        try:
+            writer: _BulkWriter = make(levels)
+        except ValueError:  # e.g. a level with a post_delay: set them one by one
+            return None
+        return writer
+    bulk = getattr(root, "set_levels", None)
+    return _SetLevelsWriter(bulk, levels) if callable(bulk) else None
 
 
 class StationSystem(PhysicalSystem):
@@ -232,7 +299,8 @@ class StationSystem(PhysicalSystem):
         self._sources: dict[str, _Source] = {}
         self._switches: dict[str, _Switches] = {}
         self._readings: Any = None
-        self._read_scan: Callable[[], tuple[FloatArray, int]] | None = None
+        #: the meter's own scan reader (readings as Python floats, reading counter), if any
+        self._read_scan: Callable[[], tuple[list[float], int]] | None = None
         self._scan_list: Any = None
         self._counter: Any = None
         self._taps: Any = None
@@ -242,7 +310,12 @@ class StationSystem(PhysicalSystem):
         self._last_counter = -1
         self._dirty_roots: dict[int, Any] = {}
         self._batch_roots: list[Any] = []
-        self._trips: dict[int, Any] = {}
+        #: _batch(_batch_roots) is the deferred writes of one instrument
+        self._single_deferred = False
+        #: every distinct bulk level writer of the source roles (refreshed once per batch)
+        self._writers: list[_BulkWriter] = []
+        #: per source instrument (by id): the compliance-trip status reader (0: no trip)
+        self._trips: dict[int, Callable[[], Any]] = {}
         self._roots: dict[int, Any] = {}
         self._weight_names = expand_names(config.weights.channels or [])
         #: nudge kind possibly applied on the bench ("?" unknown; None: free state)
@@ -386,9 +459,6 @@ class StationSystem(PhysicalSystem):
             if rc.trip_status is not None:
                 src.trip = self._resolve(rc.trip_status)
             src.roots = list({id(_root(p)): _root(p) for p in src.levels}.values())
-            bulk = getattr(src.roots[0], "set_levels", None)
-            if len(src.roots) == 1 and callable(bulk) and src.env.limits.inter_delay == 0:
-                src.bulk = bulk
             src.last = [math.nan] * len(src.levels)
             self._sources[name] = src
         for kind in ("clamp", "target"):
@@ -411,9 +481,22 @@ class StationSystem(PhysicalSystem):
         roots = [r for src in self._sources.values() for r in src.roots]
         roots += [r for sw in self._switches.values() for r in sw.roots]
         self._batch_roots = list({id(r): r for r in roots if id(r) not in slow}.values())
-        self._trips = {
-            id(_root(src.trip)): src.trip for src in self._sources.values() if src.trip is not None
-        }
+        self._single_deferred = len(self._batch_roots) == 1 and hasattr(
+            self._batch_roots[0], "deferred_writes"
+        )
+        self._bind_writers()
+        # the compliance-trip query per source instrument: the driver's own reader when it is
+        # that parameter's get without qcodes' per-call machinery (same query, parsing, cache)
+        self._trips = {}
+        for src in self._sources.values():
+            if src.trip is None:
+                continue
+            root = _root(src.trip)
+            fast = getattr(root, "read_trip_status", None)
+            if callable(fast) and getattr(root, "trip_status", None) is src.trip:
+                self._trips[id(root)] = fast
+            else:
+                self._trips[id(root)] = src.trip.get
         p = cfg.probes
         self._readings = self._resolve(p.readings)
         self._scan_list = self._resolve(p.scan_list) if p.scan_list else None
@@ -422,14 +505,48 @@ class StationSystem(PhysicalSystem):
         # a meter whose driver reads a scan and its counter in one call (the same query and
         # parsing as the parameters' get, their caches updated) is read through it directly
         meter = _root(self._readings)
-        fast = getattr(meter, "read_scan", None)
         self._read_scan = None
-        if (
-            callable(fast)
-            and getattr(meter, "readings", None) is self._readings
-            and (self._counter is None or getattr(meter, "reading_number", None) is self._counter)
+        if getattr(meter, "readings", None) is self._readings and (
+            self._counter is None or getattr(meter, "reading_number", None) is self._counter
         ):
-            self._read_scan = fast
+            floats = getattr(meter, "read_scan_floats", None)
+            fast = getattr(meter, "read_scan", None)
+            if callable(floats):
+                self._read_scan = floats
+            elif callable(fast):
+
+                def as_floats(read: Callable[[], tuple[Any, int]] = fast) -> tuple[Any, int]:
+                    v, number = read()
+                    arr = np.asarray(v, dtype=np.float64)
+                    return (arr.tolist() if arr.ndim == 1 else [arr.tolist()]), number
+
+                self._read_scan = as_floats
+
+    def _bind_writers(self) -> None:
+        """Give every role that can be written in bulk (one instrument, no inter-delay) its
+        instrument's writer: one writer of the levels of all such roles on the instrument
+        (each role at its ``offset``), else -- if the instrument cannot write them together --
+        one per role."""
+        groups: dict[int, list[_Source]] = {}
+        for src in self._sources.values():
+            src.bulk, src.offset = None, 0
+            if len(src.roots) == 1 and src.env.limits.inter_delay == 0:
+                groups.setdefault(id(src.roots[0]), []).append(src)
+        self._writers = []
+        for roles in groups.values():
+            root = roles[0].roots[0]
+            shared = _bulk_writer(root, [p for src in roles for p in src.levels])
+            if shared is not None:
+                offset = 0
+                for src in roles:
+                    src.bulk, src.offset = shared, offset
+                    offset += len(src.levels)
+                self._writers.append(shared)
+                continue
+            for src in roles:
+                src.bulk = _bulk_writer(root, src.levels)
+                if src.bulk is not None:
+                    self._writers.append(src.bulk)
 
     def _install_envelope(self) -> None:
         for src in self._sources.values():
@@ -486,6 +603,9 @@ class StationSystem(PhysicalSystem):
         self._roots.clear()
         self._sources.clear()
         self._switches.clear()
+        self._writers = []
+        self._trips = {}
+        self._read_scan = None
         self._station = None
         self._connected = False
         self._opened = False
@@ -510,7 +630,11 @@ class StationSystem(PhysicalSystem):
         except InstrumentError as exc:
             self.events.append(f"resync failed: {exc}")
 
-    def _transaction(self, what: str, fn: Callable[[], T], attempts: int | None = None) -> T:
+    def _transaction(
+        self, what: str, fn: Callable[..., T], *args: Any, attempts: int | None = None
+    ) -> T:
+        """``fn(*args)``, retried as the module docstring says (``attempts``: instead of
+        ``retry.attempts``)."""
         r = self.config.retry
         n_attempts = attempts or r.attempts
         reconnects = 0
@@ -518,7 +642,7 @@ class StationSystem(PhysicalSystem):
         last: BaseException | None = None
         for attempt in range(n_attempts):
             try:
-                return fn()
+                return fn(*args)
             except (InstrumentIOError, InstrumentReplyError, StaleReadingError) as exc:
                 last = exc
                 link = isinstance(exc, InstrumentIOError)
@@ -584,45 +708,71 @@ class StationSystem(PhysicalSystem):
                 stack.enter_context(deferred())
         return stack
 
-    def _set_levels(self, src: _Source, values: FloatArray) -> None:
-        """Write the levels that differ from the last written ones (values already checked
-        against the envelope; the instrument's validators check them again)."""
+    def _set_levels(self, phase: _PhaseLevels, src: _Source, new: list[float]) -> None:
+        """Write the levels (floats, one per channel) that differ from the last written ones
+        (values already checked against the envelope; the instrument's validators check them
+        again). Through a bulk writer, they join ``phase`` (written by :meth:`_flush_levels`)
+        after what it holds of the same writer; what it holds of another writer, or of this
+        role already, is written first."""
         last = src.last
-        new = values.tolist()
         idx = [k for k, v in enumerate(new) if v != last[k]]  # NaN (unknown) differs always
         if not idx:
             return
-        if src.bulk is None:
+        writer = src.bulk
+        if writer is None:
+            self._flush_levels(phase)
             for k in idx:
                 last[k] = math.nan  # unknown until the write is through
                 self._set(src.levels[k], new[k])
                 last[k] = new[k]
             return
-        for k in idx:
-            last[k] = math.nan
-        levels = src.levels
+        if phase.writer is not writer or id(src) in phase.ids:
+            self._flush_levels(phase)
+            phase.writer, phase.root = writer, src.roots[0]
+        values = [new[k] for k in idx]
+        phase.values += values
+        offset = src.offset
+        phase.index += [offset + k for k in idx] if offset else idx
+        phase.roles.append((src, idx, values))
+        phase.ids.append(id(src))
+
+    def _flush_levels(self, phase: _PhaseLevels) -> None:
+        """Hand the levels ``phase`` holds to their writer, in one call (it checks every one of
+        them before queueing the first), and note them as written."""
+        writer = phase.writer
+        if writer is None:
+            return
+        values, index, roles, root = phase.values, phase.index, phase.roles, phase.root
+        phase.writer, phase.root = None, None
+        phase.values, phase.index, phase.roles, phase.ids = [], [], [], []
         t0 = time.perf_counter()
         try:
-            src.bulk([levels[k] for k in idx], [new[k] for k in idx])
+            writer.write(values, index)
+        except BaseException:
+            for src, idx, _ in roles:
+                for k in idx:
+                    src.last[k] = math.nan  # unknown: the write may or may not have gone through
+            raise
         finally:
             self.timers.instrument += time.perf_counter() - t0
-        for k in idx:
-            last[k] = new[k]
-        root = src.roots[0]
+        for src, idx, new in roles:
+            last = src.last
+            for k, v in zip(idx, new, strict=True):
+                last[k] = v
         self._dirty_roots[id(root)] = root
 
     def _sync(self) -> None:
         """Wait until every written instrument has executed its commands; check trips."""
-        if not self._dirty_roots:
+        dirty = self._dirty_roots
+        if not dirty:
             return
-        roots = list(self._dirty_roots.values())
         trips = self._trips
         t0 = time.perf_counter()
         try:
-            for root in roots:
-                trip = trips.get(id(root))
+            for key, root in dirty.items():
+                trip = trips.get(key)
                 if trip is not None:
-                    mask = trip.get()
+                    mask = trip()
                     if mask:
                         raise ComplianceTrip(
                             f"{root.name}: channels tripped by their compliance (status "
@@ -637,7 +787,7 @@ class StationSystem(PhysicalSystem):
                         )
         finally:
             self.timers.instrument += time.perf_counter() - t0
-        self._dirty_roots.clear()
+        dirty.clear()
 
     # -- open / close ------------------------------------------------------------------------
     def open(self) -> None:
@@ -911,22 +1061,33 @@ class StationSystem(PhysicalSystem):
         kind, levels = self._nudge_levels(nudge, x.shape[0])
         if kind is not None and levels is not None:
             self.envelopes[f"nudge.{kind}"].check(levels)
+        # the bulk writers read the levels' validators, steps and delays once per batch
+        t0 = time.perf_counter()
+        try:
+            for writer in self._writers:
+                writer.refresh()
+        finally:
+            self.timers.instrument += time.perf_counter() - t0
         batch = x.shape[0]
-        volts = np.empty((batch, self.n_nodes))
-        reads = np.empty(batch, dtype=np.int64)
-        converged = np.empty(batch, dtype=bool)
+        scans: list[list[float]] = []
+        reads: list[int] = []
+        converged: list[bool] = []
         settle = 0.0
+        # Python floats per pattern and per scan: the drivers format and parse them one by one,
+        # and an array of a few dozen values costs more than it saves
+        rows = x.tolist()
+        lv_rows: list[Any] = [None] * batch if levels is None else levels.tolist()
+        transaction = self._transaction
+        measure = self._measure_one
         for b in range(batch):
-            lv = None if levels is None else levels[b]
-
-            def one(
-                u: FloatArray = x[b], lv_: FloatArray | None = lv
-            ) -> tuple[Any, int, bool, float]:
-                return self._measure_one(u, kind, lv_)
-
-            v, n, ok, waited = self._transaction("measuring a pattern", one)
-            volts[b], reads[b], converged[b] = v, n, ok
+            v, n, ok, waited = transaction(
+                "measuring a pattern", measure, rows[b], kind, lv_rows[b]
+            )
+            scans.append(v)
+            reads.append(n)
+            converged.append(ok)
             settle += waited
+        volts = np.array(scans, dtype=np.float64)  # (batch, n_nodes): every scan's length checked
         # take: C-contiguous results (volts[:, idx] would be a transposed buffer for batch > 1)
         dv = volts.take(self._ei, axis=1) - volts.take(self._ej, axis=1)
         conj = 0.5 * dv * dv
@@ -935,16 +1096,17 @@ class StationSystem(PhysicalSystem):
             conjugates={GROUP: conj},
             state=None,
             residual=np.full(batch, np.nan),
-            iterations=reads,
+            iterations=np.array(reads, dtype=np.int64),
             shots=0,
             settle_time=settle,
             energy=conj @ self._held,
             observables={"node_voltages": volts},
-            converged=converged,
+            converged=np.array(converged, dtype=bool),
         )
 
-    def _release_nudge(self, keep: str | None) -> None:
-        """Bring every nudge role except ``keep`` to its free-phase state."""
+    def _release_nudge(self, phase: _PhaseLevels, keep: str | None) -> None:
+        """Bring every nudge role except ``keep`` to its free-phase state (levels into
+        ``phase``)."""
         if self._applied is None or self._applied == keep:
             return  # nothing else applied (set before a nudge is applied, cleared after this)
         for kind in self.supported_nudges:
@@ -952,36 +1114,48 @@ class StationSystem(PhysicalSystem):
                 continue
             if kind == "error":
                 src = self._sources["nudge.error"]
-                self._set_levels(src, np.zeros(len(src.levels)))
+                self._set_levels(phase, src, [0.0] * len(src.levels))
             elif kind in self._switches:
+                self._flush_levels(phase)
                 for p in self._switches[kind].states:
                     self._set(p, False)
             elif kind == "clamp":
+                self._flush_levels(phase)
                 src = self._sources["nudge.clamp"]
                 for p in src.outputs or []:
                     self._set(p, False)
 
     def _measure_one(
-        self, u: FloatArray, kind: str | None, levels: FloatArray | None
-    ) -> tuple[FloatArray, int, bool, float]:
-        with self._batch(self._batch_roots):
-            self._release_nudge(kind)
+        self, u: list[float], kind: str | None, levels: list[float] | None
+    ) -> tuple[list[float], int, bool, float]:
+        """One phase of one pattern (a transaction; see the module docstring): ``u`` the input
+        levels, ``levels`` the nudge's (floats, already checked against the envelope)."""
+        roots = self._batch_roots
+        batch = roots[0].deferred_writes() if self._single_deferred else self._batch(roots)
+        phase = _PhaseLevels()
+        with batch:
+            self._release_nudge(phase, kind)
             self._applied = kind
-            self._set_levels(self._sources["inputs"], u)
+            self._set_levels(phase, self._sources["inputs"], u)
             if kind is not None and levels is not None:
                 src = self._sources[f"nudge.{kind}"]
-                self._set_levels(src, levels)
+                self._set_levels(phase, src, levels)
                 if kind in self._switches:
+                    self._flush_levels(phase)
                     for p in self._switches[kind].states:
                         self._set(p, True)
                 elif kind == "clamp":
+                    self._flush_levels(phase)
                     for p in src.outputs or []:
                         self._set(p, True)
+            self._flush_levels(phase)
             self._sync()
         self.timers.phases += 1
         return self._read()
 
-    def _scan(self) -> FloatArray:
+    def _scan(self) -> list[float]:
+        """One scan of every node (V, Python floats), checked: its length, the reading counter
+        (stale), overload (beyond ``probes.range``, NaN)."""
         t0 = time.perf_counter()
         try:
             fast = self._read_scan
@@ -989,15 +1163,17 @@ class StationSystem(PhysicalSystem):
                 v, number = fast()
                 count = None if self._counter is None else number
             else:
-                v = np.asarray(self._readings.get(), dtype=np.float64)
+                arr = np.asarray(self._readings.get(), dtype=np.float64)
+                v = arr.tolist() if arr.ndim == 1 else [arr.tolist()]  # 2-D: refused below
                 count = None if self._counter is None else int(self._counter.get())
         finally:
             self.timers.instrument += time.perf_counter() - t0
         self.timers.scans += 1
-        if v.shape != (self.n_nodes,):
+        if len(v) != self.n_nodes or (v and type(v[0]) is not float):
             name = self._root_of(self._readings).name
+            size = len(v) if v and type(v[0]) is float else np.size(v)
             raise InstrumentReplyError(
-                f"{name}: a scan returned {v.size} readings, expected {self.n_nodes}", name
+                f"{name}: a scan returned {size} readings, expected {self.n_nodes}", name
             )
         if count is not None:
             if count <= self._last_counter:
@@ -1009,12 +1185,12 @@ class StationSystem(PhysicalSystem):
                 )
             self._last_counter = count
         rng = self.config.probes.range
-        if not np.abs(v).max() <= rng:  # NaN fails too
+        total = sum(v)  # NaN if a reading is NaN (or +inf and -inf: both overloads anyway)
+        if not (total == total and -rng <= min(v) and max(v) <= rng):
             name = self._root_of(self._readings).name
-            over = np.flatnonzero(~(np.abs(v) <= rng))
+            k = next(k for k, x in enumerate(v) if not abs(x) <= rng)
             raise InstrumentFault(
-                f"{name}: overload on node {int(over[0])} ({v[over[0]]:g} V beyond {rng:g} V)",
-                name,
+                f"{name}: overload on node {k} ({v[k]:g} V beyond {rng:g} V)", name
             )
         return v
 
@@ -1027,7 +1203,7 @@ class StationSystem(PhysicalSystem):
         self.timers.settle += dt
         return dt
 
-    def _read(self) -> tuple[FloatArray, int, bool, float]:
+    def _read(self) -> tuple[list[float], int, bool, float]:
         eq = self.config.equilibrium
         waited = self._wait(eq.settle_time) if eq.settle_time > 0 else 0.0
         v = self._scan()
@@ -1040,7 +1216,7 @@ class StationSystem(PhysicalSystem):
                 waited += self._wait(eq.poll_interval)
             v2 = self._scan()
             reads += 1
-            if float(np.max(np.abs(v2 - v))) <= eq.tolerance:
+            if max([abs(a - b) for a, b in zip(v2, v, strict=True)]) <= eq.tolerance:
                 return v2, reads, True, waited
             v = v2
         return v, reads, False, waited

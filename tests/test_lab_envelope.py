@@ -37,16 +37,21 @@ TAPS = (100, 900)
 HW_BETA = 1e-4  # S, the virtual lab's nudge resistors
 
 
-def envelope_config(station: Path, root: Path) -> dict[str, Any]:
+def envelope_config(station: Path, root: Path, relays: bool = True) -> dict[str, Any]:
+    """The envelope under test; ``relays``: with the target nudge through the switch matrix,
+    else current injection only."""
     raw = yaml.safe_load((CONFIGS / "virtual_lab_resistor.yaml").read_text())
     src = raw["system"]["inputs"]
     err = raw["system"]["nudge"]["error"]["sources"]
+    error = {"sources": {**err, "limits": {"min": -1e-3, "max": 1e-3, "step": 4e-4}}}
     raw = bench_experiment(
         raw,
         station,
         inputs={**src, "limits": {"min": -1.0, "max": 1.0, "step": 0.3}},
-        nudge={
-            "error": {"sources": {**err, "limits": {"min": -1e-3, "max": 1e-3, "step": 4e-4}}},
+        nudge={"error": error}
+        if not relays
+        else {
+            "error": error,
             "target": {
                 "sources": {
                     "channels": "src.ch{14..16}",
@@ -74,14 +79,20 @@ def envelope_config(station: Path, root: Path) -> dict[str, Any]:
     return raw
 
 
-@pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
+@pytest.fixture(scope="module", params=["relays", "one source"])
+def bench(request, tmp_path_factory) -> Iterator[tuple[Any, Any, dict[str, Any]]]:
     tmp = tmp_path_factory.mktemp("envelope")
+    relays = request.param == "relays"
     with running_lab(BENCH, record=True, **QUIET) as lab:
-        raw = envelope_config(write_station(lab, tmp / "station.yaml"), tmp)
+        raw = envelope_config(write_station(lab, tmp / "station.yaml"), tmp, relays)
         system = build_system(parse_config(raw))
         try:
             with system:
+                # every source role on the one source instrument: one shared bulk writer,
+                # flushed before the relays are switched (with relays) or at the sync (without)
+                (writer,) = system._writers
+                assert all(src.bulk is writer for src in system._sources.values())
+                assert bool(system._switches) == relays
                 yield lab, system, raw
         finally:
             Instrument.close_all()

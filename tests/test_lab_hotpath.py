@@ -1,0 +1,412 @@
+"""The station system's hot path (one phase of one pattern) through the drivers' fast methods:
+the level writer, the trip-status and scan readers, deferred writes, held interrupts. Each must
+do what the qcodes parameters' own set/get do -- the same commands, the same validation, the
+same strict parsing and errors, the same caches -- only cheaper."""
+
+from __future__ import annotations
+
+import math
+import signal
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+from qcodes import validators as vals
+from qcodes.instrument import Instrument
+
+import physlearn.drivers.instruments as instruments
+from physlearn.config import parse_config
+from physlearn.drivers.errors import InstrumentReplyError
+from physlearn.drivers.instruments import VirtualLabDMM, VirtualLabPots, VirtualLabSource
+from physlearn.drivers.testing import bench_experiment, running_lab, write_station
+from physlearn.orchestrator import build_system
+from physlearn.system import Nudge
+
+from .conftest import CONFIGS
+from .test_lab_protocol import _lab_source
+
+SIM = "physlearn.drivers:virtual_lab_sim.yaml"
+BENCH = CONFIGS / "virtual_lab_bench.yaml"
+QUIET = {"dmm": {"noise": 0.0, "resolution": 0.0}, "settling_tau": 0.0}
+
+
+@pytest.fixture(autouse=True)
+def _close_instruments() -> Iterator[None]:
+    yield
+    Instrument.close_all()
+
+
+class Scripted:
+    """A VISA handle that records what it is sent and replies ``reply(query)``."""
+
+    def __init__(self, real: Any, reply: Callable[[str], str]) -> None:
+        self.real, self.reply, self.timeout = real, reply, real.timeout
+        self.sent: list[str] = []
+
+    def write(self, message: str) -> None:
+        self.sent.append(message)
+
+    def query(self, message: str) -> str:
+        self.sent.append(message)
+        return self.reply(message)
+
+
+@contextmanager
+def scripted(inst: Any, reply: Callable[[str], str]) -> Iterator[Scripted]:
+    """Swap ``inst``'s VISA session for a :class:`Scripted` one for the block."""
+    real = inst.visa_handle
+    handle = Scripted(real, reply)
+    inst._visa_handle = handle
+    try:
+        yield handle
+    finally:
+        inst._visa_handle = real
+
+
+def _error(fn: Callable[[], Any]) -> str:
+    with pytest.raises(InstrumentReplyError) as info:
+        fn()
+    assert info.value.instrument
+    return str(info.value.args[0])  # the message, without qcodes' "getting ..." context
+
+
+# -- readers -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("reply", ["%", "1.5", "", "0x1", "1 2", "²"])
+def test_trip_status_reader_refuses_what_the_parameter_refuses(reply):
+    src = VirtualLabSource("src", "GPIB::1::INSTR", pyvisa_sim_file=SIM)
+    assert src.read_trip_status() == 0
+    assert src.trip_status.cache.get(get_if_invalid=False) == 0
+    with scripted(src, lambda q: reply):
+        via_parameter = _error(src.trip_status.get)
+        via_reader = _error(src.read_trip_status)
+    assert (
+        via_reader == via_parameter == f"src replied {reply!r} to 'STAT:TRIP?'; expected an integer"
+    )
+    assert src.trip_status.cache.get(get_if_invalid=False) == 0  # not overwritten
+    with scripted(src, lambda q: "5"):
+        assert src.read_trip_status() == 5
+    assert src.trip_status.cache.get(get_if_invalid=False) == 5
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "43,0.125,#?~,1.0",  # garbled value
+        "x,0.125,-0.5,1.0",  # no reading number
+        "43,0.125,-0.5",  # a reading short
+        "43,0.125,-0.5,1.0,2.0",  # one too many
+        "43",  # no readings
+        "43,0.125,,1.0",  # an empty field
+    ],
+)
+def test_scan_readers_refuse_what_the_readings_parameter_refuses(reply):
+    dmm = VirtualLabDMM("dmm", "GPIB::2::INSTR", pyvisa_sim_file=SIM)
+    dmm.scan_list.set([101, 102, 103])
+    good, n = dmm.read_scan_floats()
+    assert (good, n) == ([0.125, -0.5, 1.0], 42)
+    assert all(type(v) is float for v in good)
+    with scripted(dmm, lambda q: reply):
+        errors = {_error(f) for f in (dmm.readings.get, dmm.read_scan, dmm.read_scan_floats)}
+    assert len(errors) == 1, errors  # the same refusal, the same message
+    (msg,) = errors
+    assert msg.startswith(f"dmm replied {reply!r} to 'READ?'; expected ")
+    # a refused scan leaves the caches alone
+    np.testing.assert_array_equal(dmm.readings.cache.get(get_if_invalid=False), good)
+    assert dmm.reading_number.cache.get(get_if_invalid=False) == 42
+
+
+def test_scan_reader_keeps_the_caches_as_a_get():
+    dmm = VirtualLabDMM("dmm", "GPIB::2::INSTR", pyvisa_sim_file=SIM)
+    dmm.scan_list.set([101, 102, 103])
+    with scripted(dmm, lambda q: "7,1e-07,-2.5,9.9E37"):
+        values, number = dmm.read_scan_floats()
+    assert values == [1e-07, -2.5, 9.9e37] and number == 7
+    cached = dmm.readings.cache.get(get_if_invalid=False)
+    assert isinstance(cached, np.ndarray) and cached.dtype == np.float64
+    np.testing.assert_array_equal(cached, values)
+    assert dmm.reading_number.get() == 7  # no I/O: the counter of the last scan
+    with scripted(dmm, lambda q: "8,0.5,0.25,-1.0"):
+        arr, number = dmm.read_scan()
+        assert number == 8 and arr.tolist() == [0.5, 0.25, -1.0]
+        np.testing.assert_array_equal(dmm.readings.get(), [0.5, 0.25, -1.0])
+
+
+@pytest.mark.parametrize(
+    ("reply", "taps"),
+    [("1,2,3,1023", [1, 2, 3, 1023]), (" 1 , 2,3 ,+4", [1, 2, 3, 4]), ("0,0,0,0", [0, 0, 0, 0])],
+)
+def test_tap_reader_parses(reply, taps):
+    pots = VirtualLabPots("pots", "GPIB::3::INSTR", pyvisa_sim_file=SIM)
+    with scripted(pots, lambda q: reply):
+        got = pots.taps.get()
+    assert got.dtype == np.int64 and got.tolist() == taps
+
+
+@pytest.mark.parametrize(
+    "reply", ["1,2,3", "1,2,3,4,5", "1,2,3,4.0", "1,2,,4", "1_0,2,3,4", "a,b,c,d"]
+)
+def test_tap_reader_refuses(reply):
+    pots = VirtualLabPots("pots", "GPIB::3::INSTR", pyvisa_sim_file=SIM)
+    with scripted(pots, lambda q: reply):
+        msg = _error(pots.taps.get)
+    assert msg == f"pots replied {reply!r} to 'POT:TAP:ALL?'; expected 4 comma-separated integers"
+
+
+# -- writes ------------------------------------------------------------------------------------
+
+
+def test_deferred_writes_join_the_next_query_nest_and_drop_on_error():
+    src = VirtualLabSource("src", "GPIB::1::INSTR", pyvisa_sim_file=SIM)
+    with scripted(src, lambda q: "0") as h:
+        with src.deferred_writes():
+            src.write("SOUR1:VOLT 0.5")
+            with src.deferred_writes():  # nested: joins the outer block
+                src.write(":SOUR2:VOLT 0.25")
+            assert h.sent == []
+            assert src.read_trip_status() == 0
+            src.write("*CLS")
+        assert h.sent == [":SOUR1:VOLT 0.5;:SOUR2:VOLT 0.25;:STAT:TRIP?", "*CLS"]
+        h.sent.clear()
+        with pytest.raises(RuntimeError), src.deferred_writes():
+            src.write("SOUR1:VOLT 0.75")
+            raise RuntimeError("refused")
+        assert h.sent == []  # dropped, never sent
+        src.write("SOUR1:VOLT 0.125")  # outside a block: at once
+        assert h.sent == ["SOUR1:VOLT 0.125"]
+
+
+def test_level_writer_sends_what_setting_each_parameter_sends():
+    """LevelWriter.write (every level, or a subset by index): the same commands (values, ramps,
+    order) as qcodes' set of each parameter in turn, and the same caches afterwards."""
+    rng = np.random.default_rng(5)
+    steps: list[tuple[list[float], list[int] | None]] = [
+        ([0.9, -0.9, 0.3, 0.0, 1e-3], None),  # ramps of 3 steps
+        ([0.9, -0.9, 0.3, 0.0, 1e-3], None),  # unchanged: rewritten, as a set would
+        ([1e-3, -1.0], [4, 0]),  # a subset, in the caller's order
+        ([-1.0, 1.0, 0.29, 1e-12, -1e-3], None),
+        *[(list(v), None) for v in rng.uniform(-1, 1, (5, 5)) * [1, 1, 1, 1, 1e-3]],
+        ([0.0, 0.5], [3, 1]),
+    ]
+    with running_lab(BENCH, record=True) as lab:
+        one, bulk = _lab_source(lab, "src_one"), _lab_source(lab, "src_writer")
+        levels = {s: [*(ch.volt for ch in s.channels[:4]), s.channels[4].curr] for s in (one, bulk)}
+        writer = bulk.level_writer(levels[bulk])
+        sent = {}
+        for src in (one, bulk):
+            src.write("*RST")
+            for p in levels[src]:
+                p.get()
+            lab.clear_received()
+            for values, index in steps:
+                with src.deferred_writes():
+                    if src is one:
+                        chosen = range(5) if index is None else index
+                        for k, v in zip(chosen, values, strict=True):
+                            levels[src][k].set(float(v))
+                    else:
+                        writer.refresh()
+                        writer.write([float(v) for v in values], index)
+                assert src.ask("*OPC?") == "1"
+                cached = [p.cache.get(get_if_invalid=False) for p in levels[src]]
+                assert all(type(v) is float for v in cached)
+            sent[src.name] = lab.received("src")
+        assert sent["src_one"] == sent["src_writer"]
+        for p, q in zip(levels[one], levels[bulk], strict=True):
+            assert p.cache.get(get_if_invalid=False) == q.cache.get(get_if_invalid=False)
+        truth = lab.bench.summary()
+        assert [p.cache.get() for p in levels[bulk][:4]] == truth["volt"][:4].tolist()
+        assert levels[bulk][4].cache.get() == truth["curr"][4]
+
+
+def test_level_writer_refuses_before_sending_and_follows_a_refresh():
+    with running_lab(BENCH, record=True) as lab:
+        src = _lab_source(lab, "src_w")
+        params = [ch.volt for ch in src.channels[:3]]
+        for p in params:
+            p.get()
+        writer = src.level_writer(params)
+        lab.clear_received()
+        before = [p.cache.get(get_if_invalid=False) for p in params]
+        for values, index in (
+            ([0.5, 0.5, 1.5], None),  # outside the validator (the envelope)
+            ([0.5, math.nan, 0.5], None),
+            ([0.5, 0.5], None),  # a value short
+            ([0.5, 0.5], [1, 1]),  # an index twice
+        ):
+            with pytest.raises(ValueError), src.deferred_writes():
+                writer.write(values, index)
+        assert lab.received() == []
+        assert [p.cache.get(get_if_invalid=False) for p in params] == before
+        params[0].vals = vals.Numbers(-0.4, 0.4)  # a tighter envelope ...
+        writer.refresh()  # ... read at the next refresh (the station system: every batch)
+        with pytest.raises(ValueError, match="0.5"):
+            writer.write([0.5], [0])
+        params[1].post_delay = 0.01  # cannot be written in bulk any more
+        with pytest.raises(ValueError, match="post_delay"):
+            writer.refresh()
+        assert lab.received() == []
+        with pytest.raises(ValueError, match="twice"):
+            src.level_writer([params[0], params[0]])
+
+
+def test_a_ctrl_c_is_held_during_an_exchange_under_the_default_handler(monkeypatch):
+    """qcodes' DelayedKeyboardInterrupt wraps every exchange when Python's default SIGINT handler
+    is installed (it would hold a Ctrl-C), and is skipped under another handler (a run's own,
+    which it would leave alone anyway)."""
+    entered: list[str] = []
+
+    class Recording:
+        def __init__(self, context: dict[str, str]) -> None:
+            self.reason = context["reason"]
+
+        def __enter__(self) -> None:
+            entered.append(self.reason)
+
+        def __exit__(self, *exc: Any) -> None:
+            pass
+
+    monkeypatch.setattr(instruments, "DelayedKeyboardInterrupt", Recording)
+    src = VirtualLabSource("src", "GPIB::1::INSTR", pyvisa_sim_file=SIM)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    entered.clear()
+    try:
+        with scripted(src, lambda q: "0"):
+            src.read_trip_status()
+            src.write("*CLS")
+            assert entered == ["ask", "write"]
+            signal.signal(signal.SIGINT, lambda *a: None)
+            src.read_trip_status()
+            src.write("*CLS")
+            assert entered == ["ask", "write"]
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
+# -- the station system ------------------------------------------------------------------------
+
+
+def _experiment(station: Path, **system: Any) -> dict[str, Any]:
+    raw = yaml.safe_load((CONFIGS / "virtual_lab_resistor.yaml").read_text())
+    system.setdefault("equilibrium", {"settle_time": 0.0})
+    return bench_experiment(raw, station, **system)
+
+
+def _phases(rng: np.random.Generator) -> Iterator[tuple[np.ndarray, Nudge | None]]:
+    for _ in range(3):
+        x = rng.uniform(-1.5, 1.5, (4, 10))  # ramps (step 1 V) between patterns
+        eps = rng.uniform(-5, 5, (4, 3))
+        yield x, None
+        yield x, Nudge(beta=1e-4, error=eps)
+        yield x, Nudge(beta=-1e-4, error=eps)
+    yield np.zeros((2, 10)), None  # every current released, inputs to 0
+
+
+def _run_phases(tmp: Path, per_parameter: bool) -> tuple[list[tuple[str, str]], list[np.ndarray]]:
+    """The phases of :func:`_phases` through the station system: its bulk writers, or (
+    ``per_parameter``) none, every level set by its qcodes parameter's own set."""
+    tmp.mkdir()
+    with running_lab(BENCH, record=True, **QUIET) as lab:
+        system: Any = build_system(parse_config(_experiment(write_station(lab, tmp / "s.yaml"))))
+        outputs = []
+        with system:
+            # the common bench: inputs and error currents on one source share its one writer
+            (writer,) = system._writers
+            assert all(src.bulk is writer for src in system._sources.values())
+            if per_parameter:
+                for src in system._sources.values():
+                    src.bulk = None
+                system._writers = []
+            lab.clear_received()
+            for x, nudge in _phases(np.random.default_rng(11)):
+                eq = system.equilibrate(x, nudge)
+                outputs.append(eq.observables["node_voltages"])
+                _assert_caches_hold_what_was_written(system, lab)
+            sent = lab.received("src")
+        Instrument.close_all()
+    return sent, outputs
+
+
+def _assert_caches_hold_what_was_written(system: Any, lab: Any) -> None:
+    truth = lab.bench.summary()
+    src = system._instruments["src"]
+    for role, unit in (("inputs", "volt"), ("nudge.error", "curr")):
+        s = system._sources[role]
+        cached = [p.cache.get(get_if_invalid=False) for p in s.levels]
+        assert cached == s.last, role  # the skip memory and the caches agree
+        chans = [int(p.instrument.short_name[2:]) - 1 for p in s.levels]
+        assert cached == truth[unit][chans].tolist(), role  # and both are the truth
+    assert src.trip_status.cache.get(get_if_invalid=False) == 0
+
+
+def test_a_phase_writes_its_changed_levels_in_one_compound_message(tmp_path):
+    """A phase's levels -- the error nudge released, the inputs, the error nudge applied --
+    travel in that order, unchanged ones skipped, in one compound message with the trip query."""
+    eps = [1.0, -2.0, 0.5]
+    currents = [-1e-4 * e for e in eps]  # the error nudge's currents (A): -beta eps
+
+    def cmds(volts: list[float] | None = None, amps: list[float] | None = None) -> str:
+        out = [f":SOUR{11 + k}:CURR {a!r}" for k, a in enumerate(amps or [])]
+        out += [f":SOUR{1 + k}:VOLT {v!r}" for k, v in enumerate(volts or [])]
+        return ";".join([*out, ":STAT:TRIP?"])
+
+    with running_lab(BENCH, record=True, **QUIET) as lab:
+        system: Any = build_system(
+            parse_config(_experiment(write_station(lab, tmp_path / "s.yaml")))
+        )
+        with system:
+            lab.clear_received()
+            x = np.full((1, 10), 0.25)
+            x2 = x.copy()
+            x2[0, 3] = -0.5
+            system.equilibrate(x, None)
+            system.equilibrate(x, Nudge(beta=1e-4, error=np.array([eps])))
+            system.equilibrate(x2, None)
+            system.equilibrate(x2, None)  # nothing changes: nothing written, no sync
+            sent = [line for _, line in lab.received("src")]
+            _assert_caches_hold_what_was_written(system, lab)
+        Instrument.close_all()
+    released = cmds(amps=[0.0] * 3)[: -len(";:STAT:TRIP?")]
+    assert sent == [
+        cmds(volts=[0.25] * 10),
+        ";".join(f":SOUR{11 + k}:CURR {a!r}" for k, a in enumerate(currents)) + ";:STAT:TRIP?",
+        released + ";:SOUR4:VOLT -0.5;:STAT:TRIP?",
+    ]
+
+
+def test_the_bulk_writer_sends_what_the_parameters_send(tmp_path):
+    """Phases with ramps (step 1 V) between patterns and nudges on and off: the shared bulk
+    writer sends the same commands in the same order as qcodes' set of each changed level in
+    turn, measures the same, and leaves every level's cache at what the instrument holds after
+    every batch."""
+    bulk, bulk_out = _run_phases(tmp_path / "bulk", per_parameter=False)
+    each, each_out = _run_phases(tmp_path / "each", per_parameter=True)
+    assert [line for _, line in bulk] == [line for _, line in each]
+    assert any(";" in line and "STAT:TRIP?" in line for _, line in bulk)  # compound writes
+    for a, b in zip(bulk_out, each_out, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_driver_with_set_levels_only_gets_an_adapter():
+    """A driver offering ``set_levels`` but no ``level_writer`` is written through it (every
+    call reads the validators afresh: nothing to refresh)."""
+    from physlearn.drivers.station_system import _bulk_writer
+
+    calls: list[tuple[list[str], list[float]]] = []
+
+    class Legacy:
+        def set_levels(self, params: list[str], values: list[float]) -> None:
+            calls.append((list(params), list(values)))
+
+    writer = _bulk_writer(Legacy(), ["a", "b", "c"])
+    assert writer is not None
+    writer.refresh()
+    writer.write([1.0, 2.0, 3.0])
+    writer.write([5.0, 4.0], [2, 0])
+    assert calls == [(["a", "b", "c"], [1.0, 2.0, 3.0]), (["c", "a"], [5.0, 4.0])]
+    assert _bulk_writer(object(), ["a"]) is None
