@@ -288,10 +288,6 @@ class _Lanczos:
             self.chunks.append(np.empty((self.rows, self.dim), self.dtype))
         return self._row(j)
 
-    def release(self) -> None:
-        """Free the basis (the allocator keeps its memory for the next run, see ``_CHUNK``)."""
-        self.chunks = []
-
     def step(self) -> None:
         """One product: append ``alpha_j``, ``beta_j`` and (unless it broke down) ``q_{j+1}``
         (modified Gram--Schmidt order: ``beta_{j-1} q_{j-1}`` off before ``alpha_j``)."""
@@ -384,15 +380,6 @@ def _lanczos_ground_state(
     product per vector beyond the Lanczos run) and, for ``k = 2``, ``|<psi|excited>| <= 1e-6``.
     """
     lz = _Lanczos(op, start, max_steps, hv0)
-    try:
-        return _lanczos_run(lz, op, k, opts, max_steps)
-    finally:
-        lz.release()
-
-
-def _lanczos_run(
-    lz: _Lanczos, op: _Counting, k: int, opts: SolverOptions, max_steps: int
-) -> tuple[GroundState | None, Vector | None]:
     factor, check_at = 1.0, k
     last: tuple[int, FloatArray] | None = None
     psi = None
