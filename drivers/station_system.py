@@ -510,17 +510,8 @@ class StationSystem(PhysicalSystem):
             self._counter is None or getattr(meter, "reading_number", None) is self._counter
         ):
             floats = getattr(meter, "read_scan_floats", None)
-            fast = getattr(meter, "read_scan", None)
             if callable(floats):
                 self._read_scan = floats
-            elif callable(fast):
-
-                def as_floats(read: Callable[[], tuple[Any, int]] = fast) -> tuple[Any, int]:
-                    v, number = read()
-                    arr = np.asarray(v, dtype=np.float64)
-                    return (arr.tolist() if arr.ndim == 1 else [arr.tolist()]), number
-
-                self._read_scan = as_floats
 
     def _bind_writers(self) -> None:
         """Give every role that can be written in bulk (one instrument, no inter-delay) its
