@@ -203,14 +203,12 @@ def _nudged_start(
     c, psi1, h_psi1 = best
     overlap = complex(np.vdot(psi1, psi0))
     phase = overlap / abs(overlap) if overlap != 0 else 1.0
-    aligned = psi1 * phase if np.iscomplexobj(psi1) else psi1 * np.sign(phase.real)
-    start = psi0 + c * (aligned - psi0)
+    align = phase if np.iscomplexobj(psi1) else np.sign(phase.real)
+    start = psi0 + c * (psi1 * align - psi0)
     if h_start is None or h_psi1 is None:
         return start, None
     # (H + D) psi_1 = (H + D_1) psi_1 + (1 - 1/c) D psi_1, as D - D_1 = (1 - 1/c) D
-    h_aligned = (h_psi1 + (1.0 - 1.0 / c) * (d_op @ psi1)) * (
-        phase if np.iscomplexobj(psi1) else np.sign(phase.real)
-    )
+    h_aligned = (h_psi1 + (1.0 - 1.0 / c) * (d_op @ psi1)) * align
     return start, (1.0 - c) * h_start + c * h_aligned
 
 
