@@ -65,7 +65,9 @@ def _interrupts_need_holding() -> bool:
     """True when qcodes' :class:`DelayedKeyboardInterrupt` would hold a Ctrl-C: Python's default
     SIGINT handler is installed. Otherwise (e.g. a run's own handler, which only sets a stop
     flag) it does nothing but look, and the look is all that is skipped. Looked up on every
-    exchange (``signal.getsignal``, ~2 us: a phase has two or three exchanges)."""
+    exchange, or once per :meth:`LabVisaInstrument.batch`: ``signal.getsignal`` of a handler
+    that is not one of the ``signal.Handlers`` costs an enum lookup that fails, several
+    microseconds."""
     return signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
@@ -109,6 +111,44 @@ class _DeferredWrites:
             inst._send(";".join(pending))
 
 
+class _Batch:
+    """The context manager of :meth:`LabVisaInstrument.batch` (a class, like
+    :class:`_DeferredWrites`)."""
+
+    __slots__ = ("_inst", "_outer")
+
+    def __init__(self, inst: LabVisaInstrument) -> None:
+        self._inst = inst
+        self._outer = False
+
+    def __enter__(self) -> None:
+        inst = self._inst
+        self._outer = inst._held is None  # nested: the outer block owns the batch
+        if self._outer:
+            inst._held = {}
+            inst._hold_interrupts = _interrupts_need_holding()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._outer:
+            return
+        inst = self._inst
+        held, inst._held = inst._held, None
+        inst._hold_interrupts = None
+        if held:
+            inst._push_held(held)
+
+
+#: A cache update held back inside :meth:`LabVisaInstrument.batch`: the parameter, its value,
+#: and its cache's timestamp when the update was held (a different timestamp later means someone
+#: else updated the cache since: that update is the newer one)
+_Held = tuple[Parameter, Any, Any]
+
+
 def _fmt(v: float) -> str:
     """A float as exact SCPI text (shortest round-trip repr)."""
     return repr(float(v))
@@ -128,6 +168,10 @@ class LabVisaInstrument(VisaInstrument):
         self.io_seconds = 0.0
         self.io_count = 0
         self._pending: list[str] | None = None
+        #: inside :meth:`batch`: the held-back cache updates by parameter id, and whether an
+        #: exchange holds a Ctrl-C (looked up once per batch); None outside
+        self._held: dict[int, _Held] | None = None
+        self._hold_interrupts: bool | None = None
         super().__init__(name, address=address, **kwargs)
         self._address_arg = address
         self._nodelay()
@@ -167,13 +211,64 @@ class LabVisaInstrument(VisaInstrument):
         separate the writes."""
         return _DeferredWrites(self)
 
+    def batch(self) -> AbstractContextManager[None]:
+        """A block of exchanges that belong together (the station system opens one per
+        measurement batch of patterns), made cheaper per exchange:
+
+        * whether an exchange must hold a Ctrl-C until it is over (qcodes'
+          :class:`DelayedKeyboardInterrupt`: Python's default SIGINT handler is installed) is
+          looked up once, on entry, instead of on every exchange -- the SIGINT handler is not
+          expected to change inside the block;
+        * the parameter caches the hot-path methods update (:meth:`LevelWriter.write`,
+          :meth:`VirtualLabSource.read_trip_status`, :meth:`VirtualLabDMM.read_scan_floats`)
+          are updated once, on exit (also on an exception), with the last value of each. Inside
+          the block these methods use the held values themselves (a ramp starts from the level
+          last queued). A cache that something else updated in the meantime (a get, a set, a
+          resync) is newer than what is held for it: it is used, and kept.
+
+        Nested blocks join the outer one."""
+        return _Batch(self)
+
+    def _hold(self, p: Parameter, value: Any) -> None:
+        """``p.cache.set(value)``, held back to the end of the :meth:`batch` if one is open."""
+        held = self._held
+        if held is None:
+            p.cache.set(value)
+        else:
+            held[id(p)] = (p, value, p.cache.timestamp)
+
+    def _held_value(self, p: Parameter) -> Any:
+        """The value held for ``p`` in the open :meth:`batch`, or None (none held, or its cache
+        was updated since, which drops the held value)."""
+        held = self._held
+        if not held:
+            return None
+        entry = held.get(id(p))
+        if entry is None:
+            return None
+        if p.cache.timestamp != entry[2]:
+            del held[id(p)]
+            return None
+        return entry[1]
+
+    def _push_held(self, held: dict[int, _Held]) -> None:
+        """Update the caches held back by a :meth:`batch` (those nobody updated since)."""
+        for p, value, stamp in held.values():
+            if p.cache.timestamp == stamp:
+                p.cache.set(value)
+
     # The I/O below is qcodes' VisaInstrument.write_raw / ask_raw (a first Ctrl-C is held until
     # the exchange is over, debug logging), timing only the VISA call: io_seconds is VISA time,
     # nothing else. qcodes' DelayedKeyboardInterrupt is entered only when it would hold an
-    # interrupt (see _interrupts_need_holding) and the log messages are only built when debug
-    # logging is on: the same behaviour without their cost on every exchange.
+    # interrupt (see _interrupts_need_holding; inside a batch, as looked up on entry) and the log
+    # messages are only built when debug logging is on: the same behaviour without their cost on
+    # every exchange.
+    def _holds_interrupts(self) -> bool:
+        hold = self._hold_interrupts
+        return _interrupts_need_holding() if hold is None else hold
+
     def _send(self, message: str) -> None:
-        if _interrupts_need_holding():
+        if self._holds_interrupts():
             with DelayedKeyboardInterrupt(context={"instrument": self.name, "reason": "write"}):
                 self._write_visa(message)
         else:
@@ -229,7 +324,7 @@ class LabVisaInstrument(VisaInstrument):
             self._pending = []
             pending.append(_rooted(cmd))
             cmd = ";".join(pending)
-        if _interrupts_need_holding():
+        if self._holds_interrupts():
             with DelayedKeyboardInterrupt(context={"instrument": self.name, "reason": "ask"}):
                 return self._query_visa(cmd)
         return self._query_visa(cmd)
@@ -483,7 +578,8 @@ class VirtualLabSource(LabVisaInstrument):
         order, each value and every intermediate ramp value checked by the parameter's own
         validators (the safety envelope installed on them), a parameter with a ``step`` ramped
         from its cached level (read first if the cache is invalid; an unknown level is refused,
-        never jumped from), the caches holding the new levels afterwards -- but without qcodes'
+        never jumped from), the caches holding the new levels afterwards (at the end of a
+        :meth:`batch`, inside which a ramp starts from the level last queued) -- but without qcodes'
         per-call machinery, and stricter: every value is checked before the first command is
         queued (a refused value sends nothing), and the commands travel as one compound message
         (or join the pending one inside :meth:`deferred_writes`). Parameters with an
@@ -560,7 +656,9 @@ class VirtualLabSource(LabVisaInstrument):
                 if latest is not None and id(p) in latest:
                     start = latest[id(p)]
                 else:
-                    start = p.cache.get()  # the cached level; a get (a query) if invalid
+                    start = self._held_value(p)  # the level last queued in this batch
+                    if start is None:
+                        start = p.cache.get()  # the cached level; a get (a query) if invalid
                     if start is None:
                         start = p.get()
                 if not isinstance(start, (int, float)) or start != start:
@@ -586,21 +684,22 @@ class VirtualLabSource(LabVisaInstrument):
             if latest is not None:
                 latest[id(p)] = v
         self._write_rooted(cmds)
-        # the caches as a set would leave them (raw value = value: nothing converts it); a
-        # parameter given twice ends at its last value
+        # the caches as a set would leave them (raw value = value: nothing converts it; held
+        # to the end of a batch); a parameter given twice ends at its last value
         for plan, v in zip(plans, news, strict=True):
-            plan[0].cache.set(v)
+            self._hold(plan[0], v)
 
     def read_trip_status(self) -> int:
         """``trip_status.get()`` without qcodes' per-call machinery (the station system's hot
         path): the same query (``STAT:TRIP?``, joining pending deferred writes), the same
-        strict parsing and error, the parameter's cache updated as a get would."""
+        strict parsing and error, the parameter's cache updated as a get would (held to the end
+        of a :meth:`batch`)."""
         cmd = "STAT:TRIP?"
         reply = self.ask(cmd)
         if not _INT.fullmatch(reply):
             raise self.bad_reply(cmd, reply, "an integer")
         mask = int(reply)
-        self.trip_status.cache.set(mask)
+        self._hold(self.trip_status, mask)
         return mask
 
     def clear_trips(self) -> None:
@@ -708,19 +807,15 @@ class VirtualLabDMM(LabVisaInstrument):
         """One scan (``READ?``): the readings (V) and the reading counter of its first reading.
 
         The same query and the same strict parsing as ``readings.get()`` (which calls it), the
-        caches of ``readings`` and ``reading_number`` updated as a get would, without qcodes'
-        per-call machinery."""
-        _, out, number = self._scan_once()
-        return out, number
+        caches of ``readings`` and ``reading_number`` updated as a get would (held to the end of
+        a :meth:`batch`), without qcodes' per-call machinery."""
+        values, number = self.read_scan_floats()
+        return np.array(values, dtype=np.float64), number
 
     def read_scan_floats(self) -> tuple[list[float], int]:
         """:meth:`read_scan` with the readings as Python floats (the same scan, parsing and
         caches; the ``readings`` cache holds them as an array): the station system's hot path,
         where an array of a few dozen values costs more than it saves."""
-        values, _, number = self._scan_once()
-        return values, number
-
-    def _scan_once(self) -> tuple[list[float], np.ndarray, int]:
         cmd = "READ?"
         reply = self.ask(cmd)
         head, _, rest = reply.partition(",")
@@ -734,11 +829,25 @@ class VirtualLabDMM(LabVisaInstrument):
         if n and len(values) != n:
             raise self.bad_reply(cmd, reply, f"{n} values, got {len(values)}")
         number = int(head)
-        out = np.array(values, dtype=np.float64)
         self._reading_number = number
-        self.readings.cache.set(out)  # the caches as the parameters' get would leave them
-        self.reading_number.cache.set(number)
-        return values, out, number
+        self._hold(self.readings, values)  # the caches as the parameters' get would leave them
+        self._hold(self.reading_number, number)
+        return values, number
+
+    def _hold(self, p: Parameter, value: Any) -> None:
+        if p is self.readings:  # held as the list the scan parsed; the cache holds an array
+            held = self._held
+            if held is not None:
+                held[id(p)] = (p, value, p.cache.timestamp)
+                return
+            value = np.array(value, dtype=np.float64)
+        super()._hold(p, value)
+
+    def _push_held(self, held: dict[int, _Held]) -> None:
+        entry = held.get(id(self.readings))
+        if entry is not None:
+            held[id(self.readings)] = (entry[0], np.array(entry[1], dtype=np.float64), entry[2])
+        super()._push_held(held)
 
     def measure(self, channel: int) -> float:
         """One reading (V) of one multiplexer channel."""

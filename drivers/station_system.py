@@ -687,6 +687,21 @@ class StationSystem(PhysicalSystem):
         root = self._root_of(param)
         self._dirty_roots[id(root)] = root
 
+    def _exchange_batch(self) -> ExitStack:
+        """Every instrument's ``batch()`` block (drivers that offer one, like
+        :meth:`~physlearn.drivers.instruments.LabVisaInstrument.batch`), entered: around a
+        measurement batch, whose exchanges it makes cheaper. The caches it holds back are
+        updated when it exits, before anything else (a resync, the safe state) reads them."""
+        stack = ExitStack()
+        try:
+            for inst in self._instruments.values():
+                if callable(getattr(type(inst), "batch", None)):  # a method, not a parameter
+                    stack.enter_context(inst.batch())
+        except BaseException:
+            stack.close()
+            raise
+        return stack
+
     def _batch(self, roots: list[Any]) -> AbstractContextManager[Any]:
         """Deferred writes (compound messages) on the given instruments that support them."""
         if len(roots) == 1 and hasattr(roots[0], "deferred_writes"):
@@ -1070,14 +1085,15 @@ class StationSystem(PhysicalSystem):
         lv_rows: list[Any] = [None] * batch if levels is None else levels.tolist()
         transaction = self._transaction
         measure = self._measure_one
-        for b in range(batch):
-            v, n, ok, waited = transaction(
-                "measuring a pattern", measure, rows[b], kind, lv_rows[b]
-            )
-            scans.append(v)
-            reads.append(n)
-            converged.append(ok)
-            settle += waited
+        with self._exchange_batch():
+            for b in range(batch):
+                v, n, ok, waited = transaction(
+                    "measuring a pattern", measure, rows[b], kind, lv_rows[b]
+                )
+                scans.append(v)
+                reads.append(n)
+                converged.append(ok)
+                settle += waited
         volts = np.array(scans, dtype=np.float64)  # (batch, n_nodes): every scan's length checked
         # take: C-contiguous results (volts[:, idx] would be a transposed buffer for batch > 1)
         dv = volts.take(self._ei, axis=1) - volts.take(self._ej, axis=1)

@@ -288,6 +288,102 @@ def test_a_ctrl_c_is_held_during_an_exchange_under_the_default_handler(monkeypat
         signal.signal(signal.SIGINT, old)
 
 
+def test_a_batch_holds_the_caches_back_and_ramps_from_what_it_queued():
+    """Inside ``batch()`` the hot-path writers and readers leave the caches alone and a ramp
+    starts from the level last queued: the same commands as without a batch; on exit (also on
+    an error) every cache holds its last value."""
+    values = [[0.9, -0.9, 0.3, 0.0, 1e-3], [-0.6, 0.9, 0.3, 0.1, -1e-3], [0.0, 0.0, 0.0, 0.0, 0.0]]
+    with running_lab(BENCH, record=True) as lab:
+        sent = []
+        for name, in_batch in (("src_plain", False), ("src_batch", True)):
+            src = _lab_source(lab, name)
+            src.write("*RST")
+            params = [*(ch.volt for ch in src.channels[:4]), src.channels[4].curr]
+            for p in params:
+                p.get()
+            before = [p.cache.get(get_if_invalid=False) for p in params]
+            writer = src.level_writer(params)
+            lab.clear_received()
+            with src.batch() if in_batch else src.deferred_writes():
+                for row in values[:2]:
+                    with src.deferred_writes():
+                        writer.write(row)
+                        assert src.read_trip_status() == 0
+                    cached = [p.cache.get(get_if_invalid=False) for p in params]
+                    assert cached == (before if in_batch else row)
+                    assert src.trip_status.cache.get(get_if_invalid=False) == (
+                        None if in_batch else 0
+                    )
+            assert [p.cache.get(get_if_invalid=False) for p in params] == values[1]
+            assert src.trip_status.cache.get(get_if_invalid=False) == 0
+            with pytest.raises(RuntimeError), src.batch():  # an error: the caches still follow
+                writer.write(values[2])
+                assert src.ask("*OPC?") == "1"
+                raise RuntimeError("stop")
+            assert [p.cache.get(get_if_invalid=False) for p in params] == values[2]
+            sent.append(lab.received("src"))
+        assert sent[0] == sent[1]  # ramps (step 0.3 V) between rows: from the queued levels
+
+
+def test_a_cache_updated_inside_a_batch_wins_over_what_the_batch_holds():
+    """A get (or a set) inside a batch is newer than what the batch holds for that parameter:
+    the next ramp starts from it, and the batch does not overwrite it on exit."""
+    with running_lab(BENCH, record=True) as lab:
+        src = _lab_source(lab, "src_b")
+        src.write("*RST")
+        p, q = src.channels[0].volt, src.channels[1].volt
+        p.get(), q.get()
+        writer = src.level_writer([p, q])
+        with src.batch():
+            with pytest.raises(RuntimeError), src.deferred_writes():
+                writer.write([0.9, 0.9])  # queued, held, then dropped: never sent
+                raise RuntimeError("dropped")
+            assert p.get() == 0.0  # a resync reads the truth: the batch's 0.9 is stale
+            lab.clear_received()
+            writer.write([0.6], [0])
+            assert src.ask("*OPC?") == "1"
+            (line,) = [cmd for _, cmd in lab.received("src") if "VOLT" in cmd]
+            step = p.step
+            ramp = [f":SOUR1:VOLT {v!r}" for v in (step, 2 * step, 0.6)]  # from 0.0, not 0.9
+            assert line == ";".join(ramp)
+            q.cache.set(0.25)  # someone else's (newer) value for q
+        assert p.cache.get(get_if_invalid=False) == 0.6
+        assert q.cache.get(get_if_invalid=False) == 0.25
+
+
+def test_a_batch_looks_the_interrupt_policy_up_once(monkeypatch):
+    """Inside a batch, whether an exchange holds a Ctrl-C is what it was on entry; after it, the
+    lookup is per exchange again."""
+    entered: list[str] = []
+
+    class Recording:
+        def __init__(self, context: dict[str, str]) -> None:
+            self.reason = context["reason"]
+
+        def __enter__(self) -> None:
+            entered.append(self.reason)
+
+        def __exit__(self, *exc: Any) -> None:
+            pass
+
+    monkeypatch.setattr(instruments, "DelayedKeyboardInterrupt", Recording)
+    src = VirtualLabSource("src", "GPIB::1::INSTR", pyvisa_sim_file=SIM)
+    old = signal.signal(signal.SIGINT, signal.default_int_handler)
+    entered.clear()
+    try:
+        with scripted(src, lambda q: "0"):
+            with src.batch():
+                signal.signal(signal.SIGINT, lambda *a: None)
+                src.read_trip_status()
+                with src.batch():  # nested: joins the outer one
+                    src.write("*CLS")
+            assert entered == ["ask", "write"]
+            src.read_trip_status()
+            assert entered == ["ask", "write"]
+    finally:
+        signal.signal(signal.SIGINT, old)
+
+
 # -- the station system ------------------------------------------------------------------------
 
 
