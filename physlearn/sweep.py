@@ -723,6 +723,9 @@ def _local_cluster(n: int, timings: dict[str, float] | None = None) -> tuple[Loc
             processes=True,
             host="127.0.0.1",
             dashboard_address=None,
+            # no dashboard; the scheduler's HTTP server (health, metrics) still starts, on a
+            # free loopback port instead of 8787, which a second cluster would find taken
+            scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},
             silence_logs=logging.ERROR,
             config=dask.config.config,  # each nanny hands this config to its worker
         )

@@ -50,6 +50,7 @@ def scheduler() -> Iterator[str]:
         processes=True,
         host="127.0.0.1",
         dashboard_address=None,
+        scheduler_kwargs={"dashboard_address": "127.0.0.1:0"},  # its HTTP server: a free port
     ) as cluster:
         yield cluster.scheduler_address
 
@@ -245,6 +246,9 @@ def test_physlearns_local_cluster_turns_dask_bookkeeping_down() -> None:
         seen = client.run(lambda: {k: dask.config.get(k) for k in _QUIET_DASK})
         assert list(seen.values()) == [_QUIET_DASK]
         assert {k: dask.config.get(k) for k in _QUIET_DASK} == before  # the driver's untouched
+        # the scheduler's HTTP server (no dashboard): loopback, a free port, never 8787
+        http = cluster.scheduler.http_server
+        assert http.address == "127.0.0.1" and http.port not in (0, 8787)
     finally:
         client.close()
         cluster.close()
