@@ -47,7 +47,7 @@ class MSE:
     supervised: bool = True
 
     def value(self, y: FloatArray, t: FloatArray) -> FloatArray:
-        return np.asarray(0.5 * np.sum((y - t) ** 2, axis=-1))
+        return np.asarray(0.5 * np.add.reduce((y - t) ** 2, axis=-1))  # np.sum, unwrapped
 
     def grad(self, y: FloatArray, t: FloatArray) -> FloatArray:
         return np.asarray(y - t)
@@ -101,6 +101,14 @@ class CrossEntropy:
         logp, q = self._parts(y, t)
         return np.asarray((np.exp(logp) - q) / self.temperature)
 
+    def value_and_grad(self, y: FloatArray, t: FloatArray) -> tuple[FloatArray, FloatArray]:
+        """``(value(y, t), grad(y, t))`` from one softmax."""
+        logp, q = self._parts(y, t)
+        return (
+            np.asarray(-np.add.reduce(q * logp, axis=-1)),  # value's np.sum, unwrapped
+            np.asarray((np.exp(logp) - q) / self.temperature),
+        )
+
 
 @dataclass(frozen=True)
 class NegAbs:
@@ -129,6 +137,16 @@ class NegSquare:
 LOSSES: dict[str, Loss] = {
     loss.name: loss for loss in (MSE(), XYLog(), XYCosine(), CrossEntropy(), NegAbs(), NegSquare())
 }
+
+
+def value_and_grad(loss: Loss, y: FloatArray, t: FloatArray) -> tuple[FloatArray, FloatArray]:
+    """``(loss.value(y, t), loss.grad(y, t))``; a loss with a ``value_and_grad`` method of its
+    own (e.g. :class:`CrossEntropy`, one softmax for both) computes them together."""
+    both = getattr(loss, "value_and_grad", None)
+    if both is not None:
+        value, grad = both(y, t)
+        return value, grad
+    return loss.value(y, t), loss.grad(y, t)
 
 
 def get_loss(name: str, temperature: float = 1.0) -> Loss:

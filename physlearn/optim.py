@@ -36,18 +36,21 @@ def project(
     dev: dict[str, float] = {}
     for g in groups:
         r = np.asarray(requested[g.name], dtype=float)
-        if not np.all(np.isfinite(r)):
+        if not np.isfinite(r).all():
             raise FloatingPointError(f"non-finite update for parameter group {g.name!r}")
         if g.periodic:
             period = g.upper - g.lower
             s = g.lower + np.mod(r - g.lower, period)
             clipped[g.name] = 0
         else:
-            s = np.clip(r, g.lower, g.upper)
+            s = r.clip(g.lower, g.upper)  # np.clip's own path, without its dispatch layers
             clipped[g.name] = int(np.count_nonzero(s != r))
         h = g.quantise(s)
         shadow[g.name] = s
         held[g.name] = h
+        if not g.periodic and g.resolution <= 0 and not clipped[g.name]:
+            dev[g.name] = 0.0  # held == shadow == requested: every |h - r| is 0.0
+            continue
         d = np.abs(h - r)
         if g.periodic:
             d = np.minimum(d, g.upper - g.lower - d)

@@ -83,6 +83,10 @@ def _estimator(cfg: EstimatorConfig) -> Estimator:
     return ThermalCovariance()
 
 
+#: Steps whose batch indices and random generators :meth:`Campaign._step_inputs` makes at once.
+_AHEAD = 32
+
+
 @dataclass
 class RunResult:
     path: Path
@@ -192,6 +196,14 @@ class Campaign:
         if self.carry_shapes and "carry/valid" not in store.checkpoint_entries():
             self.carry_shapes = {}  # a run created before carried states: keep it as it began
         self.carry: dict[str, np.ndarray] | None = None
+        # the exact-gradient diagnostic's system (a runtime protocol check costs microseconds,
+        # so it is made once); None when the diagnostic is off
+        self._exact: ExactGradient | None = None
+        if config.diagnostics.exact_gradient and isinstance(system, ExactGradient):
+            self._exact = system
+        self._plan: _StepPlan | None = None  # names and metadata of the step records
+        # the batch indices and random generators of the next steps (see _step_inputs)
+        self._ahead: dict[int, tuple[np.ndarray, np.random.Generator]] = {}
 
     # -- parameters --------------------------------------------------------------------------
     def initialise(self) -> int:
@@ -219,13 +231,115 @@ class Campaign:
         units: str | None = None,
         long_name: str | None = None,
     ) -> None:
-        meta = None
-        if name not in self.recorder.meta:
-            u, ln = _DESCRIPTIONS.get(name, ("1", name))
-            if u == "system":
-                u = self.system.energy_unit
-            meta = ArrayMeta(dims, units or u, long_name or ln, dim)
-        self.recorder.record(name, value, meta or self.recorder.meta[name])
+        meta = self.recorder.meta.get(name)
+        if meta is None:
+            meta = self._meta(name, dims, dim, units, long_name)
+        self.recorder.record(name, value, meta)
+
+    def _meta(
+        self,
+        name: str,
+        dims: tuple[str, ...],
+        dim: str = "step",
+        units: str | None = None,
+        long_name: str | None = None,
+    ) -> ArrayMeta:
+        u, ln = _DESCRIPTIONS.get(name, ("1", name))
+        if u == "system":
+            u = self.system.energy_unit
+        return ArrayMeta(dims, units or u, long_name or ln, dim)
+
+    def _step_plan(self) -> _StepPlan:
+        """The names and metadata of the records every step makes (built at the first step
+        recorded, then reused: they depend only on the system, estimator and config)."""
+        sys_, cfg = self.system, self.config.store
+        meta = self._meta
+        m = {
+            "sample_index": meta("sample_index", ("sample",)),
+            "inputs": meta(
+                "inputs",
+                ("sample", "input"),
+                units=sys_.inputs.unit,
+                long_name="physical inputs (clamped)",
+            ),
+            "targets": meta(
+                "targets",
+                ("sample", "output"),
+                units=sys_.outputs.unit,
+                long_name="physical targets",
+            ),
+            "outputs": meta(
+                "outputs",
+                ("phase", "sample", "output"),
+                units=sys_.outputs.unit,
+                long_name="measured outputs per phase",
+            ),
+        }
+        conjugates = "none"
+        if cfg.conjugates != "none" and self.estimator.needs_conjugates:
+            conjugates = cfg.conjugates
+        groups = []
+        for g in self.groups:
+            unit = f"{g.energy_unit}/{g.unit}"
+            names = _GroupRecords(
+                g.name,
+                f"conj_{g.name}",
+                f"param_{g.name}",
+                f"grad_{g.name}",
+                f"clipped_{g.name}",
+                f"projection_{g.name}",
+            )
+            if conjugates == "per_sample":
+                m[names.conj] = meta(
+                    names.conj,
+                    ("phase", "sample", *g.dims),
+                    units=unit,
+                    long_name=f"dE/d{g.name} at equilibrium",
+                )
+            elif conjugates == "batch_mean":
+                m[names.conj] = meta(
+                    names.conj,
+                    ("phase", *g.dims),
+                    units=unit,
+                    long_name=f"batch-mean dE/d{g.name}",
+                )
+            m[names.param] = meta(
+                names.param,
+                g.dims,
+                units=g.unit,
+                long_name=f"{g.long_name or g.name} held during the step",
+            )
+            m[names.grad] = meta(
+                names.grad, g.dims, units=unit, long_name=f"gradient estimate dL/d{g.name}"
+            )
+            m[names.clipped] = meta(
+                names.clipped,
+                (),
+                long_name=f"elements of {g.name} stopped at a bound by the projection",
+            )
+            m[names.projection] = meta(
+                names.projection,
+                (),
+                units=g.unit,
+                long_name=f"max |requested - held| {g.name} after the update",
+            )
+            groups.append(names)
+        for name in ("residual", "iterations", "converged", "energy"):
+            m[name] = meta(name, ("phase", "sample"))
+        for name in ("shots", "settle_time"):
+            m[name] = meta(name, ("phase",))
+        for name in (
+            "loss",
+            "report_loss",
+            "batch_accuracy",
+            "lr",
+            "grad_cosine",
+            "grad_rel_error",
+            "timestamp",
+            "step_time",
+        ):
+            m[name] = meta(name, ())
+        return _StepPlan(m, tuple(groups), conjugates)
 
     def _record_step(
         self,
@@ -240,95 +354,41 @@ class Campaign:
         proj: Any,
         t0: float,
     ) -> None:
-        sys_, cfg = self.system, self.config.store
-        self._record("sample_index", idx, ("sample",))
-        self._record(
-            "inputs",
-            x,
-            ("sample", "input"),
-            units=sys_.inputs.unit,
-            long_name="physical inputs (clamped)",
-        )
-        self._record(
-            "targets",
-            t,
-            ("sample", "output"),
-            units=sys_.outputs.unit,
-            long_name="physical targets",
-        )
+        plan = self._plan
+        if plan is None:
+            plan = self._plan = self._step_plan()
+        m = plan.meta
+        record = self.recorder.record
         phases = est.phases
-        self._record(
-            "outputs",
-            [p.eq.outputs.real for p in phases],
-            ("phase", "sample", "output"),
-            units=sys_.outputs.unit,
-            long_name="measured outputs per phase",
-        )
-        for g in self.groups:
-            unit = f"{g.energy_unit}/{g.unit}"
-            if cfg.conjugates != "none" and self.estimator.needs_conjugates:
-                if cfg.conjugates == "per_sample":
-                    self._record(
-                        f"conj_{g.name}",
-                        [p.eq.conjugates[g.name].real for p in phases],
-                        ("phase", "sample", *g.dims),
-                        units=unit,
-                        long_name=f"dE/d{g.name} at equilibrium",
-                    )
-                else:
-                    self._record(
-                        f"conj_{g.name}",
-                        [p.eq.conjugate_mean(g.name).real for p in phases],
-                        ("phase", *g.dims),
-                        units=unit,
-                        long_name=f"batch-mean dE/d{g.name}",
-                    )
-            self._record(
-                f"param_{g.name}",
-                np.array(params_used[g.name]),
-                g.dims,
-                units=g.unit,
-                long_name=f"{g.long_name or g.name} held during the step",
-            )
-            self._record(
-                f"grad_{g.name}",
-                est.gradient[g.name],
-                g.dims,
-                units=unit,
-                long_name=f"gradient estimate dL/d{g.name}",
-            )
-            self._record(
-                f"clipped_{g.name}",
-                proj.clipped[g.name],
-                (),
-                long_name=f"elements of {g.name} stopped at a bound by the projection",
-            )
-            self._record(
-                f"projection_{g.name}",
-                proj.max_deviation[g.name],
-                (),
-                units=g.unit,
-                long_name=f"max |requested - held| {g.name} after the update",
-            )
+        record("sample_index", idx, m["sample_index"])
+        record("inputs", x, m["inputs"])
+        record("targets", t, m["targets"])
+        free_outputs = phases[0].eq.outputs.real
+        record("outputs", [p.eq.outputs.real for p in phases], m["outputs"])
+        for n in plan.groups:
+            if plan.conjugates == "per_sample":
+                record(n.conj, [p.eq.conjugates[n.group].real for p in phases], m[n.conj])
+            elif plan.conjugates == "batch_mean":
+                record(n.conj, [p.eq.conjugate_mean(n.group).real for p in phases], m[n.conj])
+            record(n.param, np.array(params_used[n.group]), m[n.param])
+            record(n.grad, est.gradient[n.group], m[n.grad])
+            record(n.clipped, proj.clipped[n.group], m[n.clipped])
+            record(n.projection, proj.max_deviation[n.group], m[n.projection])
         b = phases[0].eq.batch
-        nan = np.full(b, np.nan)
-        self._record("residual", [_or(p.eq.residual, nan) for p in phases], ("phase", "sample"))
-        self._record(
+        nan, zeros, ones = plan.defaults(b)
+        record("residual", [_or(p.eq.residual, nan) for p in phases], m["residual"])
+        # one int64 / bool array per phase, assembled by the writer (exactly the values of the
+        # stacked and converted array, without stacking on the hot path)
+        record(
             "iterations",
-            np.stack([_or(p.eq.iterations, np.zeros(b, np.int64)) for p in phases]).astype(
-                np.int64
-            ),
-            ("phase", "sample"),
+            [_as(p.eq.iterations, zeros, np.int64) for p in phases],
+            m["iterations"],
         )
-        self._record(
-            "converged",
-            np.stack([_or(p.eq.converged, np.ones(b, bool)) for p in phases]).astype(bool),
-            ("phase", "sample"),
-        )
-        self._record("energy", [_or(p.eq.energy, nan).real for p in phases], ("phase", "sample"))
-        self._record("shots", np.array([p.eq.shots for p in phases], np.int64), ("phase",))
-        self._record("settle_time", np.array([p.eq.settle_time for p in phases]), ("phase",))
-        if cfg.observables:
+        record("converged", [_as(p.eq.converged, ones, np.bool_) for p in phases], m["converged"])
+        record("energy", [_or(p.eq.energy, nan).real for p in phases], m["energy"])
+        record("shots", np.array([p.eq.shots for p in phases], np.int64), m["shots"])
+        record("settle_time", np.array([p.eq.settle_time for p in phases]), m["settle_time"])
+        if self.config.store.observables:
             for name in phases[0].eq.observables:
                 o = [p.eq.observables[name].real for p in phases]
                 self._record(
@@ -340,21 +400,20 @@ class Campaign:
         for name, value in est.extras.items():
             v = np.asarray(value)
             self._record(name, v, tuple(f"{name}_{i}" for i in range(v.ndim)))
-        self._record("loss", float(est.loss.mean()), ())
+        record("loss", _mean(est.loss), m["loss"])
         if self.report_loss is not None:
-            self._record(
-                "report_loss", evaluate_loss(self.report_loss, phases[0].eq.outputs.real, t), ()
+            record(
+                "report_loss", evaluate_loss(self.report_loss, free_outputs, t), m["report_loss"]
             )
-        self._record(
-            "batch_accuracy",
-            self.task.accuracy(phases[0].eq.outputs.real, self.task.data.y_train[idx]),
-            (),
-        )
-        self._record("lr", lr, ())
-        self._record("grad_cosine", grad_diag[0], ())
-        self._record("grad_rel_error", grad_diag[1], ())
-        self._record("timestamp", time.time(), ())
-        self._record("step_time", time.perf_counter() - t0, ())
+        accuracy = math.nan  # regression
+        if self.task.classification:
+            accuracy = self.task.accuracy(free_outputs, self.task.data.y_train[idx])
+        record("batch_accuracy", accuracy, m["batch_accuracy"])
+        record("lr", lr, m["lr"])
+        record("grad_cosine", grad_diag[0], m["grad_cosine"])
+        record("grad_rel_error", grad_diag[1], m["grad_rel_error"])
+        record("timestamp", time.time(), m["timestamp"])
+        record("step_time", time.perf_counter() - t0, m["step_time"])
         self.recorder.end_record("step")
         if not self._phases_recorded:
             self._phases_attr["phases"] = [
@@ -502,17 +561,17 @@ class Campaign:
     def _one_step(self, step: int) -> None:
         t0 = time.perf_counter()
         cfg = self.config
-        b = cfg.schedule.batch_size
-        idx = self.task.batch_indices(self.seed, step, b)
-        x = self.task.encode_inputs(self.task.data.x_train[idx])
-        t = self.task.encode_targets(self.task.data.y_train[idx])
-        rng = step_rng(self.seed, step)
+        idx, rng = self._step_inputs(step)
+        # rows of the encoded training split: the encodings are elementwise, so these are
+        # exactly the encodings of the batch's patterns
+        x = self.x_train_all[idx]
+        t = self.t_train_all[idx]
         warm = None if self.carry is None else self.system.import_state(self.carry)  # carried
         est = self.estimator.estimate(self.system, x, t, self.loss, rng, warm_start=warm)
         diag = (math.nan, math.nan)
         if cfg.diagnostics.exact_gradient and step % cfg.diagnostics.every == 0:
-            assert isinstance(self.system, ExactGradient)
-            exact = self.system.exact_gradient(x, t, est.objective)
+            assert self._exact is not None, "the system has no exact gradient"
+            exact = self._exact.exact_gradient(x, t, est.objective)
             diag = gradient_fidelity(est.gradient, exact)
         lr = cfg.optimizer.lr * lr_factor(cfg.schedule.lr, step, self.total)
         used = self.held
@@ -521,6 +580,25 @@ class Campaign:
         self.held = self.system.set_parameters(held)
         self.carry = self._export_carry(est)  # carried state
         self._record_step(step, idx, x, t, est, diag, lr, used, proj, t0)
+
+    def _step_inputs(self, step: int) -> tuple[np.ndarray, np.random.Generator]:
+        """The batch indices and the random generator (``step_rng``) of ``step``, made for a
+        block of ``_AHEAD`` steps at a time.
+
+        Both are pure functions of (seed, step), and a generator is untouched until its step,
+        so making them early changes no result. It is cheaper: seeding a generator costs about
+        9 us while numpy's seeding code is in the CPU caches, three to four times that after a
+        step's physics has evicted it, as it has at the start of every step."""
+        ahead = self._ahead.pop(step, None)
+        if ahead is None:
+            b = self.config.schedule.batch_size
+            stop = max(step + 1, min(step + _AHEAD, self.total))
+            self._ahead = {
+                k: (self.task.batch_indices(self.seed, k, b), step_rng(self.seed, k))
+                for k in range(step, stop)
+            }
+            ahead = self._ahead.pop(step)
+        return ahead
 
     def _export_carry(self, est: Estimate) -> dict[str, np.ndarray] | None:
         """This step's free state as the arrays the next step (or a resume) starts from; None
@@ -538,16 +616,71 @@ class Campaign:
 
 def gradient_fidelity(estimate: Params, exact: Params) -> tuple[float, float]:
     """(cosine similarity, relative error) of two gradients over all groups."""
-    e = np.concatenate([np.ravel(estimate[k]) for k in sorted(exact)])
-    x = np.concatenate([np.ravel(exact[k]) for k in sorted(exact)])
-    nx, ne = float(np.linalg.norm(x)), float(np.linalg.norm(e))
+    keys = sorted(exact)
+    e = np.concatenate([np.ravel(estimate[k]) for k in keys])
+    x = np.concatenate([np.ravel(exact[k]) for k in keys])
+    nx, ne = _norm(x), _norm(e)
     cos = float(e @ x / (ne * nx)) if ne > 0 and nx > 0 else math.nan
-    rel = float(np.linalg.norm(e - x) / nx) if nx > 0 else math.nan
+    rel = float(_norm(e - x) / nx) if nx > 0 else math.nan
     return cos, rel
+
+
+def _norm(v: np.ndarray) -> float:
+    """``np.linalg.norm`` of a vector: for float64 its own computation, sqrt(v . v), without
+    its dispatch."""
+    if v.dtype != np.float64 or v.ndim != 1:
+        return float(np.linalg.norm(v))
+    return math.sqrt(float(v.dot(v)))
 
 
 def _or(value: Any, default: np.ndarray) -> np.ndarray:
     return default if value is None else np.asarray(value)
+
+
+def _mean(values: Any) -> float:
+    """``float(values.mean())``; for float64, numpy's own computation (the sum by
+    ``np.add.reduce``, then one division by the count) without its reduction wrappers."""
+    a = np.asarray(values)
+    if a.dtype != np.float64 or not a.size:
+        return float(a.mean())
+    return float(np.add.reduce(a, axis=None)) / a.size
+
+
+def _as(value: Any, default: np.ndarray, dtype: type[np.generic]) -> np.ndarray:
+    """``value`` (``default`` when None) as an array of ``dtype``, converted only if needed."""
+    a = default if value is None else np.asarray(value)
+    return a if a.dtype == dtype else a.astype(dtype)
+
+
+@dataclass(frozen=True)
+class _GroupRecords:
+    """The per-step record names of one parameter group."""
+
+    group: str
+    conj: str
+    param: str
+    grad: str
+    clipped: str
+    projection: str
+
+
+@dataclass
+class _StepPlan:
+    """What every step records: metadata by record name, the groups' record names, and how
+    conjugates are logged (``per_sample``, ``batch_mean`` or ``none``)."""
+
+    meta: dict[str, ArrayMeta]
+    groups: tuple[_GroupRecords, ...]
+    conjugates: str
+    _defaults: tuple[int, tuple[np.ndarray, np.ndarray, np.ndarray]] | None = None
+
+    def defaults(self, batch: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Logged in place of a diagnostic a system does not report: NaN (residual, energy),
+        0 iterations, converged. Shared by the steps (the recorder only reads them)."""
+        if self._defaults is None or self._defaults[0] != batch:
+            arrays = (np.full(batch, np.nan), np.zeros(batch, np.int64), np.ones(batch, bool))
+            self._defaults = (batch, arrays)
+        return self._defaults[1]
 
 
 def objective_loss(config: ExperimentConfig, system: PhysicalSystem) -> Loss:

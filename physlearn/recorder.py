@@ -51,14 +51,20 @@ class Recorder:
     def record(self, name: str, value: Any, meta: ArrayMeta) -> None:
         """Buffer one record of ``name``: an array, a scalar, or a sequence of equally shaped
         arrays (stacked along a new first axis, e.g. one per phase)."""
-        if name not in self.meta:
-            self.meta[name] = meta
+        rows = self.rows.get(name)
+        if rows is None:
+            if name not in self.meta:
+                self.meta[name] = meta
+            rows = self.rows[name] = []
         if isinstance(value, (list, tuple)):
-            self.buffered_bytes += sum(np.asarray(v).nbytes for v in value)
+            nbytes = 0
+            for v in value:
+                nbytes += (v if isinstance(v, np.ndarray) else np.asarray(v)).nbytes
+            self.buffered_bytes += nbytes
         else:
             value = np.asarray(value)
             self.buffered_bytes += value.nbytes
-        self.rows.setdefault(name, []).append(value)
+        rows.append(value)
 
     def last(self, name: str) -> Any:
         rows = self.rows.get(name)

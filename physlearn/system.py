@@ -137,7 +137,8 @@ class ParameterGroup:
         if self.resolution <= 0:
             return v
         k_max = math.floor((self.upper - self.lower) / self.resolution + 1e-9)
-        k = np.clip(np.round((v - self.lower) / self.resolution), 0, k_max)
+        # np.round and np.clip by their methods: the same computation, fewer dispatch layers
+        k = ((v - self.lower) / self.resolution).round().clip(0, k_max)
         held = self.lower + k * self.resolution
         if self.periodic:
             held = np.where(held >= self.upper, self.lower, held)
@@ -175,8 +176,8 @@ class Nudge:
     clamp: FloatArray | None = None
 
     def __post_init__(self) -> None:
-        given = [k for k in ("target", "error", "clamp") if getattr(self, k) is not None]
-        if len(given) != 1:
+        if (self.target is None) + (self.error is None) + (self.clamp is None) != 2:
+            given = [k for k in ("target", "error", "clamp") if getattr(self, k) is not None]
             raise ValueError(f"a Nudge needs exactly one of target/error/clamp, got {given}")
 
     @property
@@ -415,11 +416,12 @@ def check_parameters(groups: tuple[ParameterGroup, ...], params: Params) -> Para
             raise ValueError(
                 f"parameter group {grp.name!r}: expected shape {grp.shape}, got {v.shape}"
             )
-        if np.iscomplexobj(v) or not np.all(np.isfinite(v)):
+        if np.iscomplexobj(v) or not np.isfinite(v).all():
             raise ValueError(f"parameter group {grp.name!r}: values must be real and finite")
         v = v.astype(np.float64)
-        bad = np.flatnonzero((v < grp.lower) | (v > grp.upper))
-        if bad.size:
+        # the values are finite: two reductions tell whether any lies outside the bounds
+        if v.size and (v.min() < grp.lower or v.max() > grp.upper):
+            bad = np.flatnonzero((v < grp.lower) | (v > grp.upper))
             e = int(bad[0])
             where = grp.dims[0] if len(grp.dims) == 1 else "element"
             raise ValueError(

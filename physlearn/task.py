@@ -71,21 +71,29 @@ class Task:
         """Share of patterns whose argmax score is the label (NaN for regression)."""
         if not self.classification:
             return float("nan")
-        return float(np.mean(np.argmax(self.scores(outputs), axis=1) == y))
+        hit = np.asarray(self.scores(outputs)).argmax(axis=1) == y
+        if not hit.size:
+            return float(np.mean(hit))  # NaN, with numpy's warning
+        # the count over the size: exactly np.mean of the booleans (both exact integers below
+        # 2**53, one correctly rounded division), without np.mean's reduction machinery
+        return np.count_nonzero(hit) / hit.size
 
     def batch_indices(self, seed: int, step: int, batch_size: int) -> np.ndarray:
         """Training-pattern indices of ``step``: consecutive slices of per-epoch permutations."""
         n = self.data.x_train.shape[0]
-        pos = step * batch_size + np.arange(batch_size)
-        epochs = pos // n
+        if n == 0:
+            raise IndexError("no training patterns to draw a batch from")
+        first = step * batch_size
+        epoch, start = divmod(first, n)
+        if start + batch_size <= n:  # the usual case: one epoch, a contiguous slice
+            return self._epoch_permutation(seed, epoch)[start : start + batch_size].copy()
         out = np.empty(batch_size, dtype=np.int64)
-        if epochs[0] == epochs[-1]:  # the usual case: one epoch, a contiguous slice
-            first = int(pos[0] % n)
-            return self._epoch_permutation(seed, int(epochs[0]))[first : first + batch_size].copy()
-        out = np.empty(batch_size, dtype=np.int64)
-        for e in np.unique(epochs):
-            sel = epochs == e
-            out[sel] = self._epoch_permutation(seed, int(e))[pos[sel] % n]
+        done = 0
+        while done < batch_size:  # the tail of one epoch, then the head of the next ...
+            epoch, start = divmod(first + done, n)
+            take = min(n - start, batch_size - done)
+            out[done : done + take] = self._epoch_permutation(seed, epoch)[start : start + take]
+            done += take
         return out
 
     def _epoch_permutation(self, seed: int, epoch: int) -> np.ndarray:

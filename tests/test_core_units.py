@@ -67,21 +67,27 @@ def test_nudge_needs_exactly_one_kind():
 
 
 GROUP = ParameterGroup("g", (50,), ("edge",), lower=0.1, upper=1.0, unit="S", resolution=0.05)
+CONTINUOUS = ParameterGroup("g", (50,), ("edge",), lower=0.1, upper=1.0, unit="S")
 ANGLE = ParameterGroup("psi", (20,), ("node",), -math.pi, math.pi, "rad", periodic=True)
 
 
+@pytest.mark.parametrize("group", [GROUP, CONTINUOUS], ids=["grid", "continuous"])
 @settings(max_examples=60, deadline=None)
 @given(st.lists(st.floats(-1e3, 1e3), min_size=50, max_size=50))
-def test_projection_never_leaves_the_bounds_and_is_recorded(values):
-    req = np.asarray(values)
-    shadow, held, rec = project((GROUP,), {"g": req})
-    h = held["g"]
-    assert np.all(h >= GROUP.lower - 1e-12) and np.all(h <= GROUP.upper + 1e-12)
-    k = (h - GROUP.lower) / GROUP.resolution
-    np.testing.assert_allclose(k, np.round(k), atol=1e-9)
-    assert rec.clipped["g"] == int(np.count_nonzero((req < 0.1) | (req > 1.0)))
-    assert rec.max_deviation["g"] == pytest.approx(float(np.abs(h - req).max()))
-    assert np.all((shadow["g"] >= 0.1) & (shadow["g"] <= 1.0))
+def test_projection_never_leaves_the_bounds_and_is_recorded(group, values):
+    # the values as given, and clipped into the bounds beforehand (nothing left to clip)
+    for req in (np.asarray(values), np.clip(values, group.lower, group.upper)):
+        shadow, held, rec = project((group,), {"g": req})
+        h = held["g"]
+        assert np.all(h >= group.lower - 1e-12) and np.all(h <= group.upper + 1e-12)
+        if group.resolution:
+            k = (h - group.lower) / group.resolution
+            np.testing.assert_allclose(k, np.round(k), atol=1e-9)
+        else:
+            np.testing.assert_array_equal(h, np.clip(req, group.lower, group.upper))
+        assert rec.clipped["g"] == int(np.count_nonzero((req < 0.1) | (req > 1.0)))
+        assert rec.max_deviation["g"] == float(np.abs(h - req).max())
+        assert np.all((shadow["g"] >= 0.1) & (shadow["g"] <= 1.0))
 
 
 def test_periodic_projection_wraps_instead_of_clipping():
@@ -164,3 +170,46 @@ def test_batches_cover_each_epoch_once():
     assert len(np.unique(seen)) == len(seen)
     np.testing.assert_array_equal(task.batch_indices(0, 5, 7), task.batch_indices(0, 5, 7))
     assert not np.array_equal(task.batch_indices(0, 0, 7), task.batch_indices(1, 0, 7))
+
+
+@pytest.mark.parametrize("batch", [1, 16, 104, 105, 106, 250])
+def test_batches_are_consecutive_slices_of_the_epochs_permutations(batch):
+    """The data order resumes rely on: pattern k of the run (k = step * batch + i) is entry
+    k mod n of the permutation of epoch k // n, also for batches spanning several epochs."""
+    from physlearn.config import TaskConfig
+    from physlearn.task import Task
+
+    cfg = TaskConfig(dataset=IrisConfig())
+    task = Task(cfg, cfg.dataset.load(0), 3)
+    n = task.data.x_train.shape[0]
+    perms: dict[int, np.ndarray] = {}
+    for step in [0, 1, 2, 6, 7, 13, 50, 3, 0]:  # out of order too: the cache holds two epochs
+        expected = []
+        for k in range(step * batch, (step + 1) * batch):
+            e = k // n
+            if e not in perms:
+                perms[e] = np.random.default_rng([3, 1, e]).permutation(n)
+            expected.append(perms[e][k % n])
+        got = task.batch_indices(3, step, batch)
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_campaign_prepares_each_steps_batch_and_generator_as_the_step_alone_would(
+    quick_raw, tmp_path
+):
+    """Campaign._step_inputs makes the batches and generators of a block of steps at once: in
+    any order (a resume starts in the middle; the overhead benchmark runs past the end), each
+    step gets exactly task.batch_indices and an untouched step_rng, also when it runs again."""
+    from physlearn.config import parse_config
+    from physlearn.orchestrator import Campaign, build_system, create_store
+    from physlearn.task import step_rng
+
+    cfg = parse_config(quick_raw)
+    system = build_system(cfg)
+    campaign = Campaign(cfg, system, create_store(cfg, system, tmp_path / "run.zarr"))
+    b = cfg.schedule.batch_size
+    for step in [5, 6, 6, 0, 1, 23, 24, 40, 7, 2]:  # total steps: 24
+        idx, rng = campaign._step_inputs(step)
+        np.testing.assert_array_equal(idx, campaign.task.batch_indices(cfg.seed, step, b))
+        np.testing.assert_array_equal(rng.random(5), step_rng(cfg.seed, step).random(5))

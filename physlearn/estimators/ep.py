@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from physlearn.estimators.base import Estimate, Estimator, Phase, measure
-from physlearn.losses import Loss
+from physlearn.losses import Loss, value_and_grad
 from physlearn.system import FloatArray, Nudge, Params, PhysicalSystem
 
 
@@ -82,9 +82,15 @@ class EquilibriumPropagation(Estimator):
         self.pairs = [(complex(b), complex(w)) for b, w in pairs]
         self.nudge = nudge
         self._nonzero = [b for b, _ in self.pairs if b != 0]
+        self._labels = ["free"] + [f"beta{_fmt(b)}" for b in self._nonzero]
+        self._complex = any(b.imag != 0 for b in self._nonzero)
+        # each pair as (phase measured at its beta: 0 the free one, else the last nudged phase
+        # with that beta; the weight as it multiplies the batch-mean conjugate)
+        phase_of = {complex(0.0): 0} | {b: i for i, b in enumerate(self._nonzero, start=1)}
+        self._terms = [(phase_of[b], w.real if w.imag == 0 else w) for b, w in self.pairs]
 
     def phase_labels(self) -> list[str]:
-        return ["free"] + [f"beta{_fmt(b)}" for b in self._nonzero]
+        return list(self._labels)
 
     def nudge_kind(self, system: PhysicalSystem, loss: Loss) -> str:
         if self.nudge != "auto":
@@ -114,28 +120,29 @@ class EquilibriumPropagation(Estimator):
         warm_start: Any = None,
     ) -> Estimate:
         kind = self.nudge_kind(system, loss)
-        if any(b.imag != 0 for b in self._nonzero) and not system.supports_complex_nudge:
+        if self._complex and not system.supports_complex_nudge:
             raise ValueError(
                 f"{type(system).__name__} does not support complex (holomorphic) nudges"
             )
-        free = measure(system, inputs, None, warm_start, rng, self.per_sample)
+        per_sample = self.per_sample
+        free = measure(system, inputs, None, warm_start, rng, per_sample)
         phases = [Phase("free", 0.0, "free", free)]
-        labels = self.phase_labels()
-        error = loss.grad(free.outputs, targets) if kind == "error" else None
-        for label, b in zip(labels[1:], self._nonzero, strict=True):
+        if kind == "error":
+            value, error = value_and_grad(loss, free.outputs, targets)
+        for label, b in zip(self._labels[1:], self._nonzero, strict=True):
             nudge = (
                 Nudge(beta=b, target=targets) if kind == "target" else Nudge(beta=b, error=error)
             )
-            eq = measure(system, inputs, nudge, free.state, rng, self.per_sample)
+            eq = measure(system, inputs, nudge, free.state, rng, per_sample)
             phases.append(Phase(label, b, kind, eq, warm_start="free"))
-        by_beta = {complex(0.0): free} | {p.beta: p.eq for p in phases[1:]}
         grad: Params = {}
         for g in system.parameter_groups:
             acc: np.ndarray | None = None
-            for b, w in self.pairs:
-                m = by_beta[b].conjugate_mean(g.name)
-                term = (w.real if w.imag == 0 else w) * m
+            for i, w in self._terms:
+                term = w * phases[i].eq.conjugate_mean(g.name)
                 acc = term if acc is None else acc + term
             assert acc is not None  # pairs is never empty
             grad[g.name] = np.ascontiguousarray(acc.real).reshape(g.shape)  # keeps 0-d groups 0-d
-        return Estimate(grad, phases, loss.value(free.outputs, targets), loss)
+        if kind != "error":
+            value = loss.value(free.outputs, targets)
+        return Estimate(grad, phases, value, loss)
