@@ -35,7 +35,7 @@ import re
 import signal
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
 from types import TracebackType
@@ -111,42 +111,15 @@ class _DeferredWrites:
             inst._send(";".join(pending))
 
 
-class _Batch:
-    """The context manager of :meth:`LabVisaInstrument.batch` (a class, like
-    :class:`_DeferredWrites`)."""
-
-    __slots__ = ("_inst", "_outer")
-
-    def __init__(self, inst: LabVisaInstrument) -> None:
-        self._inst = inst
-        self._outer = False
-
-    def __enter__(self) -> None:
-        inst = self._inst
-        self._outer = inst._held is None  # nested: the outer block owns the batch
-        if self._outer:
-            inst._held = {}
-            inst._hold_interrupts = _interrupts_need_holding()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        if not self._outer:
-            return
-        inst = self._inst
-        held, inst._held = inst._held, None
-        inst._hold_interrupts = None
-        if held:
-            inst._push_held(held)
-
-
 #: A cache update held back inside :meth:`LabVisaInstrument.batch`: the parameter, its value,
-#: and its cache's timestamp when the update was held (a different timestamp later means someone
-#: else updated the cache since: that update is the newer one)
-_Held = tuple[Parameter, Any, Any]
+#: its cache's timestamp when the update was held (a different timestamp later means someone
+#: else updated the cache since: that update is the newer one), and what turns the value into
+#: the cached one (None: nothing)
+_Held = tuple[Parameter, Any, Any, "Callable[[Any], Any] | None"]
+
+
+def _float_array(values: list[float]) -> np.ndarray:
+    return np.array(values, dtype=np.float64)
 
 
 def _fmt(v: float) -> str:
@@ -211,7 +184,8 @@ class LabVisaInstrument(VisaInstrument):
         separate the writes."""
         return _DeferredWrites(self)
 
-    def batch(self) -> AbstractContextManager[None]:
+    @contextmanager
+    def batch(self) -> Iterator[None]:
         """A block of exchanges that belong together (the station system opens one per
         measurement batch of patterns), made cheaper per exchange:
 
@@ -227,15 +201,27 @@ class LabVisaInstrument(VisaInstrument):
           resync) is newer than what is held for it: it is used, and kept.
 
         Nested blocks join the outer one."""
-        return _Batch(self)
+        if self._held is not None:  # nested: the outer block owns the batch
+            yield
+            return
+        self._held = {}
+        self._hold_interrupts = _interrupts_need_holding()
+        try:
+            yield
+        finally:
+            held, self._held = self._held, None
+            self._hold_interrupts = None
+            if held:
+                self._push_held(held)
 
-    def _hold(self, p: Parameter, value: Any) -> None:
-        """``p.cache.set(value)``, held back to the end of the :meth:`batch` if one is open."""
+    def _hold(self, p: Parameter, value: Any, convert: Callable[[Any], Any] | None = None) -> None:
+        """``p.cache.set(value)`` (of ``convert(value)`` if given), held back to the end of the
+        :meth:`batch` if one is open (and converted only then)."""
         held = self._held
-        if held is None:
-            p.cache.set(value)
+        if held is not None:
+            held[id(p)] = (p, value, p.cache.timestamp, convert)
         else:
-            held[id(p)] = (p, value, p.cache.timestamp)
+            p.cache.set(value if convert is None else convert(value))
 
     def _held_value(self, p: Parameter) -> Any:
         """The value held for ``p`` in the open :meth:`batch`, or None (none held, or its cache
@@ -253,9 +239,9 @@ class LabVisaInstrument(VisaInstrument):
 
     def _push_held(self, held: dict[int, _Held]) -> None:
         """Update the caches held back by a :meth:`batch` (those nobody updated since)."""
-        for p, value, stamp in held.values():
+        for p, value, stamp, convert in held.values():
             if p.cache.timestamp == stamp:
-                p.cache.set(value)
+                p.cache.set(value if convert is None else convert(value))
 
     # The I/O below is qcodes' VisaInstrument.write_raw / ask_raw (a first Ctrl-C is held until
     # the exchange is over, debug logging), timing only the VISA call: io_seconds is VISA time,
@@ -830,24 +816,10 @@ class VirtualLabDMM(LabVisaInstrument):
             raise self.bad_reply(cmd, reply, f"{n} values, got {len(values)}")
         number = int(head)
         self._reading_number = number
-        self._hold(self.readings, values)  # the caches as the parameters' get would leave them
+        # the caches as the parameters' get would leave them (readings: as an array)
+        self._hold(self.readings, values, _float_array)
         self._hold(self.reading_number, number)
         return values, number
-
-    def _hold(self, p: Parameter, value: Any) -> None:
-        if p is self.readings:  # held as the list the scan parsed; the cache holds an array
-            held = self._held
-            if held is not None:
-                held[id(p)] = (p, value, p.cache.timestamp)
-                return
-            value = np.array(value, dtype=np.float64)
-        super()._hold(p, value)
-
-    def _push_held(self, held: dict[int, _Held]) -> None:
-        entry = held.get(id(self.readings))
-        if entry is not None:
-            held[id(self.readings)] = (entry[0], np.array(entry[1], dtype=np.float64), entry[2])
-        super()._push_held(held)
 
     def measure(self, channel: int) -> float:
         """One reading (V) of one multiplexer channel."""
