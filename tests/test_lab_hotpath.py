@@ -255,23 +255,30 @@ def test_level_writer_refuses_before_sending_and_follows_a_refresh():
             src.level_writer([params[0], params[0]])
 
 
-def test_a_ctrl_c_is_held_during_an_exchange_under_the_default_handler(monkeypatch):
-    """qcodes' DelayedKeyboardInterrupt wraps every exchange when Python's default SIGINT handler
-    is installed (it would hold a Ctrl-C), and is skipped under another handler (a run's own,
-    which it would leave alone anyway)."""
-    entered: list[str] = []
+@pytest.fixture
+def entered(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The reasons ("ask", "write") of every exchange that entered qcodes'
+    DelayedKeyboardInterrupt (replaced by a recorder that holds nothing)."""
+    reasons: list[str] = []
 
     class Recording:
         def __init__(self, context: dict[str, str]) -> None:
             self.reason = context["reason"]
 
         def __enter__(self) -> None:
-            entered.append(self.reason)
+            reasons.append(self.reason)
 
         def __exit__(self, *exc: Any) -> None:
             pass
 
     monkeypatch.setattr(instruments, "DelayedKeyboardInterrupt", Recording)
+    return reasons
+
+
+def test_a_ctrl_c_is_held_during_an_exchange_under_the_default_handler(entered):
+    """qcodes' DelayedKeyboardInterrupt wraps every exchange when Python's default SIGINT handler
+    is installed (it would hold a Ctrl-C), and is skipped under another handler (a run's own,
+    which it would leave alone anyway)."""
     src = VirtualLabSource("src", "GPIB::1::INSTR", pyvisa_sim_file=SIM)
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     entered.clear()
@@ -351,22 +358,9 @@ def test_a_cache_updated_inside_a_batch_wins_over_what_the_batch_holds():
         assert q.cache.get(get_if_invalid=False) == 0.25
 
 
-def test_a_batch_looks_the_interrupt_policy_up_once(monkeypatch):
+def test_a_batch_looks_the_interrupt_policy_up_once(entered):
     """Inside a batch, whether an exchange holds a Ctrl-C is what it was on entry; after it, the
     lookup is per exchange again."""
-    entered: list[str] = []
-
-    class Recording:
-        def __init__(self, context: dict[str, str]) -> None:
-            self.reason = context["reason"]
-
-        def __enter__(self) -> None:
-            entered.append(self.reason)
-
-        def __exit__(self, *exc: Any) -> None:
-            pass
-
-    monkeypatch.setattr(instruments, "DelayedKeyboardInterrupt", Recording)
     src = VirtualLabSource("src", "GPIB::1::INSTR", pyvisa_sim_file=SIM)
     old = signal.signal(signal.SIGINT, signal.default_int_handler)
     entered.clear()
