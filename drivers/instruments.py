@@ -38,6 +38,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from functools import partial
+from operator import attrgetter
 from types import TracebackType
 from typing import Any
 
@@ -46,6 +47,7 @@ import pyvisa
 import pyvisa.constants
 import pyvisa.errors
 import pyvisa.resources
+from numpy.typing import NDArray
 from qcodes import validators as vals
 from qcodes.instrument import InstrumentChannel, VisaInstrument
 from qcodes.parameters import Parameter
@@ -454,6 +456,26 @@ def _refuse(p: Parameter, value: float) -> None:
     raise ValueError(f"{value!r} is invalid; Parameter: {p.full_name}")  # pragma: no cover
 
 
+def _ramp_commands(
+    p: Parameter, head: str, bounds: tuple[float, float] | None, step: Any, start: float, v: float
+) -> list[str]:
+    """The intermediate commands of a ramp of ``p`` from ``start`` to ``v`` (``|v - start| >
+    step``): exactly qcodes' ramp (``get_ramp_values``), every value checked against the
+    parameter's bounds (its validators if ``bounds`` is None) before any is returned."""
+    signed = abs(step) * (1 if v > start else -1)
+    count = math.ceil((v - start) / signed - 1e-10)
+    ramp = [float(start + i * signed) for i in range(1, count)]
+    if bounds is None:
+        for r in ramp:
+            p.validate(r)
+    else:
+        lo, hi = bounds
+        for r in ramp:
+            if not lo <= r <= hi:
+                _refuse(p, r)
+    return [head + repr(r) for r in ramp]
+
+
 def _width(n: int) -> int:
     return len(str(n))
 
@@ -622,6 +644,22 @@ class VirtualLabSource(LabVisaInstrument):
             self._level_bounds[key] = (checks, bounds)
         return (p, head, bounds, p.step)
 
+    def _level_now(self, p: Parameter) -> float:
+        """The level a ramp of ``p`` starts from: the one last queued in the open :meth:`batch`
+        (unless its cache was updated since), else the cached level, else a get (a query).
+        InstrumentReplyError if it is unknown (a ramp never jumps from a guess)."""
+        start = self._held_value(p)
+        if start is None:
+            start = p.cache.get()  # a get (a query) if the cache is invalid
+            if start is None:
+                start = p.get()
+        if not isinstance(start, (int, float)) or start != start:
+            raise InstrumentReplyError(
+                f"{p.full_name}: present level {start!r} unknown; refusing to ramp from it",
+                self.name,
+            )
+        return float(start)
+
     def _queue_levels(
         self, plans: Sequence[_LevelPlan], values: Sequence[float], repeated: bool
     ) -> None:
@@ -642,33 +680,12 @@ class VirtualLabSource(LabVisaInstrument):
                 if latest is not None and id(p) in latest:
                     start = latest[id(p)]
                 else:
-                    start = self._held_value(p)  # the level last queued in this batch
-                    if start is None:
-                        start = p.cache.get()  # the cached level; a get (a query) if invalid
-                    if start is None:
-                        start = p.get()
-                if not isinstance(start, (int, float)) or start != start:
-                    raise InstrumentReplyError(
-                        f"{p.full_name}: present level {start!r} unknown; refusing to jump to "
-                        f"{v!r}",
-                        self.name,
-                    )
-                if not abs(v - start) <= step:  # exactly qcodes' ramp (get_ramp_values)
-                    signed = abs(step) * (1 if v > start else -1)
-                    count = math.ceil((v - start) / signed - 1e-10)
-                    ramp = [float(start + i * signed) for i in range(1, count)]
-                    if bounds is None:
-                        for r in ramp:
-                            p.validate(r)
-                    else:
-                        lo, hi = bounds
-                        for r in ramp:
-                            if not lo <= r <= hi:
-                                _refuse(p, r)
-                    cmds.extend([head + repr(r) for r in ramp])
+                    start = self._level_now(p)
+                if not abs(v - start) <= step:
+                    cmds.extend(_ramp_commands(p, head, bounds, step, start, v))
+                if latest is not None:
+                    latest[id(p)] = v
             cmds.append(head + repr(v))
-            if latest is not None:
-                latest[id(p)] = v
         self._write_rooted(cmds)
         # the caches as a set would leave them (raw value = value: nothing converts it; held
         # to the end of a batch); a parameter given twice ends at its last value
@@ -716,7 +733,13 @@ class LevelWriter:
     def refresh(self) -> None:
         """Read every parameter's validators, step, delays and conversions afresh (ValueError
         if one can no longer be set in bulk)."""
-        self._plans = [self.source._level_plan(p) for p in self.params]
+        self._plans = plans = [self.source._level_plan(p) for p in self.params]
+        # per level, for sequence: its bounds (custom: validators that are not plain Numbers,
+        # called one value at a time), its ramp step (inf: none)
+        self._custom = np.array([b is None for _, _, b, _ in plans], dtype=bool)
+        self._lo = np.array([-np.inf if b is None else b[0] for _, _, b, _ in plans])
+        self._hi = np.array([np.inf if b is None else b[1] for _, _, b, _ in plans])
+        self._steps = np.array([np.inf if s is None else abs(s) for _, _, _, s in plans])
 
     def write(self, values: Sequence[float], indices: Sequence[int] | None = None) -> None:
         """Set ``params[indices[j]]`` to ``values[j]`` (every parameter, in order, when
@@ -735,6 +758,145 @@ class LevelWriter:
                 "(each index once)"
             )
         self.source._queue_levels([plans[k] for k in indices], values, False)
+
+    def sequence(
+        self, values: NDArray[np.float64], indices: Sequence[int], changed: NDArray[np.bool_]
+    ) -> LevelSequence:
+        """The writes of ``n`` successive phases, prepared at once (:class:`LevelSequence`).
+
+        Phase ``b`` sets ``params[indices[j]]`` to ``values[b, j]`` for every column ``j`` with
+        ``changed[b, j]`` (``values``, ``changed``: ``(n, len(indices))``), in column order: the
+        commands :meth:`write` would queue for those values and indices, phase after phase. Every
+        value and every ramp value of every phase is checked against the bounds now, before any
+        is sent; ramps start from the present levels (:meth:`VirtualLabSource._level_now`) and
+        then from each phase's levels. ValueError (or the parameter's own validation error) if
+        a value is refused, InstrumentReplyError if a level to ramp from is unknown: nothing of
+        the sequence is sent then.
+        """
+        src = self.source
+        v = np.asarray(values, dtype=np.float64)
+        ch = np.asarray(changed, dtype=bool)
+        n, m = v.shape if v.ndim == 2 else (0, -1)
+        if m != len(indices) or ch.shape != v.shape or len(set(indices)) != m:
+            raise ValueError(
+                f"{src.name}: a level sequence needs values and changed of shape (phases, "
+                f"{len(indices)}) and each level index once"
+            )
+        plans = [self._plans[k] for k in indices]
+        at = np.asarray(indices, dtype=np.int64)
+        lo, hi, steps, custom = self._lo[at], self._hi[at], self._steps[at], self._custom[at]
+        bad = ch & ~((v >= lo) & (v <= hi)) & ~custom  # NaN is refused too
+        if bad.any():
+            b, j = np.argwhere(bad)[0].tolist()
+            _refuse(plans[j][0], float(v[b, j]))
+        for j in np.flatnonzero(custom).tolist():
+            for x in v[ch[:, j], j].tolist():
+                plans[j][0].validate(x)
+        # the last phase <= b that writes column j (-1: none), and the level each phase starts
+        # from: the previous phase's, or the present level
+        written = np.maximum.accumulate(np.where(ch, np.arange(n)[:, None], -1), axis=0)
+        ramped = np.isfinite(steps) & ch.any(axis=0)
+        start = np.full(m, np.nan)
+        for j in np.flatnonzero(ramped).tolist():
+            start[j] = src._level_now(plans[j][0])
+        before = np.vstack(
+            [start, np.where(written >= 0, v[np.maximum(written, 0), np.arange(m)], start)]
+        )
+        far = ch & ramped & ~(np.abs(v - before[:-1]) <= steps)
+        ramps: dict[tuple[int, int], list[str]] = {}
+        for b, j in np.argwhere(far).tolist():
+            p, head, bounds, step = plans[j]
+            ramps[b, j] = _ramp_commands(p, head, bounds, step, float(before[b, j]), v[b, j])
+        heads = [plan[1] for plan in plans]
+        rows = v.tolist()
+        cmds: list[list[str]]
+        if not ramps and ch.all():
+            cmds = [[h + repr(x) for h, x in zip(heads, row, strict=True)] for row in rows]
+        else:
+            cmds = []
+            for b, (row, flags) in enumerate(zip(rows, ch.tolist(), strict=True)):
+                out: list[str] = []
+                for j, f in enumerate(flags):
+                    if f:
+                        if far[b, j]:
+                            out.extend(ramps[b, j])
+                        out.append(heads[j] + repr(row[j]))
+                cmds.append(out)
+        params = [plan[0] for plan in plans]
+        return LevelSequence(src, params, cmds, v, written)
+
+
+#: the cache timestamp of a parameter (one C-level call per parameter list)
+_stamp_of = attrgetter("cache.timestamp")
+
+
+class LevelSequence:
+    """The writes of successive phases of a :class:`LevelWriter`, checked and formatted at
+    once (:meth:`LevelWriter.sequence`): :meth:`send` queues phase ``b``'s commands (into the
+    pending compound message inside :meth:`~LabVisaInstrument.deferred_writes`) without
+    looking at a single value again -- the station system's hot path.
+
+    The sequence rests on the levels it planned from, and refuses to go on (``send`` returns
+    False and the sequence closes) unless the phases are sent in order, each once, and no
+    planned parameter's cache has changed since it was prepared (a get, a set, a resync after a
+    failed exchange: the levels may not be the planned ones). The caches are updated when it
+    closes, with the levels last queued (held to the end of the instrument's
+    :meth:`~LabVisaInstrument.batch`): the caller closes it before writing these parameters
+    any other way, and at the end of its block of phases.
+    """
+
+    def __init__(
+        self,
+        source: LabVisaInstrument,
+        params: list[Parameter],
+        cmds: list[list[str]],
+        values: NDArray[np.float64],
+        written: NDArray[np.int64],
+    ) -> None:
+        self.source = source
+        self._params = params
+        self._cmds = cmds
+        self._values = values
+        self._written = written
+        self._stamps = list(map(_stamp_of, params))
+        self._next = 0  # the phase send accepts
+        self._closed = False
+
+    def writes(self, b: int) -> bool:
+        """Whether phase ``b`` sends any command (a phase that changes nothing does not)."""
+        return bool(self._cmds[b])
+
+    def send(self, b: int) -> bool:
+        """Queue phase ``b``'s commands; False (and nothing queued, the sequence closed) if
+        ``b`` is not the next phase or a planned parameter's cache changed since."""
+        if self._closed or b != self._next or list(map(_stamp_of, self._params)) != self._stamps:
+            self.close()
+            return False
+        self._next = b + 1  # queued, or failed to be: never sent again from this plan
+        cmds = self._cmds[b]
+        if cmds:
+            self.source._write_rooted(cmds)
+        return True
+
+    def close(self) -> None:
+        """Update the caches with the levels last queued (idempotent; no I/O): held to the end
+        of the instrument's batch if one is open, as :meth:`~LabVisaInstrument._hold` does, but
+        as of the time the sequence was prepared -- a cache updated since is newer and wins."""
+        if self._closed:
+            return
+        self._closed = True
+        last = self._next - 1
+        if last < 0:
+            return
+        held, v = self.source._held, self._values
+        for j, b in enumerate(self._written[last].tolist()):
+            if b < 0:
+                continue
+            p, stamp, level = self._params[j], self._stamps[j], float(v[b, j])
+            if held is not None:
+                held[id(p)] = (p, level, stamp, None)
+            elif p.cache.timestamp == stamp:
+                p.cache.set(level)
 
 
 class VirtualLabDMM(LabVisaInstrument):

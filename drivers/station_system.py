@@ -35,7 +35,12 @@ writer reads the validators, steps and delays once per batch (``equilibrate``), 
 is checked against the envelope. Every role on one instrument shares that instrument's writer:
 a phase's changed levels (nudge released, inputs, nudge applied) are collected and go to it in
 one call, just before the phase writes anything else (a relay, an output) or synchronises --
-the same commands in the same order as writing role after role. The compliance-trip query and
+the same commands in the same order as writing role after role. When every level a batch's
+phases write (inputs, error-nudge currents) goes to one writer that prepares sequences
+(``LevelWriter.sequence``), the batch's writes are prepared at once -- changed levels, checks of
+every value and ramp value, the commands -- and sent phase by phase; a phase that releases
+another nudge first, and every phase after a failed one (a retry included), writes its levels
+as above. The compliance-trip query and
 the scan go through the drivers' own readers (``read_trip_status``, ``read_scan_floats``: the
 parameters' get without qcodes' per-call machinery, the same queries, parsing, errors and
 caches) when they offer them.
@@ -111,6 +116,31 @@ if TYPE_CHECKING:
 
 GROUP = "conductance"
 T = TypeVar("T")
+
+#: The last stretch of a wait that :func:`wait_at_least` spends polling the clock instead of
+#: asleep (s): about what a Linux sleep of a few hundred microseconds overshoots (timer slack
+#: and wake-up latency, 60-150 us on an idle machine).
+SPIN_SECONDS = 2e-4
+
+
+def wait_at_least(seconds: float) -> float:
+    """Wait ``seconds`` (the bench settling) and return the time waited, never less.
+
+    Sleeps until ``SPIN_SECONDS`` before the deadline, then polls the clock. A plain sleep of
+    ``settle_time = 3e-4`` s returns after about 4e-4 s, so every phase would wait a third longer
+    than configured; the poll ends the wait within a microsecond or two of the deadline, at the
+    cost of at most ``SPIN_SECONDS`` of busy CPU per wait (a Ctrl-C still interrupts it). The
+    core is also awake when the scan that follows is sent, instead of waking from idle. On a
+    loaded machine the sleep can overshoot the whole wait: the network only settles further.
+    """
+    t0 = time.perf_counter()
+    deadline = t0 + seconds
+    if seconds > SPIN_SECONDS:
+        time.sleep(seconds - SPIN_SECONDS)
+    now = time.perf_counter()
+    while now < deadline:
+        now = time.perf_counter()
+    return now - t0
 
 
 @dataclass
@@ -212,6 +242,19 @@ class _SetLevelsWriter:
     def write(self, values: list[float], indices: list[int] | None = None) -> None:
         params = self._params if indices is None else [self._params[k] for k in indices]
         self._set_levels(params, values)
+
+
+class _Sequence(Protocol):
+    """Level writes of successive phases prepared at once by a bulk writer (see
+    ``LevelWriter.sequence`` and ``LevelSequence`` in :mod:`physlearn.drivers.instruments`)."""
+
+    source: Any
+
+    def send(self, b: int) -> bool: ...
+
+    def writes(self, b: int) -> bool: ...
+
+    def close(self) -> None: ...
 
 
 def _bulk_writer(root: Any, levels: list[Any]) -> _BulkWriter | None:
@@ -1085,15 +1128,25 @@ class StationSystem(PhysicalSystem):
         lv_rows: list[Any] = [None] * batch if levels is None else levels.tolist()
         transaction = self._transaction
         measure = self._measure_one
+        plannable = self._plannable(kind)
+        seq: _Sequence | None = None
+        first = 0  # the pattern the level sequence starts at
         with self._exchange_batch():
-            for b in range(batch):
-                v, n, ok, waited = transaction(
-                    "measuring a pattern", measure, rows[b], kind, lv_rows[b]
-                )
-                scans.append(v)
-                reads.append(n)
-                converged.append(ok)
-                settle += waited
+            try:
+                for b in range(batch):
+                    if plannable and seq is None and self._applied in (None, kind):
+                        seq = self._plan_levels(x[b:], kind, None if levels is None else levels[b:])
+                        plannable, first = seq is not None, b
+                    v, n, ok, waited = transaction(
+                        "measuring a pattern", measure, rows[b], kind, lv_rows[b], seq, b - first
+                    )
+                    scans.append(v)
+                    reads.append(n)
+                    converged.append(ok)
+                    settle += waited
+            finally:
+                if seq is not None:
+                    seq.close()  # the levels it queued into the caches, before the batch ends
         volts = np.array(scans, dtype=np.float64)  # (batch, n_nodes): every scan's length checked
         # take: C-contiguous results (volts[:, idx] would be a transposed buffer for batch > 1)
         dv = volts.take(self._ei, axis=1) - volts.take(self._ej, axis=1)
@@ -1132,11 +1185,77 @@ class StationSystem(PhysicalSystem):
                 for p in src.outputs or []:
                     self._set(p, False)
 
+    def _plannable(self, kind: str | None) -> bool:
+        """Whether the phases of a batch with nudge ``kind`` can write their levels through a
+        prepared sequence: every level they write (inputs; an error nudge's currents) goes to
+        one bulk writer that prepares sequences, and nothing else (no relay, no output)."""
+        if kind not in (None, "error"):
+            return False
+        writer = self._sources["inputs"].bulk
+        if writer is None or not callable(getattr(writer, "sequence", None)):
+            return False
+        return kind is None or self._sources["nudge.error"].bulk is writer
+
+    def _plan_levels(
+        self, x: FloatArray, kind: str | None, levels: FloatArray | None
+    ) -> _Sequence | None:
+        """The level writes of the patterns ``x`` (and error-nudge ``levels``), prepared at once
+        by the bulk writer (:meth:`_plannable`): the levels each phase changes, in the order
+        :meth:`_measure_one` writes them (inputs, then the nudge), checked and formatted before
+        the first is sent. None if the writer refuses to prepare them (a value refused, a
+        level unknown): the phases then go one by one, and meet -- and report -- the problem in
+        their own transaction."""
+        roles = [(self._sources["inputs"], x)]
+        if kind == "error":
+            assert levels is not None
+            roles.append((self._sources["nudge.error"], levels))
+        values = np.hstack([a for _, a in roles]) if len(roles) > 1 else x
+        indices = [src.offset + k for src, _ in roles for k in range(len(src.levels))]
+        last = np.array([v for src, _ in roles for v in src.last], dtype=np.float64)
+        changed = values != np.vstack([last, values[:-1]])  # NaN (unknown) differs always
+        writer = roles[0][0].bulk
+        t0 = time.perf_counter()
+        try:
+            return writer.sequence(values, indices, changed)  # type: ignore[union-attr]
+        except (ValueError, InstrumentError):
+            return None
+        finally:
+            self.timers.instrument += time.perf_counter() - t0
+
     def _measure_one(
-        self, u: list[float], kind: str | None, levels: list[float] | None
+        self,
+        u: list[float],
+        kind: str | None,
+        levels: list[float] | None,
+        seq: _Sequence | None = None,
+        row: int = 0,
     ) -> tuple[list[float], int, bool, float]:
         """One phase of one pattern (a transaction; see the module docstring): ``u`` the input
-        levels, ``levels`` the nudge's (floats, already checked against the envelope)."""
+        levels, ``levels`` the nudge's (floats, already checked against the envelope).
+
+        ``seq``: the batch's prepared level writes (:meth:`_plan_levels`), ``row`` this phase's
+        in it. It writes the phase's levels when no other nudge is to be released first and it
+        accepts the phase (the next one, caches as planned: see the driver's sequence); else
+        the phase writes them itself, as without one (a retry after a failed exchange does)."""
+        if seq is not None and self._applied in (None, kind):
+            root = seq.source
+            with root.deferred_writes():
+                t0 = time.perf_counter()
+                try:
+                    sent = seq.send(row)
+                finally:
+                    self.timers.instrument += time.perf_counter() - t0
+                if sent:
+                    self._applied = kind
+                    if seq.writes(row):
+                        self._dirty_roots[id(root)] = root
+                    self._sources["inputs"].last = list(u)
+                    if levels is not None:
+                        self._sources["nudge.error"].last = list(levels)
+                    self._sync()
+            if sent:
+                self.timers.phases += 1
+                return self._read()
         roots = self._batch_roots
         batch = roots[0].deferred_writes() if self._single_deferred else self._batch(roots)
         phase = _PhaseLevels()
@@ -1202,11 +1321,8 @@ class StationSystem(PhysicalSystem):
         return v
 
     def _wait(self, seconds: float) -> float:
-        """Wait at least ``seconds`` (sleeping: the CPU is left to others; on a loaded machine a
-        short sleep overshoots -- the network only settles further); returns the time waited."""
-        t0 = time.perf_counter()
-        time.sleep(seconds)
-        dt = time.perf_counter() - t0
+        """Wait at least ``seconds`` (:func:`wait_at_least`); returns the time waited."""
+        dt = wait_at_least(seconds)
         self.timers.settle += dt
         return dt
 

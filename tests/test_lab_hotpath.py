@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import signal
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from qcodes import validators as vals
 from qcodes.instrument import Instrument
 
@@ -358,6 +361,127 @@ def test_a_cache_updated_inside_a_batch_wins_over_what_the_batch_holds():
         assert q.cache.get(get_if_invalid=False) == 0.25
 
 
+@pytest.fixture
+def lab_and_source() -> Iterator[tuple[Any, VirtualLabSource]]:
+    """A recording virtual lab and a source with the station system's kind of envelope:
+    channels 1-4 in volts (|V| <= 1, step 0.3 V), channel 5 in amperes (|I| <= 1 mA, step
+    0.4 mA)."""
+    with running_lab(BENCH, record=True) as lab:
+        src = _lab_source(lab, "src_seq")
+        yield lab, src
+
+
+def _levels(src: VirtualLabSource) -> list[Any]:
+    return [*(ch.volt for ch in src.channels[:4]), src.channels[4].curr]
+
+
+def _reset(lab: Any, src: VirtualLabSource) -> None:
+    src.write("*RST")
+    for p in _levels(src):
+        p.get()
+    lab.clear_received()
+
+
+@st.composite
+def _level_phases(draw: st.DrawFn) -> tuple[np.ndarray, list[int], np.ndarray]:
+    """Phases of level writes: values within the envelope (jumps of up to 2 V: ramps), which
+    levels each phase changes, the levels in any order."""
+    n = draw(st.integers(1, 5))
+    indices = draw(st.permutations(range(5)).map(lambda p: p[: draw(st.integers(1, 5))]))
+    scale = np.array([1.0, 1.0, 1.0, 1.0, 1e-3])[indices]
+    unit = st.floats(-1.0, 1.0, allow_subnormal=False)
+    values = np.array(
+        [[draw(unit) * s for s in scale] for _ in range(n)], dtype=np.float64
+    ).reshape(n, len(indices))
+    changed = np.array(
+        [[draw(st.booleans()) for _ in indices] for _ in range(n)], dtype=bool
+    ).reshape(n, len(indices))
+    return values, list(indices), changed
+
+
+@settings(
+    max_examples=30,
+    deadline=None,
+    # one lab for every example: each starts from its reset (*RST, levels read back)
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(phases=_level_phases())
+def test_a_level_sequence_sends_what_the_writer_sends_phase_by_phase(lab_and_source, phases):
+    """LevelWriter.sequence prepared once, then sent phase by phase inside a batch: the same
+    commands (values, ramps from the levels queued before, order) as LevelWriter.write of each
+    phase's changed levels, and the same caches when the batch ends (the instrument's truth)."""
+    lab, src = lab_and_source
+    values, indices, changed = phases
+    writer = src.level_writer(_levels(src))
+    sent, caches = [], []
+    for prepared in (False, True):
+        _reset(lab, src)
+        with src.batch():
+            seq = writer.sequence(values, indices, changed) if prepared else None
+            for b in range(values.shape[0]):
+                with src.deferred_writes():
+                    if seq is not None:
+                        assert seq.send(b)
+                    elif changed[b].any():
+                        cols = np.flatnonzero(changed[b])
+                        writer.write(values[b, cols].tolist(), [indices[j] for j in cols])
+                    assert src.ask("*OPC?") == "1"
+            if seq is not None:
+                seq.close()
+        sent.append(lab.received("src"))
+        caches.append([p.cache.get(get_if_invalid=False) for p in _levels(src)])
+    assert sent[0] == sent[1]
+    assert caches[0] == caches[1]
+    truth = lab.bench.summary()
+    assert caches[1] == [*truth["volt"][:4].tolist(), truth["curr"][4]]
+
+
+def test_a_level_sequence_refuses_before_sending_and_stops_when_its_premise_fails(
+    lab_and_source,
+):
+    """A value outside the bounds in any phase refuses the whole sequence (nothing sent). A
+    prepared sequence sends each phase once, in order, and stops (closed, nothing queued) when
+    a planned level's cache changed since it was prepared; what it queued reaches the caches
+    on close, unless a cache is newer."""
+    lab, src = lab_and_source
+    writer = src.level_writer(_levels(src))
+    _reset(lab, src)
+    rows = np.array([[0.5, 0.5, 0.5, 0.5, 0.0], [0.5, 0.5, 1.5, 0.5, 0.0]])
+    with pytest.raises(ValueError, match="1.5"):
+        writer.sequence(rows, list(range(5)), np.ones_like(rows, dtype=bool))
+    rows[1, 2] = math.nan
+    with pytest.raises(ValueError):
+        writer.sequence(rows, list(range(5)), np.ones_like(rows, dtype=bool))
+    with pytest.raises(ValueError, match="each level index once"):
+        writer.sequence(rows[:, :2], [1, 1], np.ones((2, 2), dtype=bool))
+    assert lab.received() == []
+
+    rows = np.array([[0.2, 0.2], [0.4, 0.4], [0.6, 0.6]])
+    p, q = _levels(src)[:2]
+    with src.batch():
+        seq = writer.sequence(rows, [0, 1], np.ones_like(rows, dtype=bool))
+        assert not seq.send(1)  # not the next phase: closed, nothing queued
+        seq = writer.sequence(rows, [0, 1], np.ones_like(rows, dtype=bool))
+        with src.deferred_writes():
+            assert seq.send(0)
+            assert src.ask("*OPC?") == "1"
+        assert not seq.send(0)  # each phase once (a retry writes its levels itself)
+        seq = writer.sequence(rows[1:], [0, 1], np.ones_like(rows[1:], dtype=bool))
+        with src.deferred_writes():
+            assert seq.send(0)
+            assert src.ask("*OPC?") == "1"
+        q.cache.set(0.25)  # someone else's (newer) value for q
+        assert not seq.send(1)
+        seq.close()
+        assert p.cache.get(get_if_invalid=False) == 0.0  # held to the end of the batch
+    assert p.cache.get(get_if_invalid=False) == 0.4  # what was queued last
+    assert q.cache.get(get_if_invalid=False) == 0.25  # the newer value wins
+    assert [cmd for _, cmd in lab.received("src") if "VOLT" in cmd] == [
+        ":SOUR1:VOLT 0.2;:SOUR2:VOLT 0.2;*OPC?",
+        ":SOUR1:VOLT 0.4;:SOUR2:VOLT 0.4;*OPC?",
+    ]
+
+
 def test_a_batch_looks_the_interrupt_policy_up_once(entered):
     """Inside a batch, whether an exchange holds a Ctrl-C is what it was on entry; after it, the
     lookup is per exchange again."""
@@ -469,12 +593,23 @@ def test_a_phase_writes_its_changed_levels_in_one_compound_message(tmp_path):
     ]
 
 
-def test_the_bulk_writer_sends_what_the_parameters_send(tmp_path):
+def test_the_bulk_writer_sends_what_the_parameters_send(tmp_path, monkeypatch):
     """Phases with ramps (step 1 V) between patterns and nudges on and off: the shared bulk
-    writer sends the same commands in the same order as qcodes' set of each changed level in
+    writer -- through a level sequence prepared per batch, except where a nudge is released
+    first -- sends the same commands in the same order as qcodes' set of each changed level in
     turn, measures the same, and leaves every level's cache at what the instrument holds after
     every batch."""
+    accepted: list[bool] = []
+    send = instruments.LevelSequence.send
+
+    def counted(self: Any, b: int) -> bool:
+        accepted.append(send(self, b))
+        return accepted[-1]
+
+    monkeypatch.setattr(instruments.LevelSequence, "send", counted)
     bulk, bulk_out = _run_phases(tmp_path / "bulk", per_parameter=False)
+    # 3 x (4 + 4 + 4) + 2 phases; the first of each free batch after a nudge releases it
+    assert accepted.count(True) == 38 - 3 and not any(a is False for a in accepted)
     each, each_out = _run_phases(tmp_path / "each", per_parameter=True)
     assert [line for _, line in bulk] == [line for _, line in each]
     assert any(";" in line and "STAT:TRIP?" in line for _, line in bulk)  # compound writes
@@ -500,3 +635,16 @@ def test_a_driver_with_set_levels_only_gets_an_adapter():
     writer.write([5.0, 4.0], [2, 0])
     assert calls == [(["a", "b", "c"], [1.0, 2.0, 3.0]), (["c", "a"], [5.0, 4.0])]
     assert _bulk_writer(object(), ["a"]) is None
+
+
+@pytest.mark.parametrize("seconds", [0.0, 1e-5, 1.5e-4, 3e-4, 2e-3])
+def test_the_settling_wait_is_never_shorter_than_asked(seconds):
+    """The bench's settle wait (a sleep, then polling the clock for its last stretch) returns
+    only once ``seconds`` have passed, and reports the time it waited."""
+    from physlearn.drivers.station_system import wait_at_least
+
+    for _ in range(20):
+        t0 = time.perf_counter()
+        waited = wait_at_least(seconds)
+        elapsed = time.perf_counter() - t0
+        assert seconds <= waited <= elapsed
