@@ -30,6 +30,11 @@ QuTiP solves the same three sparse Hamiltonians (the same CSR matrices wrapped a
 ``--repeats`` rounds, every round running each measurement once in turn (a shared machine's load
 spikes then hit all of them alike); matvec counts are deterministic.
 
+physlearn computes the sparse products of registers of 2^17 states and more in blocks of rows
+on several threads (``SolverOptions.threads``: the available CPUs by default; the same products
+bit for bit), its Lanczos and its ARPACK reference alike; QuTiP's products are serial.
+``--product-threads 1`` compares serial against serial.
+
 QuTiP is a benchmark-only dependency: ``pip install qutip``.
 """
 
@@ -91,13 +96,15 @@ def measure_size(n: int, args: argparse.Namespace, qutip: Any) -> dict[str, Any]
                 },
             ],
             "outputs": [{"label": "X0X4", "terms": [{"pauli": "X0 X4"}]}],
-            "solver": {"tol": args.tol},
+            "solver": {"tol": args.tol, "threads": args.product_threads},
         }
     )
     system = cfg.build(0)
     model, basis = system.model, system.model.basis
-    opts = SolverOptions(tol=args.tol)  # physlearn's solver (Lanczos), as the system uses it
-    ref = SolverOptions(tol=args.tol, method="arpack")  # the reference cold solve
+    # physlearn's solver (Lanczos), as the system uses it, and the reference cold solve; both
+    # compute the sparse products of large registers in row blocks on --product-threads threads
+    opts = SolverOptions(tol=args.tol, threads=args.product_threads)
+    ref = SolverOptions(tol=args.tol, method="arpack", threads=args.product_threads)
     assert system.solver.method == opts.method
     reps = args.repeats
     coeffs = model.coefficients(system.get_parameters())
@@ -206,6 +213,13 @@ def main(argv: list[str] | None = None) -> int:
         "--lr", type=float, default=0.02, help="Adam learning rate of the steady-state update"
     )
     ap.add_argument("--threads", type=int, default=1, help="BLAS threads (1: fair on shared CPUs)")
+    ap.add_argument(
+        "--product-threads",
+        type=int,
+        default=None,
+        help="threads for physlearn's sparse products from 2^17 states (default: as a run "
+        "uses them, the available CPUs; 1: serial, as QuTiP's)",
+    )
     args = ap.parse_args(argv)
 
     try:
@@ -221,6 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     from physlearn.memory import retain_freed_memory
+    from physlearn.simulators.quantum_states import SolverOptions
 
     retain_freed_memory()  # the allocator policy of a campaign process, for every solver alike
 
@@ -230,7 +245,10 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"quantum-EP ground-state benchmark (beta = {args.beta}, tol = {args.tol:g}, "
         f"{args.threads} BLAS thread(s), best of {args.repeats}; s = seconds, mv = matvecs; "
-        "ARPACK = reference cold solve, Lanczos = physlearn's solver)"
+        "ARPACK = reference cold solve, Lanczos = physlearn's solver; sparse products of "
+        f"{SolverOptions().parallel_from} states and more on "
+        f"{SolverOptions(threads=args.product_threads).product_threads(1 << 30)} thread(s) for "
+        "both, QuTiP's on 1)"
     )
     hdr = (
         f"{'N':>3} {'dim':>7} {'nnz':>8} {'build s':>8} {'ARPACK k=2 s':>12} {'mv':>4} "

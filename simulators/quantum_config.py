@@ -121,6 +121,12 @@ class SolverConfig(StrictModel):
         10, ge=3, description="Lanczos basis size of warm-started (nudged) solves"
     )
     dense_below: int = Field(64, ge=0, description="dense eigh up to this Hilbert dimension")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="threads for the sparse products of registers of 17 qubits and more (the "
+        "same products, in row blocks); default: the available CPUs, at most OMP_NUM_THREADS",
+    )
 
     def options(self) -> SolverOptions:
         from physlearn.simulators.quantum_states import SolverOptions
@@ -131,6 +137,7 @@ class SolverConfig(StrictModel):
             ncv=self.ncv,
             warm_ncv=self.warm_ncv,
             dense_below=self.dense_below,
+            threads=self.threads,
         )
 
 

@@ -47,6 +47,8 @@ Energies are in the unit of the Hamiltonian (hbar = 1). Conventions (PHYSICS.md,
 from __future__ import annotations
 
 import math
+import os
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal, TypeAlias
 
@@ -91,6 +93,12 @@ class SolverOptions:
             solve (two eigenpairs) uses ``warm_ncv + 2``.
         maxiter: ARPACK restart limit (None: ``10 * dim``).
         dense_below: Hilbert-space dimension up to which a dense ``eigh`` is used instead.
+        threads: threads computing the sparse products of a large register, each a block of
+            rows (:class:`RowBlocks`; the same products bit for bit). None: the CPUs this
+            process may use, at most ``OMP_NUM_THREADS`` if set (a sweep's Dask workers set it
+            to 1); 1: serial.
+        parallel_from: Hilbert-space dimension from which the products are split (below it a
+            product is too short to pay for handing half of it to another thread).
     """
 
     tol: float = 1e-10
@@ -101,12 +109,27 @@ class SolverOptions:
     warm_ncv: int | None = 10
     maxiter: int | None = None
     dense_below: int = 64
+    threads: int | None = None
+    parallel_from: int = 1 << 17
 
     def __post_init__(self) -> None:
         if self.tol < 0 or self.gap_tol < 0:
             raise ValueError("tol and gap_tol must be >= 0")
         if self.method not in ("lanczos", "arpack"):
             raise ValueError(f"unknown solver method {self.method!r} (lanczos or arpack)")
+        if self.threads is not None and self.threads < 1:
+            raise ValueError("threads must be >= 1 (or None: the available CPUs)")
+
+    def product_threads(self, dim: int) -> int:
+        """Threads for the sparse products of a ``dim``-dimensional register (see ``threads``)."""
+        if dim < self.parallel_from:
+            return 1
+        if self.threads is not None:
+            return self.threads
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+        limit = os.environ.get("OMP_NUM_THREADS", "")
+        budget = int(limit) if limit.isdigit() and int(limit) > 0 else (cpus or 1)
+        return max(1, min(cpus or 1, budget))
 
 
 @dataclass(frozen=True)
@@ -175,8 +198,64 @@ class SumOperator:
         return np.asarray(self.a.toarray() + self.b.toarray())
 
 
+def _row_block(m: sp.csr_matrix, r0: int, r1: int) -> sp.csr_matrix:
+    """Rows ``r0:r1`` of a CSR matrix, sharing its data and indices (no copy)."""
+    p = m.indptr
+    a, b = int(p[r0]), int(p[r1])
+    block = sp.csr_matrix(
+        (m.data[a:b], m.indices[a:b], p[r0 : r1 + 1] - p[r0]), shape=(r1 - r0, m.shape[1])
+    )
+    block.has_sorted_indices = m.has_sorted_indices  # never sort the shared indices in place
+    return block
+
+
+class RowBlocks:
+    """``mat @ v`` for a CSR matrix (or a :class:`SumOperator` of two) computed as ``k`` blocks
+    of rows at once: ``k - 1`` on ``pool``'s threads, one on the caller's. scipy's sparse
+    product releases the GIL, so the blocks run in parallel; every row is the same sum in the
+    same order as in the whole product, so the result is the same bit for bit. Matrices of
+    other kinds, and products with several vectors, are computed whole."""
+
+    def __init__(self, mat: Matrix, pool: Executor, k: int) -> None:
+        self.mat, self.pool = mat, pool
+        self.shape: tuple[int, ...] = tuple(mat.shape)
+        self.dtype: np.dtype[Any] = np.dtype(mat.dtype)
+        parts: list[Any] = [mat.a, mat.b] if isinstance(mat, SumOperator) else [mat]
+        n = int(mat.shape[0])
+        self.blocks: list[tuple[slice, list[sp.csr_matrix]]] = []
+        if k > 1 and all(isinstance(m, sp.csr_matrix) for m in parts):
+            cuts = [n * i // k for i in range(k + 1)]
+            self.blocks = [
+                (slice(a, b), [_row_block(m, a, b) for m in parts])
+                for a, b in zip(cuts[:-1], cuts[1:], strict=True)
+            ]
+
+    @staticmethod
+    def _block(rows: slice, parts: list[sp.csr_matrix], v: Vector, out: Vector) -> None:
+        r = parts[0] @ v
+        for m in parts[1:]:
+            r = r + m @ v
+        out[rows] = r
+
+    def __matmul__(self, v: Vector) -> Vector:
+        if not self.blocks or v.ndim != 1:
+            return np.asarray(self.mat @ v)
+        out = np.empty(self.shape[0], dtype=np.result_type(self.dtype, v.dtype))
+        (rows, parts), *rest = self.blocks
+        futures = [self.pool.submit(self._block, r, p, v, out) for r, p in rest]
+        try:
+            self._block(rows, parts, v, out)
+        finally:
+            for f in futures:
+                f.result()
+        return out
+
+    def toarray(self) -> NDArray[Any]:
+        return to_dense(self.mat)
+
+
 #: A Hermitian operator: sparse matrix, dense array, or a lazy :class:`SumOperator`.
-Matrix: TypeAlias = "sp.csr_matrix | NDArray[Any] | SumOperator"
+Matrix: TypeAlias = "sp.csr_matrix | NDArray[Any] | SumOperator | RowBlocks"
 
 
 def to_dense(h: Matrix) -> NDArray[Any]:
@@ -454,7 +533,28 @@ def ground_state(
         res = float(np.linalg.norm(dense @ psi - w[0] * psi))
         second = v[:, 1] if check and dim > 1 else None
         return GroundState(float(w[0]), psi, gap if check else np.nan, 0, res, second)
-    op = _Counting(h)
+    threads = opts.product_threads(dim)
+    if threads == 1:
+        return _sparse_ground_state(h, h, v0, opts, check, tracked, excited, hv0)
+    with ThreadPoolExecutor(threads - 1, thread_name_prefix="physlearn-products") as pool:
+        mat = RowBlocks(h, pool, threads)
+        return _sparse_ground_state(mat, h, v0, opts, check, tracked, excited, hv0)
+
+
+def _sparse_ground_state(
+    mat: Matrix,
+    h: Matrix,
+    v0: Vector | None,
+    opts: SolverOptions,
+    check: bool,
+    tracked: bool,
+    excited: Vector | None,
+    hv0: Vector | None,
+) -> GroundState:
+    """:func:`ground_state` of a register too large for a dense solve: products with ``mat``
+    (``h`` itself, or its :class:`RowBlocks`)."""
+    dim = int(h.shape[0])
+    op = _Counting(mat)
     k = 2 if check else 1
     if v0 is None:
         start = start_vector(dim, h.dtype)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -327,3 +328,74 @@ def test_a_tight_two_pair_run_certifies_without_arpack() -> None:
 def test_unknown_solver_method_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown solver method"):
         SolverOptions(method="davidson")
+
+
+# -- sparse products in row blocks (threads) ------------------------------------------------------
+
+
+@given(
+    seed=st.integers(0, 100_000),
+    n=st.integers(3, 8),
+    complex_=st.booleans(),
+    k=st.integers(2, 5),
+    nudged=st.booleans(),
+)
+@SETTINGS
+def test_row_block_products_are_the_whole_products_bit_for_bit(
+    seed: int, n: int, complex_: bool, k: int, nudged: bool
+) -> None:
+    """RowBlocks: ``k`` blocks of rows, ``k - 1`` of them on other threads, give exactly the
+    serial product (each row the same sum in the same order), for a Hamiltonian or a lazy
+    Hamiltonian + nudge, with real or complex vectors; several vectors go whole."""
+    basis, c = random_hamiltonian(seed, n, complex_)
+    h = basis.operator(c)
+    mat = SumOperator(h, basis.operator(np.r_[np.zeros(basis.size - 1), 0.05])) if nudged else h
+    rng = np.random.default_rng(seed)
+    vectors = [rng.normal(size=basis.dim), rng.normal(size=basis.dim) * (1 + 0.5j)]
+    with ThreadPoolExecutor(k - 1) as pool:
+        blocks = qs.RowBlocks(mat, pool, k)
+        assert len(blocks.blocks) == k
+        for v in vectors:
+            got, want = blocks @ v, mat @ v
+            assert got.dtype == want.dtype
+            np.testing.assert_array_equal(got, want)
+        several = np.stack(vectors[:1] * 2, axis=1)
+        np.testing.assert_array_equal(blocks @ several, mat @ several)
+
+
+@pytest.mark.parametrize("complex_", [False, True])
+def test_a_solve_with_threaded_products_is_the_serial_solve(complex_: bool) -> None:
+    """Cold, warm (nudged) and tracked solves with products on 1 and on 3 threads: the same
+    energies, vectors and product counts exactly."""
+    basis, c = random_hamiltonian(7, 9, complex_)
+    h = basis.operator(c)
+    d = basis.operator(np.r_[np.zeros(basis.size - 1), 0.05])
+    serial = SolverOptions(dense_below=0, threads=1, parallel_from=0)
+    threaded = SolverOptions(dense_below=0, threads=3, parallel_from=0)
+    assert serial.product_threads(basis.dim) == 1 and threaded.product_threads(basis.dim) == 3
+    results = []
+    for opts in (serial, threaded):
+        cold = ground_state(h, None, opts)
+        warm = ground_state(SumOperator(h, d), cold.vector, opts, hv0=cold.hvector)
+        tracked = ground_state(h + 0.01 * d, cold.vector, opts, excited=cold.excited)
+        results.append((cold, warm, tracked))
+    for a, b in zip(*results, strict=True):
+        assert (a.energy, a.gap, a.matvecs, a.residual) == (b.energy, b.gap, b.matvecs, b.residual)
+        np.testing.assert_array_equal(a.vector, b.vector)
+
+
+def test_the_product_threads_follow_the_size_the_cpus_and_omp_num_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    cpus = len(os.sched_getaffinity(0))
+    opts = SolverOptions()
+    assert opts.product_threads(opts.parallel_from - 1) == 1  # too small to split
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert opts.product_threads(opts.parallel_from) == cpus
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # e.g. a Dask worker of a sweep
+    assert opts.product_threads(1 << 20) == 1
+    monkeypatch.setenv("OMP_NUM_THREADS", "junk")
+    assert opts.product_threads(1 << 20) == cpus
+    assert SolverOptions(threads=4).product_threads(1 << 20) == 4  # asked for: as asked
+    with pytest.raises(ValueError, match="threads"):
+        SolverOptions(threads=0)
