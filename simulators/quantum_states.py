@@ -438,12 +438,14 @@ def _next_check(m: int, ratios: FloatArray, last: tuple[int, FloatArray] | None)
     bound of each pair, ``last``: the previous look). Every product once a pair is within 1e4
     of its bound or a ratio stopped falling; before, half the products the observed rates need
     to bring the first pair there, so that the check (bisection on ``T_m``) does not cost as
-    much as the products on small registers."""
+    much as the products on small registers -- but at most ``m // 2`` products ahead: Lanczos
+    convergence stalls now and then, and a rate measured across a stall (a ratio that barely
+    fell) would send the next look hundreds of products past convergence."""
     if last is None or np.any(ratios <= 1e4) or np.any(ratios >= last[1]):
         return m + 1
     rates = (np.log(last[1]) - np.log(ratios)) / (m - last[0])
     steps = float(np.min(np.log(ratios / 1e4) / rates))
-    return m + max(1, int(0.5 * steps))
+    return m + max(1, min(int(0.5 * steps), m // 2))
 
 
 def _lanczos_ground_state(
