@@ -134,13 +134,12 @@ def wait_at_least(seconds: float) -> float:
     loaded machine the sleep can overshoot the whole wait: the network only settles further.
     """
     t0 = time.perf_counter()
-    deadline = t0 + seconds
     if seconds > SPIN_SECONDS:
         time.sleep(seconds - SPIN_SECONDS)
-    now = time.perf_counter()
-    while now < deadline:
-        now = time.perf_counter()
-    return now - t0
+    waited = time.perf_counter() - t0
+    while waited < seconds:  # on the difference itself: t0 + seconds could round below it
+        waited = time.perf_counter() - t0
+    return waited
 
 
 @dataclass
@@ -1237,25 +1236,29 @@ class StationSystem(PhysicalSystem):
         in it. It writes the phase's levels when no other nudge is to be released first and it
         accepts the phase (the next one, caches as planned: see the driver's sequence); else
         the phase writes them itself, as without one (a retry after a failed exchange does)."""
-        if seq is not None and self._applied in (None, kind):
-            root = seq.source
-            with root.deferred_writes():
-                t0 = time.perf_counter()
-                try:
-                    sent = seq.send(row)
-                finally:
-                    self.timers.instrument += time.perf_counter() - t0
+        if seq is not None:
+            if self._applied in (None, kind):
+                root = seq.source
+                with root.deferred_writes():
+                    t0 = time.perf_counter()
+                    try:
+                        sent = seq.send(row)
+                    finally:
+                        self.timers.instrument += time.perf_counter() - t0
+                    if sent:
+                        self._applied = kind
+                        if seq.writes(row):
+                            self._dirty_roots[id(root)] = root
+                        self._sources["inputs"].last = list(u)
+                        if levels is not None:
+                            self._sources["nudge.error"].last = list(levels)
+                        self._sync()
                 if sent:
-                    self._applied = kind
-                    if seq.writes(row):
-                        self._dirty_roots[id(root)] = root
-                    self._sources["inputs"].last = list(u)
-                    if levels is not None:
-                        self._sources["nudge.error"].last = list(levels)
-                    self._sync()
-            if sent:
-                self.timers.phases += 1
-                return self._read()
+                    self.timers.phases += 1
+                    return self._read()
+            # the levels the sequence queued go into the caches before this phase writes its
+            # own (closing later would put them over newer ones); it sends nothing more
+            seq.close()
         roots = self._batch_roots
         batch = roots[0].deferred_writes() if self._single_deferred else self._batch(roots)
         phase = _PhaseLevels()

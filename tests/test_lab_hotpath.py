@@ -23,7 +23,7 @@ from qcodes.instrument import Instrument
 
 import physlearn.drivers.instruments as instruments
 from physlearn.config import parse_config
-from physlearn.drivers.errors import InstrumentReplyError
+from physlearn.drivers.errors import InstrumentIOError, InstrumentReplyError
 from physlearn.drivers.instruments import VirtualLabDMM, VirtualLabPots, VirtualLabSource
 from physlearn.drivers.testing import bench_experiment, running_lab, write_station
 from physlearn.orchestrator import build_system
@@ -615,6 +615,46 @@ def test_the_bulk_writer_sends_what_the_parameters_send(tmp_path, monkeypatch):
     assert any(";" in line and "STAT:TRIP?" in line for _, line in bulk)  # compound writes
     for a, b in zip(bulk_out, each_out, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("fault", [InstrumentReplyError, InstrumentIOError])
+@pytest.mark.parametrize("where", ["scan", "sync"])
+def test_a_fault_inside_a_prepared_batch_leaves_the_caches_at_the_truth(
+    tmp_path, monkeypatch, fault, where
+):
+    """An exchange fails inside batches whose levels were prepared at once (ramps between
+    patterns): the scan after the levels were applied, or the synchronisation (the trip query
+    that carries the phase's levels: they are never sent), in the middle and at the end of a
+    batch. The phase is redone after a resync (and, for a lost link, a reconnect), the rest of
+    the batch writes level by level, and after every batch the caches, the skip memory and the
+    instrument agree -- the next ramp starts from the truth."""
+    calls = [0]
+    cls, name = (
+        (VirtualLabDMM, "read_scan_floats")
+        if where == "scan"
+        else (VirtualLabSource, "read_trip_status")
+    )
+    read = getattr(cls, name)
+
+    def flaky(self: Any) -> Any:
+        calls[0] += 1
+        # the 3rd phase of the first (free) batch, the last of the +beta batch (every failed
+        # attempt is a call too), the 2nd phase of the second round's +beta batch
+        if calls[0] in (3, 9, 19):
+            raise fault("injected fault", self.name)
+        return read(self)
+
+    monkeypatch.setattr(cls, name, flaky)
+    with running_lab(BENCH, record=True, **QUIET) as lab:
+        system: Any = build_system(
+            parse_config(_experiment(write_station(lab, tmp_path / "s.yaml")))
+        )
+        with system:
+            for x, nudge in _phases(np.random.default_rng(3)):
+                system.equilibrate(x, nudge)
+                _assert_caches_hold_what_was_written(system, lab)
+            assert system.timers.retries == 3
+        Instrument.close_all()
 
 
 def test_a_driver_with_set_levels_only_gets_an_adapter():
