@@ -36,6 +36,9 @@ Energies are in the unit of the Hamiltonian (hbar = 1). Conventions (PHYSICS.md,
   build Krylov polynomials in H from the same start). Both find a level of another sector that
   came down and refuse a near-degeneracy across sectors; an *exact* degeneracy across sectors
   escapes both (a single Lanczos vector sees one vector per eigenvalue).
+* Products: from ``parallel_from`` (2^17) states on, the sparse products run as blocks of rows
+  on ``threads`` threads (:class:`RowBlocks`; scipy's product releases the GIL): the same
+  products bit for bit, so every result is the same as on one thread.
 * Thermal state at temperature ``T > 0`` (same energy unit, k_B = 1): ``rho = exp(-H/T)/Z`` by
   dense diagonalisation (small systems); the free energy is ``F = -T ln Z``, and
   ``<A> = dF/dtheta`` for ``H = ... + theta A``.
