@@ -406,9 +406,22 @@ def test_a_stalled_ratio_does_not_send_the_next_check_far_ahead() -> None:
     then): the next look is at most half the products so far ahead, not where the stalled rate
     extrapolates (hundreds of products past convergence)."""
     last = (10, np.array([6.877e6]))
-    assert qs._next_check(11, np.array([6.854e6]), last) == 11 + 5
-    assert qs._next_check(11, np.array([1e9]), (10, np.array([1e12]))) == 11 + 1  # fast: as due
-    assert qs._next_check(11, np.array([1e3]), last) == 12  # near the bound: every product
+    assert qs._next_check(11, np.array([6.854e6]), last, 0.0) == 11 + 5
+    assert qs._next_check(11, np.array([1e9]), (10, np.array([1e12])), 0.0) == 11 + 1  # as due
+
+
+def test_near_the_bound_the_looks_are_spaced_by_their_cost() -> None:
+    """Within 1e4 of the bound: a look after every product when a look is cheap next to a
+    product (large registers), every few products when it is not (small ones), never past the
+    products the slowest pair still needs, and after the next product once a ratio rose."""
+    now = np.exp([5.0, 9.0])  # one e-fold per product: the slower pair needs 9 more
+    last = (20, np.exp([7.0, 11.0]))
+    assert qs._next_check(22, now, last, 0.01) == 23
+    assert qs._next_check(22, now, last, 2.0) == 22 + 6  # sqrt(2 * 9 * 2)
+    assert qs._next_check(22, now, last, 100.0) == 22 + 9  # what the pairs need
+    assert qs._next_check(12, now, (10, last[1]), 100.0) == 12 + 6  # m // 2
+    assert qs._next_check(22, np.exp([5.0, 12.0]), last, 2.0) == 23  # a ratio rose
+    assert qs._look_cost(11264, 1024, 60) > 1 > 0.05 > qs._look_cost(4980736, 1 << 18, 100)
 
 
 def test_the_nudged_solves_of_a_training_step_cost_less_than_cold_solves() -> None:
