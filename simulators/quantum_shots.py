@@ -21,9 +21,10 @@ from physlearn.simulators.pauli import PauliBasis
 from physlearn.system import FloatArray
 
 _SQ2 = 1.0 / np.sqrt(2.0)
-_ROTATION = {
+#: the single-qubit rotations that make X or Y the measured Z: X: H; Y: H @ diag(1, -i)
+#: (U^dagger Z U = Y), applied by :meth:`MeasurementPlan._rotate`
+ROTATION = {
     "X": np.array([[_SQ2, _SQ2], [_SQ2, -_SQ2]], dtype=np.complex128),
-    # H @ diag(1, -i): U^dagger Z U = Y
     "Y": np.array([[_SQ2, -1j * _SQ2], [_SQ2, 1j * _SQ2]], dtype=np.complex128),
 }
 
@@ -82,13 +83,23 @@ class MeasurementPlan:
         return len(self.settings)
 
     def _rotate(self, vectors: NDArray[np.complex128], bases: dict[int, str]) -> NDArray:
+        """``vectors`` ``(dim, m)`` with :data:`ROTATION` applied to every X or Y qubit of
+        ``bases``: a butterfly on that qubit's bit (rows ``r`` and ``r + 2**(n-1-q)``), in place
+        on a copy, without building the rotation's Kronecker product."""
         n = self.basis.n_qubits
         m = vectors.shape[1]
-        t = vectors.reshape((2,) * n + (m,))
+        t = np.array(vectors, dtype=np.complex128, order="C")  # reshapes below are views
         for q, letter in bases.items():
-            if letter != "Z":
-                t = np.moveaxis(np.tensordot(_ROTATION[letter], t, axes=([1], [q])), 0, q)
-        return t.reshape(1 << n, m)
+            if letter == "Z":
+                continue
+            pair = t.reshape(1 << q, 2, (1 << (n - 1 - q)) * m)
+            low, high = pair[:, 0, :], pair[:, 1, :]
+            if letter == "Y":
+                high = high * -1j  # diag(1, -i) first
+            plus = (low + high) * _SQ2
+            pair[:, 1, :] = (low - high) * _SQ2
+            pair[:, 0, :] = plus
+        return t
 
     def sample(
         self,

@@ -144,3 +144,22 @@ def test_thermal_shots_are_unbiased_estimates_of_gibbs_expectations() -> None:
     se = conj.std(axis=0, ddof=1) / np.sqrt(len(runs))
     assert np.all(np.abs(conj.mean(axis=0) - exact.conjugates["theta"][0]) < 4.5 * se)
     assert np.all(se > 0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4, 5])
+def test_the_basis_rotation_is_the_kronecker_product_of_the_qubit_rotations(n):
+    """MeasurementPlan._rotate (a butterfly per rotated qubit) against the dense Kronecker
+    product of the per-qubit rotations (qubit 0 the leftmost factor), on random states."""
+    from physlearn.simulators.quantum_shots import ROTATION
+
+    rng = np.random.default_rng(n)
+    plan = MeasurementPlan(PauliBasis.from_labels(["Z0"], n), np.array([0]))
+    vectors = rng.normal(size=(1 << n, 3)) + 1j * rng.normal(size=(1 << n, 3))
+    vectors = np.asfortranarray(vectors)  # as eigh returns them (thermal states)
+    for _ in range(6):
+        bases = {q: str(rng.choice(list("XYZ"))) for q in range(n) if rng.random() < 0.8}
+        dense = np.eye(1)
+        for q in range(n):
+            dense = np.kron(dense, ROTATION.get(bases.get(q, "Z"), np.eye(2)))
+        np.testing.assert_allclose(plan._rotate(vectors, bases), dense @ vectors, atol=1e-12)
+        assert plan._rotate(vectors[:, :1].real, bases).shape == (1 << n, 1)
