@@ -147,6 +147,11 @@ class LabVisaInstrument(VisaInstrument):
         #: exchange holds a Ctrl-C (looked up once per batch); None outside
         self._held: dict[int, _Held] | None = None
         self._hold_interrupts: bool | None = None
+        #: an exchange stopped midway by something other than an I/O error (a KeyboardInterrupt:
+        #: a run's second Ctrl-C is raised wherever the run is): its reply, or the rest of its
+        #: command, may still be in the session, and the next exchange would take it for its own.
+        #: The next exchange reopens the session first.
+        self._interrupted = False
         super().__init__(name, address=address, **kwargs)
         self._address_arg = address
         self._nodelay()
@@ -263,6 +268,8 @@ class LabVisaInstrument(VisaInstrument):
             self._write_visa(message)
 
     def _write_visa(self, message: str) -> None:
+        if self._interrupted:
+            self.reconnect()
         log = self.visa_log
         if log.isEnabledFor(_DEBUG):
             log.debug(f"Writing: {message}")
@@ -273,6 +280,9 @@ class LabVisaInstrument(VisaInstrument):
             raise InstrumentIOError(
                 f"{self.name}: could not send {message!r} ({exc})", self.name
             ) from None
+        except BaseException:
+            self._interrupted = True
+            raise
         finally:
             self.io_seconds += time.perf_counter() - t0
             self.io_count += 1
@@ -318,6 +328,8 @@ class LabVisaInstrument(VisaInstrument):
         return self._query_visa(cmd)
 
     def _query_visa(self, cmd: str) -> str:
+        if self._interrupted:
+            self.reconnect()
         log = self.visa_log
         if log.isEnabledFor(_DEBUG):
             log.debug(f"Querying: {cmd}")
@@ -334,6 +346,9 @@ class LabVisaInstrument(VisaInstrument):
             raise InstrumentIOError(
                 f"{self.name}: connection lost on {cmd!r} ({exc})", self.name
             ) from None
+        except BaseException:
+            self._interrupted = True
+            raise
         finally:
             self.io_seconds += time.perf_counter() - t0
             self.io_count += 1
@@ -342,7 +357,8 @@ class LabVisaInstrument(VisaInstrument):
         return reply.strip()
 
     def reconnect(self) -> None:
-        """Close the VISA session and open a new one at the same address."""
+        """Close the VISA session and open a new one at the same address (nothing of the old
+        session's unread replies or half-sent commands carries over)."""
         term = self.visa_handle.read_termination
         timeout = self.visa_handle.timeout
         try:
@@ -362,6 +378,7 @@ class LabVisaInstrument(VisaInstrument):
             self.visa_handle.write_termination = term
         self.visa_handle.timeout = timeout
         self._nodelay()
+        self._interrupted = False
 
     # -- strict parsing ----------------------------------------------------------------------
     def bad_reply(self, cmd: str, reply: str, expected: str) -> InstrumentReplyError:

@@ -4,6 +4,7 @@ committed step, and the run resumes."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -155,3 +156,56 @@ def test_compliance_trip_is_not_retried_and_ends_safe(tmp_path):
         scans = [line for _, line in lab.received("dmm") if line == "READ?"]
     assert scans == []  # nothing was measured with a tripped source
     assert RunStore.open(tmp_path / "trip.zarr").status() == "fail"
+
+
+@pytest.mark.parametrize("instrument", ["src", "dmm"])
+def test_a_ctrl_c_between_a_query_and_its_reply_ends_safe_with_ramps(
+    tmp_path, reference, monkeypatch, instrument
+):
+    """A second Ctrl-C raises KeyboardInterrupt wherever the run is -- here after a query went
+    out and before its reply was read, so the reply stays in the session. The run aborts, the
+    sources ramp down within their steps from the levels they really hold (not from a stale
+    reply read as the answer to a later query), every committed step is kept, and the run
+    resumes."""
+    import pyvisa.resources
+
+    cls = pyvisa.resources.MessageBasedResource
+    read, write = cls.read, cls.write
+    hot = "STAT:TRIP?" if instrument == "src" else "READ?"  # the query of every phase
+    sent: dict[int, str] = {}
+    calls = [0]
+
+    def remembered(self: Any, message: str, *args: Any, **kwargs: Any) -> Any:
+        sent[id(self)] = message
+        return write(self, message, *args, **kwargs)
+
+    def interrupted(self: Any, *args: Any, **kwargs: Any) -> str:
+        if sent.get(id(self), "").endswith(hot):
+            calls[0] += 1
+            if calls[0] == 20:  # in the training loop: its query went out, the reply waits
+                raise KeyboardInterrupt
+        return read(self, *args, **kwargs)
+
+    with running_lab(BENCH, record=True, **QUIET) as lab:
+        monkeypatch.setattr(cls, "write", remembered)
+        monkeypatch.setattr(cls, "read", interrupted)
+        raw = experiment(tmp_path, write_station(lab, tmp_path / "station.yaml"))
+        out = tmp_path / "ctrl_c.zarr"
+        res = start_run(parse_config(raw), out)
+        assert res.status == "abort" and calls[0] >= 20
+        _assert_safe(lab)
+        # every level set-point walks by at most the role's step (inputs 1 V, currents 5 mA)
+        held: dict[tuple[str, str], float] = {}
+        for _, line in lab.received("src"):
+            for cmd in line.split(";"):
+                m = re.fullmatch(r":?SOUR(\d+):(VOLT|CURR) (\S+)", cmd.strip())
+                if m:
+                    key, v = (m.group(1), m.group(2)), float(m.group(3))
+                    step = 1.0 if m.group(2) == "VOLT" else 5e-3
+                    assert abs(v - held.get(key, 0.0)) <= step, f"{cmd}: jump"
+                    held[key] = v
+        monkeypatch.setattr(cls, "read", read)
+        res = resume_run(out)
+        _assert_safe(lab)
+    assert res.status == "success"
+    _assert_same(reference, out)
