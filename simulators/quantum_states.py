@@ -468,14 +468,18 @@ def _next_check(
     product. Never more than ``m // 2`` products ahead: Lanczos convergence stalls now and
     then, and a rate measured across a stall (a ratio that barely fell) would send the next
     look hundreds of products past convergence."""
-    if last is None or np.any(ratios >= last[1]):
+    if last is None:
         return m + 1
-    rates = (np.log(last[1]) - np.log(ratios)) / (m - last[0])
-    if np.any(ratios <= 1e4):
-        s = float(np.max(np.log(np.maximum(ratios, 1.0)) / rates))
+    now, before = ratios.tolist(), last[1].tolist()  # one or two pairs: Python floats
+    if any(r >= b for r, b in zip(now, before, strict=True)):
+        return m + 1
+    span = m - last[0]
+    rates = [(math.log(b) - math.log(r)) / span for r, b in zip(now, before, strict=True)]
+    if min(now) <= 1e4:
+        s = max(math.log(max(r, 1.0)) / k for r, k in zip(now, rates, strict=True))
         jump = min(int(math.sqrt(2.0 * s * cost)), int(s))
     else:
-        jump = int(0.5 * float(np.min(np.log(ratios / 1e4) / rates)))
+        jump = int(0.5 * min(math.log(r / 1e4) / k for r, k in zip(now, rates, strict=True)))
     return m + max(1, min(jump, m // 2))
 
 
