@@ -253,12 +253,9 @@ class RowBlocks:
                 f.result()
         return out
 
-    def toarray(self) -> NDArray[Any]:
-        return to_dense(self.mat)
-
 
 #: A Hermitian operator: sparse matrix, dense array, or a lazy :class:`SumOperator`.
-Matrix: TypeAlias = "sp.csr_matrix | NDArray[Any] | SumOperator | RowBlocks"
+Matrix: TypeAlias = "sp.csr_matrix | NDArray[Any] | SumOperator"
 
 
 def to_dense(h: Matrix) -> NDArray[Any]:
@@ -269,7 +266,7 @@ def to_dense(h: Matrix) -> NDArray[Any]:
 class _Counting(sla.LinearOperator):
     """Wraps a sparse matrix and counts products (ARPACK reports no iteration count)."""
 
-    def __init__(self, mat: Matrix) -> None:
+    def __init__(self, mat: Matrix | RowBlocks) -> None:
         super().__init__(dtype=mat.dtype, shape=mat.shape)
         self.mat = mat
         self.count = 0
@@ -580,7 +577,7 @@ def ground_state(
 
 
 def _sparse_ground_state(
-    mat: Matrix,
+    mat: Matrix | RowBlocks,
     h: Matrix,
     v0: Vector | None,
     opts: SolverOptions,
