@@ -343,7 +343,11 @@ class EquilibriumConfig(StrictModel):
     settled: space them (``poll_interval``) at a fair fraction of the settling time constant.
     The residual error at the stop is about ``tolerance / (1 - exp(-interval / tau))``."""
 
-    settle_time: float = Field(0.0, ge=0, description="wait after the last write (s)")
+    settle_time: float = Field(
+        0.0,
+        ge=0,
+        description="wait after the instruments confirmed a phase's writes, before the scan (s)",
+    )
     tolerance: float | None = Field(
         None, gt=0, description="stability: max |dV| between successive scans (V); null: one scan"
     )

@@ -19,7 +19,8 @@ as those parameters' set and get without qcodes' per-call machinery: the same co
 queries, the same validation (the parameters' own validators, bounds read from them) and strict
 parsing, the parameters' caches updated as a set or get would -- ``VirtualLabSource.set_levels``
 and ``level_writer`` (levels in bulk, one compound message), ``read_trip_status``,
-``VirtualLabDMM.read_scan`` and ``read_scan_floats``. Writes and queries hold a first Ctrl-C
+``VirtualLabDMM.read_scan`` and ``read_scan_floats``. A level writer's write can be prepared
+ahead and sent later (``LevelWriter.prepare`` / ``send``). Writes and queries hold a first Ctrl-C
 until the exchange is over, as qcodes does, whenever Python's default SIGINT handler is the one
 installed.
 
@@ -47,7 +48,6 @@ import pyvisa
 import pyvisa.constants
 import pyvisa.errors
 import pyvisa.resources
-from numpy.typing import NDArray
 from qcodes import validators as vals
 from qcodes.instrument import InstrumentChannel, VisaInstrument
 from qcodes.parameters import Parameter
@@ -588,6 +588,9 @@ class VirtualLabSource(LabVisaInstrument):
             get_cmd=partial(self.query_int, "STAT:TRIP?"),
             docstring="bit mask of channels tripped by their compliance (bit k: channel k+1)",
         )
+        #: level writes queued so far (set_levels, a level writer's write or send): a prepared
+        #: write (LevelWriter.prepare) stands only while it is unchanged
+        self.level_writes = 0
         #: SCPI header of every level parameter, by parameter, from the root (for set_levels)
         self._level_headers: dict[int, str] = {}
         #: (validators, their bounds) by level parameter, recomputed when its validators change
@@ -661,15 +664,18 @@ class VirtualLabSource(LabVisaInstrument):
             self._level_bounds[key] = (checks, bounds)
         return (p, head, bounds, p.step)
 
-    def _level_now(self, p: Parameter) -> float:
+    def _level_now(self, p: Parameter, query: bool = True) -> float:
         """The level a ramp of ``p`` starts from: the one last queued in the open :meth:`batch`
-        (unless its cache was updated since), else the cached level, else a get (a query).
+        (unless its cache was updated since), else the cached level, else (``query``) a get.
         InstrumentReplyError if it is unknown (a ramp never jumps from a guess)."""
         start = self._held_value(p)
         if start is None:
-            start = p.cache.get()  # a get (a query) if the cache is invalid
-            if start is None:
-                start = p.get()
+            if query:
+                start = p.cache.get()  # a get (a query) if the cache is invalid
+                if start is None:
+                    start = p.get()
+            elif p.cache.valid:
+                start = p.cache.get(get_if_invalid=False)
         if not isinstance(start, (int, float)) or start != start:
             raise InstrumentReplyError(
                 f"{p.full_name}: present level {start!r} unknown; refusing to ramp from it",
@@ -683,6 +689,15 @@ class VirtualLabSource(LabVisaInstrument):
         """Check every value (and ramp value) of ``plans`` against its bounds, then queue the
         commands (one compound message, or the pending one) and update the caches
         (``repeated``: a parameter may appear twice; it ramps on from its first value)."""
+        cmds, news = self._level_commands(plans, values, repeated, True)
+        self._send_levels(plans, cmds, news)
+
+    def _level_commands(
+        self, plans: Sequence[_LevelPlan], values: Sequence[float], repeated: bool, query: bool
+    ) -> tuple[list[str], list[float]]:
+        """The commands that set ``plans`` to ``values`` (every value and ramp value checked,
+        ramps from :meth:`_level_now`; ``query``: it may ask for an unknown level), and each
+        parameter's final level."""
         cmds: list[str] = []
         news: list[float] = []  # the final level of each parameter, in order
         latest: dict[int, float] | None = {} if repeated else None
@@ -697,13 +712,18 @@ class VirtualLabSource(LabVisaInstrument):
                 if latest is not None and id(p) in latest:
                     start = latest[id(p)]
                 else:
-                    start = self._level_now(p)
+                    start = self._level_now(p, query)
                 if not abs(v - start) <= step:
                     cmds.extend(_ramp_commands(p, head, bounds, step, start, v))
                 if latest is not None:
                     latest[id(p)] = v
             cmds.append(head + repr(v))
+        return cmds, news
+
+    def _send_levels(self, plans: Sequence[_LevelPlan], cmds: list[str], news: list[float]) -> None:
+        """Queue level commands and note the levels they leave (see :meth:`_queue_levels`)."""
         self._write_rooted(cmds)
+        self.level_writes += 1
         # the caches as a set would leave them (raw value = value: nothing converts it; held
         # to the end of a batch); a parameter given twice ends at its last value
         for plan, v in zip(plans, news, strict=True):
@@ -737,6 +757,9 @@ class LevelWriter:
     of writes (the station system does, at the start of every ``equilibrate``, where it also
     checks the batch against the safety envelope): a validator, step or delay changed since
     the last refresh is not seen by :meth:`write` until the next one.
+
+    A write can also be prepared ahead (:meth:`prepare`: checked and formatted, nothing
+    queued) and sent later (:meth:`send`), as long as nothing it rests on changed in between.
     """
 
     def __init__(self, source: VirtualLabSource, params: Sequence[Parameter]) -> None:
@@ -750,170 +773,83 @@ class LevelWriter:
     def refresh(self) -> None:
         """Read every parameter's validators, step, delays and conversions afresh (ValueError
         if one can no longer be set in bulk)."""
-        self._plans = plans = [self.source._level_plan(p) for p in self.params]
-        # per level, for sequence: its bounds (custom: validators that are not plain Numbers,
-        # called one value at a time), its ramp step (inf: none)
-        self._custom = np.array([b is None for _, _, b, _ in plans], dtype=bool)
-        self._lo = np.array([-np.inf if b is None else b[0] for _, _, b, _ in plans])
-        self._hi = np.array([np.inf if b is None else b[1] for _, _, b, _ in plans])
-        self._steps = np.array([np.inf if s is None else abs(s) for _, _, _, s in plans])
+        self._plans = [self.source._level_plan(p) for p in self.params]
 
     def write(self, values: Sequence[float], indices: Sequence[int] | None = None) -> None:
         """Set ``params[indices[j]]`` to ``values[j]`` (every parameter, in order, when
         ``indices`` is None): see the class docstring."""
+        self.source._queue_levels(self._plans_of(values, indices), values, False)
+
+    def prepare(
+        self, values: Sequence[float], indices: Sequence[int] | None = None
+    ) -> PreparedLevels:
+        """What :meth:`write` of these values would queue now -- every value and ramp value
+        checked, the commands formatted, ramps from the present levels -- without queueing it
+        (:meth:`send` does), and without a query: a level to ramp from that is not known
+        without asking (no held level, no valid cache) raises InstrumentReplyError. The
+        station system prepares the next phase's levels while the network settles."""
+        plans = self._plans_of(values, indices)
+        src = self.source
+        cmds, news = src._level_commands(plans, values, False, False)
+        params = [plan[0] for plan in plans]
+        return PreparedLevels(plans, cmds, news, list(map(_stamp_of, params)), src.level_writes)
+
+    def send(self, prepared: PreparedLevels) -> bool:
+        """Queue what :meth:`prepare` prepared, exactly as :meth:`write` would have then, and
+        update the caches the same way -- if it still stands: no level write on this source and
+        no change of a written parameter's cache since it was prepared (a get, a set, a resync:
+        the levels to ramp from may have changed). Else False, and nothing is queued: write
+        the levels anew. A prepared write is sent at most once."""
+        src = self.source
+        if (
+            prepared.writes != src.level_writes
+            or list(map(_stamp_of, prepared.params)) != prepared.stamps
+        ):
+            return False
+        src._send_levels(prepared.plans, prepared.cmds, prepared.levels)
+        return True
+
+    def _plans_of(self, values: Sequence[float], indices: Sequence[int] | None) -> list[_LevelPlan]:
         plans = self._plans
         if indices is None:
             if len(values) != len(plans):
                 raise ValueError(
                     f"{self.source.name}: {len(values)} values for {len(plans)} levels"
                 )
-            self.source._queue_levels(plans, values, False)
-            return
+            return plans
         if len(indices) != len(values) or len(set(indices)) != len(indices):
             raise ValueError(
                 f"{self.source.name}: {len(values)} values for level indices {list(indices)} "
                 "(each index once)"
             )
-        self.source._queue_levels([plans[k] for k in indices], values, False)
-
-    def sequence(
-        self, values: NDArray[np.float64], indices: Sequence[int], changed: NDArray[np.bool_]
-    ) -> LevelSequence:
-        """The writes of ``n`` successive phases, prepared at once (:class:`LevelSequence`).
-
-        Phase ``b`` sets ``params[indices[j]]`` to ``values[b, j]`` for every column ``j`` with
-        ``changed[b, j]`` (``values``, ``changed``: ``(n, len(indices))``), in column order: the
-        commands :meth:`write` would queue for those values and indices, phase after phase. Every
-        value and every ramp value of every phase is checked against the bounds now, before any
-        is sent; ramps start from the present levels (:meth:`VirtualLabSource._level_now`) and
-        then from each phase's levels. ValueError (or the parameter's own validation error) if
-        a value is refused, InstrumentReplyError if a level to ramp from is unknown: nothing of
-        the sequence is sent then.
-        """
-        src = self.source
-        v = np.asarray(values, dtype=np.float64)
-        ch = np.asarray(changed, dtype=bool)
-        n, m = v.shape if v.ndim == 2 else (0, -1)
-        if m != len(indices) or ch.shape != v.shape or len(set(indices)) != m:
-            raise ValueError(
-                f"{src.name}: a level sequence needs values and changed of shape (phases, "
-                f"{len(indices)}) and each level index once"
-            )
-        plans = [self._plans[k] for k in indices]
-        at = np.asarray(indices, dtype=np.int64)
-        lo, hi, steps, custom = self._lo[at], self._hi[at], self._steps[at], self._custom[at]
-        bad = ch & ~((v >= lo) & (v <= hi)) & ~custom  # NaN is refused too
-        if bad.any():
-            b, j = np.argwhere(bad)[0].tolist()
-            _refuse(plans[j][0], float(v[b, j]))
-        for j in np.flatnonzero(custom).tolist():
-            for x in v[ch[:, j], j].tolist():
-                plans[j][0].validate(x)
-        # the last phase <= b that writes column j (-1: none), and the level each phase starts
-        # from: the previous phase's, or the present level
-        written = np.maximum.accumulate(np.where(ch, np.arange(n)[:, None], -1), axis=0)
-        ramped = np.isfinite(steps) & ch.any(axis=0)
-        start = np.full(m, np.nan)
-        for j in np.flatnonzero(ramped).tolist():
-            start[j] = src._level_now(plans[j][0])
-        before = np.vstack(
-            [start, np.where(written >= 0, v[np.maximum(written, 0), np.arange(m)], start)]
-        )
-        far = ch & ramped & ~(np.abs(v - before[:-1]) <= steps)
-        ramps: dict[tuple[int, int], list[str]] = {}
-        for b, j in np.argwhere(far).tolist():
-            p, head, bounds, step = plans[j]
-            ramps[b, j] = _ramp_commands(p, head, bounds, step, float(before[b, j]), v[b, j])
-        heads = [plan[1] for plan in plans]
-        rows = v.tolist()
-        cmds: list[list[str]]
-        if not ramps and ch.all():
-            cmds = [[h + repr(x) for h, x in zip(heads, row, strict=True)] for row in rows]
-        else:
-            cmds = []
-            for b, (row, flags) in enumerate(zip(rows, ch.tolist(), strict=True)):
-                out: list[str] = []
-                for j, f in enumerate(flags):
-                    if f:
-                        if far[b, j]:
-                            out.extend(ramps[b, j])
-                        out.append(heads[j] + repr(row[j]))
-                cmds.append(out)
-        params = [plan[0] for plan in plans]
-        return LevelSequence(src, params, cmds, v, written)
+        return [plans[k] for k in indices]
 
 
 #: the cache timestamp of a parameter (one C-level call per parameter list)
 _stamp_of = attrgetter("cache.timestamp")
 
 
-class LevelSequence:
-    """The writes of successive phases of a :class:`LevelWriter`, checked and formatted at
-    once (:meth:`LevelWriter.sequence`): :meth:`send` queues phase ``b``'s commands (into the
-    pending compound message inside :meth:`~LabVisaInstrument.deferred_writes`) without
-    looking at a single value again -- the station system's hot path.
+class PreparedLevels:
+    """A :class:`LevelWriter` write prepared ahead (:meth:`LevelWriter.prepare`): the level
+    plans, the commands, the final levels, and what it rests on -- the written parameters'
+    cache timestamps and the source's count of level writes when it was prepared."""
 
-    The sequence rests on the levels it planned from, and refuses to go on (``send`` returns
-    False and the sequence closes) unless the phases are sent in order, each once, and no
-    planned parameter's cache has changed since it was prepared (a get, a set, a resync after a
-    failed exchange: the levels may not be the planned ones). The caches are updated when it
-    closes, with the levels last queued (held to the end of the instrument's
-    :meth:`~LabVisaInstrument.batch`): the caller closes it before writing these parameters
-    any other way, and at the end of its block of phases.
-    """
+    __slots__ = ("plans", "params", "cmds", "levels", "stamps", "writes")
 
     def __init__(
         self,
-        source: LabVisaInstrument,
-        params: list[Parameter],
-        cmds: list[list[str]],
-        values: NDArray[np.float64],
-        written: NDArray[np.int64],
+        plans: list[_LevelPlan],
+        cmds: list[str],
+        levels: list[float],
+        stamps: list[Any],
+        writes: int,
     ) -> None:
-        self.source = source
-        self._params = params
-        self._cmds = cmds
-        self._values = values
-        self._written = written
-        self._stamps = list(map(_stamp_of, params))
-        self._next = 0  # the phase send accepts
-        self._closed = False
-
-    def writes(self, b: int) -> bool:
-        """Whether phase ``b`` sends any command (a phase that changes nothing does not)."""
-        return bool(self._cmds[b])
-
-    def send(self, b: int) -> bool:
-        """Queue phase ``b``'s commands; False (and nothing queued, the sequence closed) if
-        ``b`` is not the next phase or a planned parameter's cache changed since."""
-        if self._closed or b != self._next or list(map(_stamp_of, self._params)) != self._stamps:
-            self.close()
-            return False
-        self._next = b + 1  # queued, or failed to be: never sent again from this plan
-        cmds = self._cmds[b]
-        if cmds:
-            self.source._write_rooted(cmds)
-        return True
-
-    def close(self) -> None:
-        """Update the caches with the levels last queued (idempotent; no I/O): held to the end
-        of the instrument's batch if one is open, as :meth:`~LabVisaInstrument._hold` does, but
-        as of the time the sequence was prepared -- a cache updated since is newer and wins."""
-        if self._closed:
-            return
-        self._closed = True
-        last = self._next - 1
-        if last < 0:
-            return
-        held, v = self.source._held, self._values
-        for j, b in enumerate(self._written[last].tolist()):
-            if b < 0:
-                continue
-            p, stamp, level = self._params[j], self._stamps[j], float(v[b, j])
-            if held is not None:
-                held[id(p)] = (p, level, stamp, None)
-            elif p.cache.timestamp == stamp:
-                p.cache.set(level)
+        self.plans = plans
+        self.params = [plan[0] for plan in plans]
+        self.cmds = cmds
+        self.levels = levels
+        self.stamps = stamps
+        self.writes = writes
 
 
 class VirtualLabDMM(LabVisaInstrument):

@@ -26,8 +26,9 @@ nudge value of the batch is checked against the envelope before the first write,
 one bad pattern is refused whole, never partly applied; then each pattern is measured in turn.
 The phase of one pattern is one *transaction*: remove the previous nudge, set the inputs, apply
 the nudge, synchronise with every instrument written (a compliance-trip query or ``*OPC?``),
-wait ``settle_time``, scan until two successive scans agree within ``tolerance`` (if set; at
-most ``max_reads`` scans and ``timeout`` seconds). Unchanged levels are not rewritten; changed
+wait ``settle_time`` from that confirmation (the levels are applied by then), scan until two
+successive scans agree within ``tolerance`` (if set; at most ``max_reads`` scans and ``timeout``
+seconds). Unchanged levels are not rewritten; changed
 ones go to a source offering a bulk writer (the virtual-lab source's ``level_writer``, or its
 ``set_levels``) in one call, which checks them against the channels' qcodes validators and
 ramps them exactly as qcodes would, leaving the parameters' caches at the levels written; the
@@ -36,11 +37,12 @@ is checked against the envelope. Every role on one instrument shares that instru
 a phase's changed levels (nudge released, inputs, nudge applied) are collected and go to it in
 one call, just before the phase writes anything else (a relay, an output) or synchronises --
 the same commands in the same order as writing role after role. When every level a batch's
-phases write (inputs, error-nudge currents) goes to one writer that prepares sequences
-(``LevelWriter.sequence``), the batch's writes are prepared at once -- changed levels, checks of
-every value and ramp value, the commands -- and sent phase by phase; a phase that releases
-another nudge first, and every phase after a failed one (a retry included), writes its levels
-as above. The compliance-trip query and
+phases write (inputs, error-nudge currents) goes to one writer that can prepare writes ahead
+(``LevelWriter.prepare``), each phase's writes -- changed levels, checks of every value and ramp
+value, the commands -- are prepared while the phase before it settles (work inside a wait the
+bench needs anyway), and the phase only sends them; a phase whose preparation no longer stands
+(a nudge to release, a retry after a failed exchange, a resync) writes its levels as above.
+The compliance-trip query and
 the scan go through the drivers' own readers (``read_trip_status``, ``read_scan_floats``: the
 parameters' get without qcodes' per-call machinery, the same queries, parsing, errors and
 caches) when they offer them.
@@ -72,6 +74,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -123,8 +126,9 @@ T = TypeVar("T")
 SPIN_SECONDS = 2e-4
 
 
-def wait_at_least(seconds: float) -> float:
-    """Wait ``seconds`` (the bench settling) and return the time waited, never less.
+def wait_at_least(seconds: float, since: float | None = None) -> float:
+    """Wait until ``seconds`` have passed since ``since`` (a ``time.perf_counter()`` reading;
+    default: now) -- the bench settling -- and return the time since then, never less.
 
     Sleeps until ``SPIN_SECONDS`` before the deadline, then polls the clock. A plain sleep of
     ``settle_time = 3e-4`` s returns after about 4e-4 s, so every phase would wait a third longer
@@ -133,9 +137,10 @@ def wait_at_least(seconds: float) -> float:
     core is also awake when the scan that follows is sent, instead of waking from idle. On a
     loaded machine the sleep can overshoot the whole wait: the network only settles further.
     """
-    t0 = time.perf_counter()
-    if seconds > SPIN_SECONDS:
-        time.sleep(seconds - SPIN_SECONDS)
+    t0 = time.perf_counter() if since is None else since
+    asleep = seconds - SPIN_SECONDS - (time.perf_counter() - t0)
+    if asleep > 0:
+        time.sleep(asleep)
     waited = time.perf_counter() - t0
     while waited < seconds:  # on the difference itself: t0 + seconds could round below it
         waited = time.perf_counter() - t0
@@ -243,17 +248,36 @@ class _SetLevelsWriter:
         self._set_levels(params, values)
 
 
-class _Sequence(Protocol):
-    """Level writes of successive phases prepared at once by a bulk writer (see
-    ``LevelWriter.sequence`` and ``LevelSequence`` in :mod:`physlearn.drivers.instruments`)."""
+class _Preparing(_BulkWriter, Protocol):
+    """A bulk writer whose writes can be prepared ahead and sent later (see
+    ``LevelWriter.prepare`` and ``send`` in :mod:`physlearn.drivers.instruments`)."""
 
-    source: Any
+    def prepare(self, values: list[float], indices: list[int] | None = None) -> Any: ...
 
-    def send(self, b: int) -> bool: ...
+    def send(self, prepared: Any) -> bool: ...
 
-    def writes(self, b: int) -> bool: ...
 
-    def close(self) -> None: ...
+class _PreparedPhase:
+    """A phase's level writes, prepared while the phase before it settled
+    (:meth:`StationSystem._prepare_phase`): the writer's prepared write (None: the phase
+    changes no level), the roles and channels it sets, and the skip memory (``last``) of each
+    role it was prepared against."""
+
+    __slots__ = ("writer", "root", "levels", "roles", "lasts")
+
+    def __init__(
+        self,
+        writer: _Preparing,
+        root: Any,
+        levels: Any,
+        roles: list[tuple[_Source, list[int], list[float]]],
+        lasts: list[tuple[_Source, list[float]]],
+    ) -> None:
+        self.writer = writer
+        self.root = root
+        self.levels = levels
+        self.roles = roles
+        self.lasts = lasts
 
 
 def _bulk_writer(root: Any, levels: list[Any]) -> _BulkWriter | None:
@@ -809,13 +833,16 @@ class StationSystem(PhysicalSystem):
                 last[k] = v
         self._dirty_roots[id(root)] = root
 
-    def _sync(self) -> None:
-        """Wait until every written instrument has executed its commands; check trips."""
+    def _sync(self) -> float | None:
+        """Wait until every written instrument has executed its commands; check trips. Returns
+        when the last confirmation came (``time.perf_counter()``), None if nothing was written
+        (no exchange)."""
         dirty = self._dirty_roots
         if not dirty:
-            return
+            return None
         trips = self._trips
         t0 = time.perf_counter()
+        t1 = t0
         try:
             for key, root in dirty.items():
                 trip = trips.get(key)
@@ -834,8 +861,10 @@ class StationSystem(PhysicalSystem):
                             f"{root.name} replied {reply!r} to '*OPC?'; expected 1", root.name
                         )
         finally:
-            self.timers.instrument += time.perf_counter() - t0
+            t1 = time.perf_counter()
+            self.timers.instrument += t1 - t0
         dirty.clear()
+        return t1
 
     # -- open / close ------------------------------------------------------------------------
     def open(self) -> None:
@@ -1127,25 +1156,19 @@ class StationSystem(PhysicalSystem):
         lv_rows: list[Any] = [None] * batch if levels is None else levels.tolist()
         transaction = self._transaction
         measure = self._measure_one
-        plannable = self._plannable(kind)
-        seq: _Sequence | None = None
-        first = 0  # the pattern the level sequence starts at
+        # the next phase's levels are prepared while this one settles (see _prepare_phase)
+        ahead = self._preparing(kind) is not None and self.config.equilibrium.settle_time > 0
+        prepared: _PreparedPhase | None = None
         with self._exchange_batch():
-            try:
-                for b in range(batch):
-                    if plannable and seq is None and self._applied in (None, kind):
-                        seq = self._plan_levels(x[b:], kind, None if levels is None else levels[b:])
-                        plannable, first = seq is not None, b
-                    v, n, ok, waited = transaction(
-                        "measuring a pattern", measure, rows[b], kind, lv_rows[b], seq, b - first
-                    )
-                    scans.append(v)
-                    reads.append(n)
-                    converged.append(ok)
-                    settle += waited
-            finally:
-                if seq is not None:
-                    seq.close()  # the levels it queued into the caches, before the batch ends
+            for b in range(batch):
+                nxt = (rows[b + 1], lv_rows[b + 1]) if ahead and b + 1 < batch else None
+                v, n, ok, waited, prepared = transaction(
+                    "measuring a pattern", measure, rows[b], kind, lv_rows[b], prepared, nxt
+                )
+                scans.append(v)
+                reads.append(n)
+                converged.append(ok)
+                settle += waited
         volts = np.array(scans, dtype=np.float64)  # (batch, n_nodes): every scan's length checked
         # take: C-contiguous results (volts[:, idx] would be a transposed buffer for batch > 1)
         dv = volts.take(self._ei, axis=1) - volts.take(self._ej, axis=1)
@@ -1184,103 +1207,128 @@ class StationSystem(PhysicalSystem):
                 for p in src.outputs or []:
                     self._set(p, False)
 
-    def _plannable(self, kind: str | None) -> bool:
-        """Whether the phases of a batch with nudge ``kind`` can write their levels through a
-        prepared sequence: every level they write (inputs; an error nudge's currents) goes to
-        one bulk writer that prepares sequences, and nothing else (no relay, no output)."""
+    def _preparing(self, kind: str | None) -> _Preparing | None:
+        """The bulk writer that can prepare the levels of a batch's phases with nudge ``kind``
+        ahead (:meth:`_prepare_phase`): when every level they write (inputs; an error nudge's
+        currents) goes to that one writer, and nothing else (no relay, no output); else None."""
         if kind not in (None, "error"):
-            return False
-        writer = self._sources["inputs"].bulk
-        if writer is None or not callable(getattr(writer, "sequence", None)):
-            return False
-        return kind is None or self._sources["nudge.error"].bulk is writer
-
-    def _plan_levels(
-        self, x: FloatArray, kind: str | None, levels: FloatArray | None
-    ) -> _Sequence | None:
-        """The level writes of the patterns ``x`` (and error-nudge ``levels``), prepared at once
-        by the bulk writer (:meth:`_plannable`): the levels each phase changes, in the order
-        :meth:`_measure_one` writes them (inputs, then the nudge), checked and formatted before
-        the first is sent. None if the writer refuses to prepare them (a value refused, a
-        level unknown): the phases then go one by one, and meet -- and report -- the problem in
-        their own transaction."""
-        roles = [(self._sources["inputs"], x)]
-        if kind == "error":
-            assert levels is not None
-            roles.append((self._sources["nudge.error"], levels))
-        values = np.hstack([a for _, a in roles]) if len(roles) > 1 else x
-        indices = [src.offset + k for src, _ in roles for k in range(len(src.levels))]
-        last = np.array([v for src, _ in roles for v in src.last], dtype=np.float64)
-        changed = values != np.vstack([last, values[:-1]])  # NaN (unknown) differs always
-        writer = roles[0][0].bulk
-        t0 = time.perf_counter()
-        try:
-            return writer.sequence(values, indices, changed)  # type: ignore[union-attr]
-        except (ValueError, InstrumentError):
             return None
-        finally:
-            self.timers.instrument += time.perf_counter() - t0
+        writer = self._sources["inputs"].bulk
+        if writer is None or not callable(getattr(writer, "prepare", None)):
+            return None
+        if kind == "error" and self._sources["nudge.error"].bulk is not writer:
+            return None
+        return writer  # type: ignore[return-value]
+
+    def _prepare_phase(
+        self, kind: str | None, u: list[float], levels: list[float] | None
+    ) -> _PreparedPhase | None:
+        """The level writes of the next phase of the batch (inputs ``u``, nudge ``levels``),
+        prepared while this phase settles -- the levels that differ from this phase's, every
+        value and ramp value checked, the commands formatted -- as :meth:`_measure_one` would
+        write them after this phase (the nudge ``kind`` stays applied: nothing to release).
+        None if it cannot be (a value refused, a level to ramp from unknown without a query):
+        the next phase then writes its levels itself, and meets and reports the problem in its
+        own transaction. Never raises (anything but a KeyboardInterrupt and the like)."""
+        writer = self._preparing(kind)
+        if writer is None:
+            return None
+        given = [(self._sources["inputs"], u)]
+        if kind == "error" and levels is not None:
+            given.append((self._sources["nudge.error"], levels))
+        values: list[float] = []
+        index: list[int] = []
+        roles: list[tuple[_Source, list[int], list[float]]] = []
+        lasts: list[tuple[_Source, list[float]]] = []
+        for src, new in given:
+            last = src.last
+            lasts.append((src, list(last)))
+            idx = [k for k, v in enumerate(new) if v != last[k]]  # NaN (unknown) differs
+            if idx:
+                changed = [new[k] for k in idx]
+                values += changed
+                offset = src.offset
+                index += [offset + k for k in idx] if offset else idx
+                roles.append((src, idx, changed))
+        try:
+            prepared = writer.prepare(values, index) if values else None
+        except Exception:  # noqa: BLE001 - the phase meets it again, in its own transaction
+            return None
+        return _PreparedPhase(writer, given[0][0].roots[0], prepared, roles, lasts)
+
+    def _send_prepared(self, prepared: _PreparedPhase, kind: str | None) -> bool:
+        """Queue a phase's prepared level writes (:meth:`_prepare_phase`) if they still stand:
+        no other nudge to release, the skip memory as it was prepared against, and the writer
+        accepting them (nothing it rests on changed: see ``LevelWriter.send``). False, with
+        nothing queued, otherwise: the phase then writes its levels itself."""
+        if self._applied not in (None, kind):
+            return False
+        for src, last in prepared.lasts:
+            if src.last != last:
+                return False
+        if prepared.levels is not None:
+            t0 = time.perf_counter()
+            try:
+                if not prepared.writer.send(prepared.levels):
+                    return False
+            except BaseException:
+                for src, idx, _ in prepared.roles:
+                    for k in idx:
+                        src.last[k] = math.nan  # unknown: may or may not have gone through
+                raise
+            finally:
+                self.timers.instrument += time.perf_counter() - t0
+            root = prepared.root
+            self._dirty_roots[id(root)] = root
+        self._applied = kind
+        for src, idx, new in prepared.roles:
+            last = src.last
+            for k, v in zip(idx, new, strict=True):
+                last[k] = v
+        return True
 
     def _measure_one(
         self,
         u: list[float],
         kind: str | None,
         levels: list[float] | None,
-        seq: _Sequence | None = None,
-        row: int = 0,
-    ) -> tuple[list[float], int, bool, float]:
+        prepared: _PreparedPhase | None = None,
+        ahead: tuple[list[float], list[float] | None] | None = None,
+    ) -> tuple[list[float], int, bool, float, _PreparedPhase | None]:
         """One phase of one pattern (a transaction; see the module docstring): ``u`` the input
-        levels, ``levels`` the nudge's (floats, already checked against the envelope).
+        levels, ``levels`` the nudge's (floats, already checked against the envelope); the
+        scan, the number of scans, whether they agreed, the seconds waited, and the next
+        phase's prepared levels.
 
-        ``seq``: the batch's prepared level writes (:meth:`_plan_levels`), ``row`` this phase's
-        in it. It writes the phase's levels when no other nudge is to be released first and it
-        accepts the phase (the next one, caches as planned: see the driver's sequence); else
-        the phase writes them itself, as without one (a retry after a failed exchange does)."""
-        if seq is not None:
-            if self._applied in (None, kind):
-                root = seq.source
-                with root.deferred_writes():
-                    t0 = time.perf_counter()
-                    try:
-                        sent = seq.send(row)
-                    finally:
-                        self.timers.instrument += time.perf_counter() - t0
-                    if sent:
-                        self._applied = kind
-                        if seq.writes(row):
-                            self._dirty_roots[id(root)] = root
-                        self._sources["inputs"].last = list(u)
-                        if levels is not None:
-                            self._sources["nudge.error"].last = list(levels)
-                        self._sync()
-                if sent:
-                    self.timers.phases += 1
-                    return self._read()
-            # the levels the sequence queued go into the caches before this phase writes its
-            # own (closing later would put them over newer ones); it sends nothing more
-            seq.close()
+        ``prepared``: this phase's level writes, prepared while the phase before settled; they
+        are sent if they still stand (:meth:`_send_prepared`; not on a retry after a failed
+        attempt), else the phase writes its levels itself. ``ahead``: the next phase's inputs
+        and nudge levels, whose writes are prepared while this phase settles."""
         roots = self._batch_roots
         batch = roots[0].deferred_writes() if self._single_deferred else self._batch(roots)
-        phase = _PhaseLevels()
         with batch:
-            self._release_nudge(phase, kind)
-            self._applied = kind
-            self._set_levels(phase, self._sources["inputs"], u)
-            if kind is not None and levels is not None:
-                src = self._sources[f"nudge.{kind}"]
-                self._set_levels(phase, src, levels)
-                if kind in self._switches:
-                    self._flush_levels(phase)
-                    for p in self._switches[kind].states:
-                        self._set(p, True)
-                elif kind == "clamp":
-                    self._flush_levels(phase)
-                    for p in src.outputs or []:
-                        self._set(p, True)
-            self._flush_levels(phase)
-            self._sync()
+            if prepared is None or not self._send_prepared(prepared, kind):
+                phase = _PhaseLevels()
+                self._release_nudge(phase, kind)
+                self._applied = kind
+                self._set_levels(phase, self._sources["inputs"], u)
+                if kind is not None and levels is not None:
+                    src = self._sources[f"nudge.{kind}"]
+                    self._set_levels(phase, src, levels)
+                    if kind in self._switches:
+                        self._flush_levels(phase)
+                        for p in self._switches[kind].states:
+                            self._set(p, True)
+                    elif kind == "clamp":
+                        self._flush_levels(phase)
+                        for p in src.outputs or []:
+                            self._set(p, True)
+                self._flush_levels(phase)
+            synced = self._sync()
         self.timers.phases += 1
-        return self._read()
+        if ahead is None:
+            return self._read(synced, None)
+        return self._read(synced, partial(self._prepare_phase, kind, *ahead))
 
     def _scan(self) -> list[float]:
         """One scan of every node (V, Python floats), checked: its length, the reading counter
@@ -1323,29 +1371,47 @@ class StationSystem(PhysicalSystem):
             )
         return v
 
-    def _wait(self, seconds: float) -> float:
-        """Wait at least ``seconds`` (:func:`wait_at_least`); returns the time waited."""
-        dt = wait_at_least(seconds)
-        self.timers.settle += dt
-        return dt
+    def _wait(
+        self,
+        seconds: float,
+        since: float | None = None,
+        idle: Callable[[], T] | None = None,
+    ) -> tuple[float, T | None]:
+        """Wait until ``seconds`` have passed since ``since`` (default: now; :func:`wait_at_least`)
+        and return the time since then, with what ``idle`` returned: work done first, inside
+        the wait (the network settles meanwhile). The wait counts as settling; the part of the
+        work that runs past the deadline does not (it is the system's own time)."""
+        t0 = time.perf_counter() if since is None else since
+        out = None if idle is None else idle()
+        late = time.perf_counter() - t0 - seconds if idle is not None else 0.0
+        dt = wait_at_least(seconds, t0)
+        self.timers.settle += dt - late if late > 0 else dt
+        return dt, out
 
-    def _read(self) -> tuple[list[float], int, bool, float]:
+    def _read(
+        self, since: float | None, idle: Callable[[], _PreparedPhase | None] | None
+    ) -> tuple[list[float], int, bool, float, _PreparedPhase | None]:
+        """Settle (``settle_time`` from ``since``: the instruments' confirmation that the levels
+        are applied; ``idle`` runs meanwhile), then scan (until stable, with ``tolerance``)."""
         eq = self.config.equilibrium
-        waited = self._wait(eq.settle_time) if eq.settle_time > 0 else 0.0
+        nxt = None
+        waited = 0.0
+        if eq.settle_time > 0:
+            waited, nxt = self._wait(eq.settle_time, since, idle)
         v = self._scan()
         reads = 1
         if eq.tolerance is None:
-            return v, reads, True, waited
+            return v, reads, True, waited, nxt
         start = time.perf_counter()
         while reads < eq.max_reads and time.perf_counter() - start < eq.timeout:
             if eq.poll_interval > 0:
-                waited += self._wait(eq.poll_interval)
+                waited += self._wait(eq.poll_interval)[0]
             v2 = self._scan()
             reads += 1
             if max([abs(a - b) for a, b in zip(v2, v, strict=True)]) <= eq.tolerance:
-                return v2, reads, True, waited
+                return v2, reads, True, waited, nxt
             v = v2
-        return v, reads, False, waited
+        return v, reads, False, waited, nxt
 
     # -- description -------------------------------------------------------------------------
     def snapshot(self) -> dict[str, Any]:

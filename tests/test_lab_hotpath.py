@@ -406,28 +406,31 @@ def _level_phases(draw: st.DrawFn) -> tuple[np.ndarray, list[int], np.ndarray]:
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
 )
 @given(phases=_level_phases())
-def test_a_level_sequence_sends_what_the_writer_sends_phase_by_phase(lab_and_source, phases):
-    """LevelWriter.sequence prepared once, then sent phase by phase inside a batch: the same
-    commands (values, ramps from the levels queued before, order) as LevelWriter.write of each
-    phase's changed levels, and the same caches when the batch ends (the instrument's truth)."""
+def test_a_write_prepared_ahead_sends_what_the_writer_sends(lab_and_source, phases):
+    """Phase after phase inside a batch, each phase's write prepared once the phase before it
+    was queued (as the station system prepares the next phase while this one settles) and
+    then sent: the same commands (values, ramps from the levels queued before, order) as
+    LevelWriter.write of each phase's changed levels, and the same caches when the batch ends
+    (the instrument's truth)."""
     lab, src = lab_and_source
     values, indices, changed = phases
     writer = src.level_writer(_levels(src))
     sent, caches = [], []
-    for prepared in (False, True):
+    for ahead in (False, True):
         _reset(lab, src)
         with src.batch():
-            seq = writer.sequence(values, indices, changed) if prepared else None
             for b in range(values.shape[0]):
+                cols = np.flatnonzero(changed[b])
+                if not cols.size:
+                    continue
+                row, at = values[b, cols].tolist(), [indices[j] for j in cols]
+                prepared = writer.prepare(row, at) if ahead else None
                 with src.deferred_writes():
-                    if seq is not None:
-                        assert seq.send(b)
-                    elif changed[b].any():
-                        cols = np.flatnonzero(changed[b])
-                        writer.write(values[b, cols].tolist(), [indices[j] for j in cols])
+                    if prepared is not None:
+                        assert writer.send(prepared)
+                    else:
+                        writer.write(row, at)
                     assert src.ask("*OPC?") == "1"
-            if seq is not None:
-                seq.close()
         sent.append(lab.received("src"))
         caches.append([p.cache.get(get_if_invalid=False) for p in _levels(src)])
     assert sent[0] == sent[1]
@@ -436,49 +439,62 @@ def test_a_level_sequence_sends_what_the_writer_sends_phase_by_phase(lab_and_sou
     assert caches[1] == [*truth["volt"][:4].tolist(), truth["curr"][4]]
 
 
-def test_a_level_sequence_refuses_before_sending_and_stops_when_its_premise_fails(
+def test_a_prepared_write_refuses_before_sending_and_stands_only_while_its_premise_holds(
     lab_and_source,
 ):
-    """A value outside the bounds in any phase refuses the whole sequence (nothing sent). A
-    prepared sequence sends each phase once, in order, and stops (closed, nothing queued) when
-    a planned level's cache changed since it was prepared; what it queued reaches the caches
-    on close, unless a cache is newer."""
+    """prepare checks every value and ramp value and refuses what write refuses, sending
+    nothing; it never asks the instrument (a level to ramp from that is not known without a
+    query is refused). send queues a prepared write once, and refuses it -- queueing nothing --
+    after another level write on the source or a change of a written level's cache."""
     lab, src = lab_and_source
     writer = src.level_writer(_levels(src))
     _reset(lab, src)
-    rows = np.array([[0.5, 0.5, 0.5, 0.5, 0.0], [0.5, 0.5, 1.5, 0.5, 0.0]])
-    with pytest.raises(ValueError, match="1.5"):
-        writer.sequence(rows, list(range(5)), np.ones_like(rows, dtype=bool))
-    rows[1, 2] = math.nan
-    with pytest.raises(ValueError):
-        writer.sequence(rows, list(range(5)), np.ones_like(rows, dtype=bool))
-    with pytest.raises(ValueError, match="each level index once"):
-        writer.sequence(rows[:, :2], [1, 1], np.ones((2, 2), dtype=bool))
-    assert lab.received() == []
-
-    rows = np.array([[0.2, 0.2], [0.4, 0.4], [0.6, 0.6]])
+    for values, index in (
+        ([0.5, 0.5, 1.5, 0.5, 0.0], None),  # outside the validator (the envelope)
+        ([0.5, math.nan, 0.5, 0.5, 0.0], None),
+        ([0.5, 0.5], None),  # a value short
+        ([0.5, 0.5], [1, 1]),  # an index twice
+    ):
+        with pytest.raises(ValueError):
+            writer.prepare(values, index)
     p, q = _levels(src)[:2]
+    p.cache.invalidate()
+    with pytest.raises(InstrumentReplyError, match="unknown"):
+        writer.prepare([0.9], [0])  # a ramp from an unknown level: no query to learn it
+    assert lab.received() == []
+    p.get()
+    writer.write([0.9], [0])
+    assert src.ask("*OPC?") == "1"
+    p.vals = vals.Numbers(-0.5, 0.5)  # a tighter envelope, read at the next refresh
+    writer.refresh()
+    lab.clear_received()
+    with pytest.raises(ValueError, match="0.6"):  # the ramp's values are checked too
+        writer.prepare([0.0], [0])
+    assert lab.received() == []
+    p.vals = vals.Numbers(-1.0, 1.0)
+    writer.refresh()
+
     with src.batch():
-        seq = writer.sequence(rows, [0, 1], np.ones_like(rows, dtype=bool))
-        assert not seq.send(1)  # not the next phase: closed, nothing queued
-        seq = writer.sequence(rows, [0, 1], np.ones_like(rows, dtype=bool))
+        first = writer.prepare([0.2, 0.2], [0, 1])
         with src.deferred_writes():
-            assert seq.send(0)
+            assert writer.send(first)
             assert src.ask("*OPC?") == "1"
-        assert not seq.send(0)  # each phase once (a retry writes its levels itself)
-        seq = writer.sequence(rows[1:], [0, 1], np.ones_like(rows[1:], dtype=bool))
-        with src.deferred_writes():
-            assert seq.send(0)
-            assert src.ask("*OPC?") == "1"
+        assert not writer.send(first)  # once
+        stale = writer.prepare([0.4, 0.4], [0, 1])
+        writer.write([0.3], [0])  # another level write: the ramp would start elsewhere
+        assert not writer.send(stale)
+        stale = writer.prepare([0.5, 0.5], [0, 1])
         q.cache.set(0.25)  # someone else's (newer) value for q
-        assert not seq.send(1)
-        seq.close()
-        assert p.cache.get(get_if_invalid=False) == 0.0  # held to the end of the batch
-    assert p.cache.get(get_if_invalid=False) == 0.4  # what was queued last
-    assert q.cache.get(get_if_invalid=False) == 0.25  # the newer value wins
-    assert [cmd for _, cmd in lab.received("src") if "VOLT" in cmd] == [
-        ":SOUR1:VOLT 0.2;:SOUR2:VOLT 0.2;*OPC?",
-        ":SOUR1:VOLT 0.4;:SOUR2:VOLT 0.4;*OPC?",
+        assert not writer.send(stale)
+        with src.deferred_writes():
+            assert src.ask("*OPC?") == "1"
+    assert p.cache.get(get_if_invalid=False) == 0.3
+    assert q.cache.get(get_if_invalid=False) == 0.25
+    ramp = [f":SOUR1:VOLT {0.9 - k * p.step!r}" for k in (1, 2)]  # 0.9 V down to 0.2 V
+    assert [cmd for _, cmd in lab.received("src")] == [
+        ";".join([*ramp, ":SOUR1:VOLT 0.2;:SOUR2:VOLT 0.2;*OPC?"]),
+        ":SOUR1:VOLT 0.3",  # the other write, sent at once
+        "*OPC?",
     ]
 
 
@@ -507,7 +523,8 @@ def test_a_batch_looks_the_interrupt_policy_up_once(entered):
 
 def _experiment(station: Path, **system: Any) -> dict[str, Any]:
     raw = yaml.safe_load((CONFIGS / "virtual_lab_resistor.yaml").read_text())
-    system.setdefault("equilibrium", {"settle_time": 0.0})
+    # a short settling: the next phase's levels are prepared meanwhile
+    system.setdefault("equilibrium", {"settle_time": 1e-4})
     return bench_experiment(raw, station, **system)
 
 
@@ -595,21 +612,22 @@ def test_a_phase_writes_its_changed_levels_in_one_compound_message(tmp_path):
 
 def test_the_bulk_writer_sends_what_the_parameters_send(tmp_path, monkeypatch):
     """Phases with ramps (step 1 V) between patterns and nudges on and off: the shared bulk
-    writer -- through a level sequence prepared per batch, except where a nudge is released
-    first -- sends the same commands in the same order as qcodes' set of each changed level in
-    turn, measures the same, and leaves every level's cache at what the instrument holds after
-    every batch."""
+    writer -- through writes prepared while the phase before settled, for every phase but a
+    batch's first -- sends the same commands in the same order as qcodes' set of each changed
+    level in turn, measures the same, and leaves every level's cache at what the instrument
+    holds after every batch."""
     accepted: list[bool] = []
-    send = instruments.LevelSequence.send
+    send = instruments.LevelWriter.send
 
-    def counted(self: Any, b: int) -> bool:
-        accepted.append(send(self, b))
+    def counted(self: Any, prepared: Any) -> bool:
+        accepted.append(send(self, prepared))
         return accepted[-1]
 
-    monkeypatch.setattr(instruments.LevelSequence, "send", counted)
+    monkeypatch.setattr(instruments.LevelWriter, "send", counted)
     bulk, bulk_out = _run_phases(tmp_path / "bulk", per_parameter=False)
-    # 3 x (4 + 4 + 4) + 2 phases; the first of each free batch after a nudge releases it
-    assert accepted.count(True) == 38 - 3 and not any(a is False for a in accepted)
+    # batches of 3 x (4 + 4 + 4) + 2 phases: all but the first of each batch prepared ahead,
+    # but the last batch's second pattern (zeros again) changes no level: nothing to send
+    assert accepted == [True] * (9 * 3)
     each, each_out = _run_phases(tmp_path / "each", per_parameter=True)
     assert [line for _, line in bulk] == [line for _, line in each]
     assert any(";" in line and "STAT:TRIP?" in line for _, line in bulk)  # compound writes
@@ -625,9 +643,10 @@ def test_a_fault_inside_a_prepared_batch_leaves_the_caches_at_the_truth(
     """An exchange fails inside batches whose levels were prepared at once (ramps between
     patterns): the scan after the levels were applied, or the synchronisation (the trip query
     that carries the phase's levels: they are never sent), in the middle and at the end of a
-    batch. The phase is redone after a resync (and, for a lost link, a reconnect), the rest of
-    the batch writes level by level, and after every batch the caches, the skip memory and the
-    instrument agree -- the next ramp starts from the truth."""
+    batch. The phase is redone after a resync (and, for a lost link, a reconnect) writing its
+    levels itself (what was prepared for it no longer stands), the phases after it are prepared
+    again, and after every batch the caches, the skip memory and the instrument agree -- the
+    next ramp starts from the truth."""
     calls = [0]
     cls, name = (
         (VirtualLabDMM, "read_scan_floats")
@@ -655,6 +674,40 @@ def test_a_fault_inside_a_prepared_batch_leaves_the_caches_at_the_truth(
                 _assert_caches_hold_what_was_written(system, lab)
             assert system.timers.retries == 3
         Instrument.close_all()
+
+
+def test_a_retried_phase_reapplies_levels_that_changed_behind_its_back(tmp_path, monkeypatch):
+    """Two equal patterns: the second phase's prepared write changes no level. Its scan fails
+    once, after an input level changed on the instrument behind the system's back (the resync
+    of the retry reads it): the retry must write that level again, not trust what was prepared
+    against the old skip memory -- the batch measures what a fault-free batch measures."""
+    read = VirtualLabDMM.read_scan_floats
+    x = np.full((2, 10), 0.5)
+
+    def measure(tamper: bool) -> np.ndarray:
+        calls = [0]
+
+        def flaky(self: Any) -> Any:
+            calls[0] += 1
+            if tamper and calls[0] == 2:
+                system._instruments["src"].write("SOUR1:VOLT 0.0")  # not through the caches
+                raise InstrumentReplyError("injected fault", self.name)
+            return read(self)
+
+        monkeypatch.setattr(VirtualLabDMM, "read_scan_floats", flaky)
+        with running_lab(BENCH, **QUIET) as lab:
+            system: Any = build_system(
+                parse_config(_experiment(write_station(lab, tmp_path / f"s{tamper}.yaml")))
+            )
+            with system:
+                volts = system.equilibrate(x).observables["node_voltages"]
+                assert system.timers.retries == int(tamper)
+                _assert_caches_hold_what_was_written(system, lab)
+            Instrument.close_all()
+        return np.asarray(volts)
+
+    clean, retried = measure(False), measure(True)
+    np.testing.assert_allclose(retried, clean, rtol=0, atol=1e-12)
 
 
 def test_a_driver_with_set_levels_only_gets_an_adapter():
@@ -688,3 +741,44 @@ def test_the_settling_wait_is_never_shorter_than_asked(seconds):
         waited = wait_at_least(seconds)
         elapsed = time.perf_counter() - t0
         assert seconds <= waited <= elapsed
+    # counted from an earlier moment (the instrument's confirmation): the time since then
+    for ago in (0.0, seconds / 2, 2 * seconds + 1e-4):
+        since = time.perf_counter() - ago
+        waited = wait_at_least(seconds, since)
+        assert seconds <= waited <= time.perf_counter() - since
+
+
+def test_work_inside_the_settling_wait_is_settling_until_the_deadline_only():
+    """StationSystem._wait runs its idle work (the next phase's preparation) inside the wait:
+    the wait still lasts ``seconds`` from ``since`` -- not longer when the work fits -- and the
+    settling timer counts the wait, but not the part of the work that overran the deadline (the
+    system's own time, as the benchmark counts it)."""
+    from types import SimpleNamespace
+
+    from physlearn.drivers.station_system import StationSystem, Timers
+
+    fake: Any = SimpleNamespace(timers=Timers())
+
+    def work(seconds: float) -> Callable[[], str]:
+        def run() -> str:
+            t = time.perf_counter()
+            while time.perf_counter() - t < seconds:
+                pass
+            return "prepared"
+
+        return run
+
+    since = time.perf_counter()
+    waited, out = StationSystem._wait(fake, 3e-3, since, work(1e-3))
+    end = time.perf_counter()
+    assert out == "prepared"
+    assert 3e-3 <= waited <= end - since
+    assert fake.timers.settle == waited  # the work fitted: all of it is settling
+
+    fake.timers.settle = 0.0
+    since = time.perf_counter()
+    waited, out = StationSystem._wait(fake, 1e-3, since, work(4e-3))
+    assert out == "prepared" and waited >= 4e-3
+    assert (
+        1e-3 <= fake.timers.settle < 3e-3
+    )  # the 3 ms overrun is not settling (>= 4 ms if it were)
