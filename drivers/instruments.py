@@ -19,7 +19,8 @@ as those parameters' set and get without qcodes' per-call machinery: the same co
 queries, the same validation (the parameters' own validators, bounds read from them) and strict
 parsing, the parameters' caches updated as a set or get would -- ``VirtualLabSource.set_levels``
 and ``level_writer`` (levels in bulk, one compound message), ``read_trip_status``,
-``VirtualLabDMM.read_scan`` and ``read_scan_floats``. A level writer's write can be prepared
+``VirtualLabDMM.read_scan`` and ``read_scan_floats`` (also in two parts: ``query_scan``, the
+exchange, and ``parse_scan``, its parsing). A level writer's write can be prepared
 ahead and sent later (``LevelWriter.prepare`` / ``send``). Writes and queries hold a first Ctrl-C
 until the exchange is over, as qcodes does, whenever Python's default SIGINT handler is the one
 installed.
@@ -917,8 +918,18 @@ class VirtualLabDMM(LabVisaInstrument):
         """:meth:`read_scan` with the readings as Python floats (the same scan, parsing and
         caches; the ``readings`` cache holds them as an array): the station system's hot path,
         where an array of a few dozen values costs more than it saves."""
+        return self.parse_scan(self.query_scan())
+
+    def query_scan(self) -> str:
+        """The exchange of one scan (``READ?``): its reply, not yet parsed -- :meth:`parse_scan`
+        does, and only then is the scan read (:meth:`read_scan_floats` = both at once). The
+        station system checks a scan while the next phase settles."""
+        return self.ask("READ?")
+
+    def parse_scan(self, reply: str) -> tuple[list[float], int]:
+        """The readings (V, Python floats) and reading counter of a :meth:`query_scan` reply,
+        parsed strictly (InstrumentReplyError), the caches updated as a get would."""
         cmd = "READ?"
-        reply = self.ask(cmd)
         head, _, rest = reply.partition(",")
         if not _INT.fullmatch(head.strip()):
             raise self.bad_reply(cmd, reply, "<reading number>,<v1>,...")

@@ -42,9 +42,13 @@ phases write (inputs, error-nudge currents) goes to one writer that can prepare 
 value, the commands -- are prepared while the phase before it settles (work inside a wait the
 bench needs anyway), and the phase only sends them; a phase whose preparation no longer stands
 (a nudge to release, a retry after a failed exchange, a resync) writes its levels as above.
-The compliance-trip query and
-the scan go through the drivers' own readers (``read_trip_status``, ``read_scan_floats``: the
-parameters' get without qcodes' per-call machinery, the same queries, parsing, errors and
+Likewise a scan's reply is parsed and checked while the next phase settles (the last one's at
+the end of the batch; at once with ``tolerance``, whose scans compare): a scan found bad there
+fails its phase's transaction as if found at once -- the phase is measured again, and so is the
+phase that had started meanwhile; an overload stops the batch one phase later than it would
+have (every level of that phase within the envelope). The compliance-trip query and the scan
+go through the drivers' own readers (``read_trip_status``; ``query_scan`` and ``parse_scan``:
+the parameters' get without qcodes' per-call machinery, the same queries, parsing, errors and
 caches) when they offer them.
 
 Every value of a transaction is checked against the safety envelope before its first write
@@ -280,6 +284,17 @@ class _PreparedPhase:
         self.lasts = lasts
 
 
+class _PendingScan:
+    """A scan read but not yet checked (its reply), and, once checked, the result: the
+    readings (V), or the error the check raised."""
+
+    __slots__ = ("reply", "result")
+
+    def __init__(self, reply: str) -> None:
+        self.reply = reply
+        self.result: list[float] | InstrumentError | None = None
+
+
 def _bulk_writer(root: Any, levels: list[Any]) -> _BulkWriter | None:
     """The instrument's bulk writer of ``levels``: ``level_writer`` (prepared once per batch),
     else ``set_levels``; None if it has neither or cannot write these levels in bulk."""
@@ -366,7 +381,9 @@ class StationSystem(PhysicalSystem):
         self._switches: dict[str, _Switches] = {}
         self._readings: Any = None
         #: the meter's own scan reader (readings as Python floats, reading counter), if any
-        self._read_scan: Callable[[], tuple[list[float], int]] | None = None
+        #: the meter's scan in two parts (its driver's query_scan, parse_scan), when offered
+        self._scan_parts: tuple[Callable[[], str], Callable[[str], tuple[list[float], int]]] | None
+        self._scan_parts = None
         self._scan_list: Any = None
         self._counter: Any = None
         self._taps: Any = None
@@ -568,16 +585,17 @@ class StationSystem(PhysicalSystem):
         self._scan_list = self._resolve(p.scan_list) if p.scan_list else None
         self._counter = self._resolve(p.counter) if p.counter else None
         self._taps = self._resolve(cfg.weights.taps)
-        # a meter whose driver reads a scan and its counter in one call (the same query and
-        # parsing as the parameters' get, their caches updated) is read through it directly
+        # a meter whose driver reads a scan and its counter in one exchange and parses them
+        # apart (the same query and parsing as the parameters' get, their caches updated) is
+        # read through it directly
         meter = _root(self._readings)
-        self._read_scan = None
+        self._scan_parts = None
         if getattr(meter, "readings", None) is self._readings and (
             self._counter is None or getattr(meter, "reading_number", None) is self._counter
         ):
-            floats = getattr(meter, "read_scan_floats", None)
-            if callable(floats):
-                self._read_scan = floats
+            query, parse = (getattr(meter, a, None) for a in ("query_scan", "parse_scan"))
+            if callable(query) and callable(parse):
+                self._scan_parts = (query, parse)
 
     def _bind_writers(self) -> None:
         """Give every role that can be written in bulk (one instrument, no inter-delay) its
@@ -662,7 +680,7 @@ class StationSystem(PhysicalSystem):
         self._switches.clear()
         self._writers = []
         self._trips = {}
-        self._read_scan = None
+        self._scan_parts = None
         self._station = None
         self._connected = False
         self._opened = False
@@ -688,10 +706,15 @@ class StationSystem(PhysicalSystem):
             self.events.append(f"resync failed: {exc}")
 
     def _transaction(
-        self, what: str, fn: Callable[..., T], *args: Any, attempts: int | None = None
+        self,
+        what: str,
+        fn: Callable[..., T],
+        *args: Any,
+        attempts: int | None = None,
+        failed: InstrumentError | None = None,
     ) -> T:
         """``fn(*args)``, retried as the module docstring says (``attempts``: instead of
-        ``retry.attempts``)."""
+        ``retry.attempts``; ``failed``: the first attempt already made, failing with it)."""
         r = self.config.retry
         n_attempts = attempts or r.attempts
         reconnects = 0
@@ -699,6 +722,9 @@ class StationSystem(PhysicalSystem):
         last: BaseException | None = None
         for attempt in range(n_attempts):
             try:
+                if failed is not None:
+                    exc0, failed = failed, None
+                    raise exc0
                 return fn(*args)
             except (InstrumentIOError, InstrumentReplyError, StaleReadingError) as exc:
                 last = exc
@@ -1146,29 +1172,63 @@ class StationSystem(PhysicalSystem):
         finally:
             self.timers.instrument += time.perf_counter() - t0
         batch = x.shape[0]
-        scans: list[list[float]] = []
-        reads: list[int] = []
-        converged: list[bool] = []
-        settle = 0.0
+        scans: list[list[float]] = [[]] * batch
+        reads = [0] * batch
+        converged = [True] * batch
+        waits = [0.0] * batch
         # Python floats per pattern and per scan: the drivers format and parse them one by one,
         # and an array of a few dozen values costs more than it saves
         rows = x.tolist()
         lv_rows: list[Any] = [None] * batch if levels is None else levels.tolist()
         transaction = self._transaction
         measure = self._measure_one
-        # the next phase's levels are prepared while this one settles (see _prepare_phase)
-        ahead = self._preparing(kind) is not None and self.config.equilibrium.settle_time > 0
+        eq = self.config.equilibrium
+        # while a phase settles, the next phase's levels are prepared (_prepare_phase) and the
+        # scan of the phase before is checked (_window)
+        ahead = self._preparing(kind) is not None and eq.settle_time > 0
+        defer = self._scan_parts is not None and eq.settle_time > 0 and eq.tolerance is None
         prepared: _PreparedPhase | None = None
+        pending: _PendingScan | None = None  # the scan of phase b - 1, read but not checked
         with self._exchange_batch():
-            for b in range(batch):
+            b = 0
+            while b < batch:
                 nxt = (rows[b + 1], lv_rows[b + 1]) if ahead and b + 1 < batch else None
-                v, n, ok, waited, prepared = transaction(
-                    "measuring a pattern", measure, rows[b], kind, lv_rows[b], prepared, nxt
+                got, reads[b], converged[b], waits[b], prepared = transaction(
+                    "measuring a pattern",
+                    measure,
+                    rows[b],
+                    kind,
+                    lv_rows[b],
+                    prepared,
+                    nxt,
+                    pending,
+                    defer,
                 )
-                scans.append(v)
-                reads.append(n)
-                converged.append(ok)
-                settle += waited
+                if pending is not None:
+                    checked, pending = self._checked(pending, False), None
+                    if not isinstance(checked, list):  # the check failed: measure b - 1 again
+                        b -= 1
+                        prepared = None
+                        scans[b], reads[b], converged[b], waits[b] = self._remeasure(
+                            rows[b], kind, lv_rows[b], checked
+                        )
+                        b += 1
+                        continue  # and b: its levels were replaced meanwhile
+                    scans[b - 1] = checked
+                if isinstance(got, _PendingScan):
+                    pending = got
+                else:
+                    scans[b] = got
+                b += 1
+            if pending is not None:  # the last scan, checked now
+                checked = self._checked(pending, True)
+                if isinstance(checked, list):
+                    scans[-1] = checked
+                else:
+                    scans[-1], reads[-1], converged[-1], waits[-1] = self._remeasure(
+                        rows[-1], kind, lv_rows[-1], checked
+                    )
+        settle = sum(waits)
         volts = np.array(scans, dtype=np.float64)  # (batch, n_nodes): every scan's length checked
         # take: C-contiguous results (volts[:, idx] would be a transposed buffer for batch > 1)
         dv = volts.take(self._ei, axis=1) - volts.take(self._ej, axis=1)
@@ -1294,7 +1354,9 @@ class StationSystem(PhysicalSystem):
         levels: list[float] | None,
         prepared: _PreparedPhase | None = None,
         ahead: tuple[list[float], list[float] | None] | None = None,
-    ) -> tuple[list[float], int, bool, float, _PreparedPhase | None]:
+        pending: _PendingScan | None = None,
+        defer: bool = False,
+    ) -> tuple[list[float] | _PendingScan, int, bool, float, _PreparedPhase | None]:
         """One phase of one pattern (a transaction; see the module docstring): ``u`` the input
         levels, ``levels`` the nudge's (floats, already checked against the envelope); the
         scan, the number of scans, whether they agreed, the seconds waited, and the next
@@ -1303,7 +1365,10 @@ class StationSystem(PhysicalSystem):
         ``prepared``: this phase's level writes, prepared while the phase before settled; they
         are sent if they still stand (:meth:`_send_prepared`; not on a retry after a failed
         attempt), else the phase writes its levels itself. ``ahead``: the next phase's inputs
-        and nudge levels, whose writes are prepared while this phase settles."""
+        and nudge levels, whose writes are prepared while this phase settles. ``pending``: the
+        scan of the phase before, checked while this one settles (:meth:`_window`: its result
+        stays in it). ``defer``: this phase's own scan is returned unchecked, as a
+        :class:`_PendingScan` (the caller has it checked, by the next phase or itself)."""
         roots = self._batch_roots
         batch = roots[0].deferred_writes() if self._single_deferred else self._batch(roots)
         with batch:
@@ -1326,26 +1391,84 @@ class StationSystem(PhysicalSystem):
                 self._flush_levels(phase)
             synced = self._sync()
         self.timers.phases += 1
-        if ahead is None:
-            return self._read(synced, None)
-        return self._read(synced, partial(self._prepare_phase, kind, *ahead))
+        if ahead is None and pending is None:
+            return self._read(synced, None, defer)
+        return self._read(synced, partial(self._window, kind, ahead, pending), defer)
+
+    def _checked(self, pending: _PendingScan, timed: bool) -> list[float] | InstrumentError:
+        """The result of checking a scan read unchecked: found by a settling wait
+        (:meth:`_window`), else found now (``timed``: as instrument time)."""
+        if pending.result is None:
+            try:
+                pending.result = self._checked_scan(pending.reply, timed)
+            except InstrumentError as exc:
+                pending.result = exc
+        return pending.result
+
+    def _remeasure(
+        self, u: list[float], kind: str | None, levels: list[float] | None, failed: InstrumentError
+    ) -> tuple[list[float], int, bool, float]:
+        """A phase measured again because the check of its scan failed (``failed``: the first
+        attempt of its transaction); this time the scan is checked at once."""
+        got, n, ok, waited, _ = self._transaction(
+            "measuring a pattern", self._measure_one, u, kind, levels, failed=failed
+        )
+        assert not isinstance(got, _PendingScan)  # not deferred
+        return got, n, ok, waited
+
+    def _window(
+        self,
+        kind: str | None,
+        ahead: tuple[list[float], list[float] | None] | None,
+        pending: _PendingScan | None,
+    ) -> _PreparedPhase | None:
+        """The work done while a phase settles: check the scan of the phase before
+        (``pending``, once: its result -- the readings, or the error -- stays in it, for the
+        caller and for a retry of this phase), and prepare the next phase's levels. Raises
+        nothing an instrument error would cause."""
+        if pending is not None:
+            self._checked(pending, False)
+        return None if ahead is None else self._prepare_phase(kind, *ahead)
 
     def _scan(self) -> list[float]:
-        """One scan of every node (V, Python floats), checked: its length, the reading counter
-        (stale), overload (beyond ``probes.range``, NaN)."""
+        """One scan of every node (V, Python floats), checked (:meth:`_check_scan`)."""
+        if self._scan_parts is not None:
+            return self._checked_scan(self._scan_reply(), True)
         t0 = time.perf_counter()
         try:
-            fast = self._read_scan
-            if fast is not None:
-                v, number = fast()
-                count = None if self._counter is None else number
-            else:
-                arr = np.asarray(self._readings.get(), dtype=np.float64)
-                v = arr.tolist() if arr.ndim == 1 else [arr.tolist()]  # 2-D: refused below
-                count = None if self._counter is None else int(self._counter.get())
+            arr = np.asarray(self._readings.get(), dtype=np.float64)
+            v = arr.tolist() if arr.ndim == 1 else [arr.tolist()]  # 2-D: refused below
+            count = None if self._counter is None else int(self._counter.get())
         finally:
             self.timers.instrument += time.perf_counter() - t0
         self.timers.scans += 1
+        return self._check_scan(v, count)
+
+    def _scan_reply(self) -> str:
+        """The exchange of one scan, through the meter's driver (``query_scan``): its reply."""
+        assert self._scan_parts is not None
+        t0 = time.perf_counter()
+        try:
+            return self._scan_parts[0]()
+        finally:
+            self.timers.instrument += time.perf_counter() - t0
+            self.timers.scans += 1
+
+    def _checked_scan(self, reply: str, timed: bool) -> list[float]:
+        """A scan's reply parsed by the meter's driver (``parse_scan``) and checked; ``timed``:
+        its parsing counts as instrument time (not when it runs inside a settling wait)."""
+        assert self._scan_parts is not None
+        t0 = time.perf_counter()
+        try:
+            v, number = self._scan_parts[1](reply)
+        finally:
+            if timed:
+                self.timers.instrument += time.perf_counter() - t0
+        return self._check_scan(v, None if self._counter is None else number)
+
+    def _check_scan(self, v: list[float], count: int | None) -> list[float]:
+        """A scan's readings, checked: its length, the reading counter ``count`` (stale; None:
+        no counter), overload (beyond ``probes.range``, NaN)."""
         if len(v) != self.n_nodes or (v and type(v[0]) is not float):
             name = self._root_of(self._readings).name
             size = len(v) if v and type(v[0]) is float else np.size(v)
@@ -1389,15 +1512,18 @@ class StationSystem(PhysicalSystem):
         return dt, out
 
     def _read(
-        self, since: float | None, idle: Callable[[], _PreparedPhase | None] | None
-    ) -> tuple[list[float], int, bool, float, _PreparedPhase | None]:
+        self, since: float | None, idle: Callable[[], _PreparedPhase | None] | None, defer: bool
+    ) -> tuple[list[float] | _PendingScan, int, bool, float, _PreparedPhase | None]:
         """Settle (``settle_time`` from ``since``: the instruments' confirmation that the levels
-        are applied; ``idle`` runs meanwhile), then scan (until stable, with ``tolerance``)."""
+        are applied; ``idle`` runs meanwhile), then scan (until stable, with ``tolerance``;
+        ``defer``: one scan, returned unchecked)."""
         eq = self.config.equilibrium
         nxt = None
         waited = 0.0
         if eq.settle_time > 0:
             waited, nxt = self._wait(eq.settle_time, since, idle)
+        if defer:
+            return _PendingScan(self._scan_reply()), 1, True, waited, nxt
         v = self._scan()
         reads = 1
         if eq.tolerance is None:

@@ -23,7 +23,7 @@ from qcodes.instrument import Instrument
 
 import physlearn.drivers.instruments as instruments
 from physlearn.config import parse_config
-from physlearn.drivers.errors import InstrumentIOError, InstrumentReplyError
+from physlearn.drivers.errors import InstrumentFault, InstrumentIOError, InstrumentReplyError
 from physlearn.drivers.instruments import VirtualLabDMM, VirtualLabPots, VirtualLabSource
 from physlearn.drivers.testing import bench_experiment, running_lab, write_station
 from physlearn.orchestrator import build_system
@@ -648,20 +648,20 @@ def test_a_fault_inside_a_prepared_batch_leaves_the_caches_at_the_truth(
     again, and after every batch the caches, the skip memory and the instrument agree -- the
     next ramp starts from the truth."""
     calls = [0]
-    cls, name = (
-        (VirtualLabDMM, "read_scan_floats")
-        if where == "scan"
-        else (VirtualLabSource, "read_trip_status")
-    )
+    if where == "sync":
+        cls, name = VirtualLabSource, "read_trip_status"
+    else:  # a garbled scan is found when its reply is parsed (while the next phase settles)
+        name = "parse_scan" if fault is InstrumentReplyError else "query_scan"
+        cls = VirtualLabDMM
     read = getattr(cls, name)
 
-    def flaky(self: Any) -> Any:
+    def flaky(self: Any, *args: Any) -> Any:
         calls[0] += 1
         # the 3rd phase of the first (free) batch, the last of the +beta batch (every failed
         # attempt is a call too), the 2nd phase of the second round's +beta batch
         if calls[0] in (3, 9, 19):
             raise fault("injected fault", self.name)
-        return read(self)
+        return read(self, *args)
 
     monkeypatch.setattr(cls, name, flaky)
     with running_lab(BENCH, record=True, **QUIET) as lab:
@@ -681,7 +681,7 @@ def test_a_retried_phase_reapplies_levels_that_changed_behind_its_back(tmp_path,
     once, after an input level changed on the instrument behind the system's back (the resync
     of the retry reads it): the retry must write that level again, not trust what was prepared
     against the old skip memory -- the batch measures what a fault-free batch measures."""
-    read = VirtualLabDMM.read_scan_floats
+    read = VirtualLabDMM.query_scan
     x = np.full((2, 10), 0.5)
 
     def measure(tamper: bool) -> np.ndarray:
@@ -691,10 +691,10 @@ def test_a_retried_phase_reapplies_levels_that_changed_behind_its_back(tmp_path,
             calls[0] += 1
             if tamper and calls[0] == 2:
                 system._instruments["src"].write("SOUR1:VOLT 0.0")  # not through the caches
-                raise InstrumentReplyError("injected fault", self.name)
+                raise InstrumentIOError("injected fault", self.name)
             return read(self)
 
-        monkeypatch.setattr(VirtualLabDMM, "read_scan_floats", flaky)
+        monkeypatch.setattr(VirtualLabDMM, "query_scan", flaky)
         with running_lab(BENCH, **QUIET) as lab:
             system: Any = build_system(
                 parse_config(_experiment(write_station(lab, tmp_path / f"s{tamper}.yaml")))
@@ -708,6 +708,68 @@ def test_a_retried_phase_reapplies_levels_that_changed_behind_its_back(tmp_path,
 
     clean, retried = measure(False), measure(True)
     np.testing.assert_allclose(retried, clean, rtol=0, atol=1e-12)
+
+
+def _batch_volts(tmp: Path, x: np.ndarray, nudge: Nudge | None = None, **system: Any) -> Any:
+    """The node voltages of one batch on a fresh quiet lab (and the system's retry count)."""
+    with running_lab(BENCH, **QUIET) as lab:
+        sys_: Any = build_system(parse_config(_experiment(write_station(lab, tmp), **system)))
+        with sys_:
+            sys_.equilibrate(x, None)  # the levels of a first batch to ramp from
+            volts = sys_.equilibrate(x, nudge).observables["node_voltages"]
+            retries = sys_.timers.retries
+            _assert_caches_hold_what_was_written(sys_, lab)
+        Instrument.close_all()
+    return np.asarray(volts), retries
+
+
+@pytest.mark.parametrize("bad", [0, 2, 4], ids=["first", "middle", "last"])
+def test_a_scan_found_garbled_while_the_next_phase_settles_is_measured_again(
+    tmp_path, monkeypatch, bad
+):
+    """A scan's reply is parsed and checked while the next phase settles (the last one's at the
+    end of the batch). One found garbled there -- the first, a middle one, the last of an
+    error-nudged batch of 5 -- is measured again (its levels written again, a resync first) and
+    so is the phase that had started meanwhile: the batch measures exactly what a fault-free
+    batch measures, with one retry."""
+    rng = np.random.default_rng(4)
+    x = rng.uniform(-1.5, 1.5, (5, 10))
+    nudge = Nudge(beta=1e-4, error=rng.uniform(-5, 5, (5, 3)))
+    clean, retries = _batch_volts(tmp_path / "clean.yaml", x, nudge)
+    assert retries == 0
+    parse = VirtualLabDMM.parse_scan
+    calls = [0]
+
+    def garbled(self: Any, reply: str) -> Any:
+        calls[0] += 1
+        if calls[0] == 5 + 1 + bad:  # the first batch's 5 scans, then the bad one
+            reply = reply[: len(reply) // 2] + "#garbled"
+        return parse(self, reply)
+
+    monkeypatch.setattr(VirtualLabDMM, "parse_scan", garbled)
+    volts, retries = _batch_volts(tmp_path / "bad.yaml", x, nudge)
+    assert retries == 1
+    np.testing.assert_array_equal(volts, clean)
+
+
+@pytest.mark.parametrize("n", [1, 3])
+def test_an_overload_found_while_the_next_phase_settles_stops_the_batch(tmp_path, n):
+    """A node beyond the meter's range (``probes.range``) is a fault, never retried: found when
+    the scan is checked -- while the next phase settles, or at the end of the batch -- it stops
+    the batch with an error naming the node."""
+    x = np.full((n, 10), 0.05)
+    x[-1, 2] = 0.9  # the last pattern drives input node 2 beyond 0.5 V
+    with running_lab(BENCH, **QUIET) as lab:
+        system: Any = build_system(
+            parse_config(
+                _experiment(write_station(lab, tmp_path / "s.yaml"), probes={"range": 0.5})
+            )
+        )
+        with system:
+            with pytest.raises(InstrumentFault, match="overload on node 2 "):
+                system.equilibrate(x, None)
+            assert system.timers.retries == 0
+        Instrument.close_all()
 
 
 def test_a_driver_with_set_levels_only_gets_an_adapter():
