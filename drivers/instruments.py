@@ -31,6 +31,7 @@ Channels are named ``ch<k>`` with ``k`` zero-padded to the width of the channel 
 
 from __future__ import annotations
 
+import _signal
 import logging
 import math
 import re
@@ -68,10 +69,10 @@ def _interrupts_need_holding() -> bool:
     """True when qcodes' :class:`DelayedKeyboardInterrupt` would hold a Ctrl-C: Python's default
     SIGINT handler is installed. Otherwise (e.g. a run's own handler, which only sets a stop
     flag) it does nothing but look, and the look is all that is skipped. Looked up on every
-    exchange, or once per :meth:`LabVisaInstrument.batch`: ``signal.getsignal`` of a handler
-    that is not one of the ``signal.Handlers`` costs an enum lookup that fails, several
-    microseconds."""
-    return signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    exchange, or once per :meth:`LabVisaInstrument.batch`. Read from ``_signal`` (the C module
+    behind :mod:`signal`): ``signal.getsignal`` turns the handler into a ``signal.Handlers``
+    member when it is one, and for any other handler that enum lookup fails, at about 2 us."""
+    return _signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 #: (parameter, SCPI header from the root, bounds of its Numbers validators or None, step):
@@ -245,6 +246,26 @@ class LabVisaInstrument(VisaInstrument):
             return None
         return entry[1]
 
+    def _forget_state(self) -> None:
+        """After an exchange that failed midway: what this instrument holds is unknown. A
+        command sent just before (a compound message sent with a query, or a write on a
+        connection the instrument had already closed) may or may not have been executed, so
+        every parameter cache is invalidated and what a :meth:`batch` holds is dropped: the next
+        read asks the instrument, and a ramp starts from a level read back, never from the one
+        last sent."""
+        if self._held:
+            self._held.clear()
+        for p in self._all_parameters():
+            p.cache.invalidate()
+
+    def _all_parameters(self) -> Iterator[Parameter]:
+        """Every parameter of this instrument and of its channels (submodules)."""
+        stack: list[Any] = [self]
+        while stack:
+            node = stack.pop()
+            yield from node.parameters.values()
+            stack.extend(node.submodules.values())
+
     def _push_held(self, held: dict[int, _Held]) -> None:
         """Update the caches held back by a :meth:`batch` (those nobody updated since)."""
         for p, value, stamp, convert in held.values():
@@ -278,11 +299,13 @@ class LabVisaInstrument(VisaInstrument):
         try:
             self.visa_handle.write(message)
         except (pyvisa.errors.VisaIOError, pyvisa.errors.InvalidSession, OSError) as exc:
+            self._forget_state()
             raise InstrumentIOError(
                 f"{self.name}: could not send {message!r} ({exc})", self.name
             ) from None
         except BaseException:
             self._interrupted = True
+            self._forget_state()
             raise
         finally:
             self.io_seconds += time.perf_counter() - t0
@@ -338,17 +361,20 @@ class LabVisaInstrument(VisaInstrument):
         try:
             reply = self.visa_handle.query(cmd)
         except pyvisa.errors.VisaIOError as exc:
+            self._forget_state()
             if exc.error_code == pyvisa.constants.StatusCode.error_timeout:
                 msg = f"{self.name}: no reply to {cmd!r} within {self.visa_handle.timeout:g} ms"
             else:
                 msg = f"{self.name}: I/O error on {cmd!r} ({exc})"
             raise InstrumentIOError(msg, self.name) from None
         except (pyvisa.errors.InvalidSession, OSError) as exc:
+            self._forget_state()
             raise InstrumentIOError(
                 f"{self.name}: connection lost on {cmd!r} ({exc})", self.name
             ) from None
         except BaseException:
             self._interrupted = True
+            self._forget_state()
             raise
         finally:
             self.io_seconds += time.perf_counter() - t0
@@ -721,14 +747,31 @@ class VirtualLabSource(LabVisaInstrument):
             cmds.append(head + repr(v))
         return cmds, news
 
-    def _send_levels(self, plans: Sequence[_LevelPlan], cmds: list[str], news: list[float]) -> None:
-        """Queue level commands and note the levels they leave (see :meth:`_queue_levels`)."""
+    def _send_levels(
+        self,
+        plans: Sequence[_LevelPlan],
+        cmds: list[str],
+        news: list[float],
+        stamps: list[Any] | None = None,
+    ) -> None:
+        """Queue level commands and note the levels they leave (see :meth:`_queue_levels`;
+        ``stamps``: the parameters' cache timestamps, if just read)."""
         self._write_rooted(cmds)
         self.level_writes += 1
         # the caches as a set would leave them (raw value = value: nothing converts it; held
         # to the end of a batch); a parameter given twice ends at its last value
-        for plan, v in zip(plans, news, strict=True):
-            self._hold(plan[0], v)
+        held = self._held
+        if held is None or stamps is None:
+            for plan, v in zip(plans, news, strict=True):
+                self._hold(plan[0], v)
+            return
+        for plan, v, stamp in zip(plans, news, stamps, strict=True):
+            p = plan[0]
+            held[id(p)] = (p, v, stamp, None)
+
+    def _forget_state(self) -> None:
+        super()._forget_state()
+        self.level_writes += 1  # a prepared write stands no more: its ramps start from guesses
 
     def read_trip_status(self) -> int:
         """``trip_status.get()`` without qcodes' per-call machinery (the station system's hot
@@ -807,7 +850,7 @@ class LevelWriter:
             or list(map(_stamp_of, prepared.params)) != prepared.stamps
         ):
             return False
-        src._send_levels(prepared.plans, prepared.cmds, prepared.levels)
+        src._send_levels(prepared.plans, prepared.cmds, prepared.levels, prepared.stamps)
         return True
 
     def _plans_of(self, values: Sequence[float], indices: Sequence[int] | None) -> list[_LevelPlan]:

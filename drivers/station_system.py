@@ -57,10 +57,14 @@ Every value of a transaction is checked against the safety envelope before its f
 Faults: a timeout or lost connection closes and reopens the VISA sessions, re-reads every level
 the system drives (so that ramps start from the truth) and redoes the transaction; a garbled
 reply or a stale scan (the meter's reading counter did not advance) redoes it on the same
-session first. After ``retry.attempts`` tries (``retry.reconnects`` reconnections) the system
-raises :class:`~physlearn.drivers.errors.InstrumentFault`; the orchestrator then commits the
-complete steps and closes the system, which ramps every source to its safe state. A compliance
-trip is never retried.
+session first. What a failed attempt wrote counts as unknown (a compound message of levels is
+confirmed only by the reply to the query it carries): if the re-read fails too, the next
+attempt writes every level again, its ramps starting from levels read back (the drivers
+invalidate their caches when an exchange is lost). After ``retry.attempts`` tries
+(``retry.reconnects`` reconnections) the system raises
+:class:`~physlearn.drivers.errors.InstrumentFault`; the orchestrator then commits the complete
+steps and closes the system, which ramps every source to its safe state. A compliance trip is
+never retried.
 
 Lifecycle: ``connect()`` (also done by ``snapshot()`` and ``dry_run()``) starts the virtual lab
 if configured, loads the station's instruments, checks their identities, installs the envelope
@@ -691,6 +695,12 @@ class StationSystem(PhysicalSystem):
             self.events.append("closing: " + "; ".join(errors))
 
     # -- retries -----------------------------------------------------------------------------
+    def _forget_levels(self) -> None:
+        """Mark every driven level unknown (NaN: differs from any level to write)."""
+        for src in self._sources.values():
+            src.last = [math.nan] * len(src.last)
+        self._applied = "?"
+
     def _reconnect_all(self) -> None:
         self.timers.reconnects += 1
         for inst in self._instruments.values():
@@ -728,6 +738,11 @@ class StationSystem(PhysicalSystem):
                 return fn(*args)
             except (InstrumentIOError, InstrumentReplyError, StaleReadingError) as exc:
                 last = exc
+                # what the failed attempt wrote may or may not have reached the instruments
+                # (a compound message is confirmed only by the query sent with it): the levels
+                # are unknown until the resync below reads them back, and if it fails, the
+                # next attempt writes every level again
+                self._forget_levels()
                 link = isinstance(exc, InstrumentIOError)
                 data_errors = 0 if link else data_errors + 1
                 self.events.append(f"{what}: attempt {attempt + 1} failed: {exc}")

@@ -6,6 +6,7 @@ same strict parsing and errors, the same caches -- only cheaper."""
 from __future__ import annotations
 
 import math
+import re
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -498,6 +499,44 @@ def test_a_prepared_write_refuses_before_sending_and_stands_only_while_its_premi
     ]
 
 
+def test_after_a_lost_exchange_no_level_is_known_until_read_back(lab_and_source):
+    """Levels queued with a query the source never answers (it closed the connection on
+    receiving them: never executed) are no evidence of what it holds: every cache is invalid,
+    what the batch held is dropped, a write prepared before is refused, a new one cannot be
+    prepared, and after the reconnect a write ramps from the level read back."""
+    lab, src = lab_and_source
+    src.timeout(0.25)
+    writer = src.level_writer(_levels(src))
+    _reset(lab, src)
+    p = _levels(src)[0]
+    armed = [True]
+
+    def drop(name: str, kind: str) -> bool:
+        hit = armed[0] and name == "src" and kind == "drop"
+        armed[0] = armed[0] and not hit
+        return hit
+
+    lab.faults.draw = drop  # type: ignore[method-assign]
+    with src.batch():
+        with src.deferred_writes(), pytest.raises(InstrumentIOError):
+            writer.write([0.9, 0.9], [0, 1])
+            before = writer.prepare([0.1], [0])  # a ramp down from the 0.9 V queued
+            src.ask("*OPC?")
+        assert not any(q.cache.valid for q in _levels(src))
+        assert src._held_value(p) is None
+        assert not writer.send(before)
+        with pytest.raises(InstrumentReplyError, match="unknown"):
+            writer.prepare([0.1], [0])
+    src.reconnect()
+    lab.clear_received()
+    writer.write([0.9], [0])
+    assert src.ask("*OPC?") == "1"
+    asked, sent, opc = (cmd for _, cmd in lab.received("src"))
+    assert (asked, opc) == ("SOUR1:VOLT?", "*OPC?")
+    ramp = [float(cmd.removeprefix(":SOUR1:VOLT ")) for cmd in sent.split(";")]
+    assert ramp[0] == p.step and ramp[-1] == 0.9  # from 0 V, where the source still is
+
+
 def test_a_batch_looks_the_interrupt_policy_up_once(entered):
     """Inside a batch, whether an exchange holds a Ctrl-C is what it was on entry; after it, the
     lookup is per exchange again."""
@@ -708,6 +747,78 @@ def test_a_retried_phase_reapplies_levels_that_changed_behind_its_back(tmp_path,
 
     clean, retried = measure(False), measure(True)
     np.testing.assert_allclose(retried, clean, rtol=0, atol=1e-12)
+
+
+def _ramp_steps(received: list[tuple[str, str]], start: dict[str, Any], config: Any) -> int:
+    """Assert that no level command of the source moves a channel by more than its role's
+    ramp step, from the levels the bench held at ``start``; returns the commands checked."""
+    steps = {"VOLT": config.inputs.limits.step, "CURR": config.nudge.error.sources.limits.step}
+    last = {("VOLT", c): float(v) for c, v in enumerate(start["volt"], start=1)}
+    last |= {("CURR", c): float(v) for c, v in enumerate(start["curr"], start=1)}
+    n = 0
+    for inst, line in received:
+        for cmd in line.split(";") if inst == "src" else []:
+            m = re.fullmatch(r":?SOUR(\d+):(VOLT|CURR) (\S+)", cmd.strip())
+            if m:
+                key, v = (m.group(2), int(m.group(1))), float(m.group(3))
+                assert abs(v - last[key]) <= steps[key[0]] + 1e-12, f"{cmd}: jump from {last[key]}"
+                last[key] = v
+                n += 1
+    return n
+
+
+@pytest.mark.parametrize("settle", [0.0, 1e-4], ids=["no-settling", "prepared-ahead"])
+def test_levels_lost_with_their_query_are_written_again_even_if_the_resync_fails(tmp_path, settle):
+    """The source closes the connection on receiving the compound message of a phase's levels
+    and trip query (never executed: the instrument keeps the previous pattern's levels); after
+    the reconnect, the resync's second level query comes back garbled. What the system had
+    queued is no evidence of what the instrument holds: the retry must write the phase's levels
+    again, ramping from levels read back (consecutive patterns are over a ramp step apart) --
+    the batch measures what a fault-free one does, and no level the source executes jumps."""
+    rng = np.random.default_rng(8)
+    x = rng.uniform(0.8, 1.5, (4, 10)) * np.array([[1.0], [-1.0], [1.0], [-1.0]])
+    eq = {"settle_time": settle}
+
+    def measure(faulty: bool) -> np.ndarray:
+        with running_lab(BENCH, record=True, **QUIET) as lab:
+            station = write_station(lab, tmp_path / f"s{faulty}.yaml", timeout=0.25)
+            system: Any = build_system(parse_config(_experiment(station, equilibrium=eq)))
+            with system:
+                system.equilibrate(x[::-1])  # levels to ramp from
+                lost: list[str] = []
+                replies = [0]
+
+                def draw(name: str, kind: str) -> bool:
+                    if name != "src":
+                        return False
+                    if kind == "drop" and not lost:
+                        line = lab.received("src")[-1][1]
+                        if "VOLT " in line and line.endswith(":STAT:TRIP?"):
+                            replies[0] += 1
+                            if replies[0] == 2:  # the second pattern's
+                                lost.append(line)
+                                replies[0] = 0
+                                return True
+                    if kind == "garble" and lost:
+                        replies[0] += 1
+                        return replies[0] == 2
+                    return False
+
+                if faulty:
+                    lab.faults.draw = draw  # type: ignore[method-assign]
+                lab.clear_received()
+                start = lab.bench.summary()
+                volts = np.asarray(system.equilibrate(x).observables["node_voltages"])
+                received = lab.received()
+                if faulty:  # the faults did happen: a drop, a reconnect, 2+ replies after it
+                    assert lost and replies[0] >= 2 and system.timers.reconnects >= 1
+                    received.remove(("src", lost[0]))  # the source never executed it
+                assert _ramp_steps(received, start, system.config) > 0
+                _assert_caches_hold_what_was_written(system, lab)
+            Instrument.close_all()
+        return volts
+
+    np.testing.assert_array_equal(measure(True), measure(False))
 
 
 def _batch_volts(tmp: Path, x: np.ndarray, nudge: Nudge | None = None, **system: Any) -> Any:
