@@ -149,6 +149,9 @@ class LabVisaInstrument(VisaInstrument):
         #: exchange holds a Ctrl-C (looked up once per batch); None outside
         self._held: dict[int, _Held] | None = None
         self._hold_interrupts: bool | None = None
+        #: inside :meth:`batch`: whether the VISA log records debug messages (looked up once per
+        #: batch); None outside
+        self._log_debug: bool | None = None
         #: an exchange stopped midway by something other than an I/O error (a KeyboardInterrupt:
         #: a run's second Ctrl-C is raised wherever the run is): its reply, or the rest of its
         #: command, may still be in the session, and the next exchange would take it for its own.
@@ -199,9 +202,10 @@ class LabVisaInstrument(VisaInstrument):
         measurement batch of patterns), made cheaper per exchange:
 
         * whether an exchange must hold a Ctrl-C until it is over (qcodes'
-          :class:`DelayedKeyboardInterrupt`: Python's default SIGINT handler is installed) is
-          looked up once, on entry, instead of on every exchange -- the SIGINT handler is not
-          expected to change inside the block;
+          :class:`DelayedKeyboardInterrupt`: Python's default SIGINT handler is installed), and
+          whether the exchanges are logged (the VISA log's debug level), are looked up once, on
+          entry, instead of on every exchange -- neither is expected to change inside the
+          block;
         * the parameter caches the hot-path methods update (:meth:`LevelWriter.write`,
           :meth:`VirtualLabSource.read_trip_status`, :meth:`VirtualLabDMM.read_scan_floats`)
           are updated once, on exit (also on an exception), with the last value of each. Inside
@@ -215,11 +219,13 @@ class LabVisaInstrument(VisaInstrument):
             return
         self._held = {}
         self._hold_interrupts = _interrupts_need_holding()
+        self._log_debug = self.visa_log.isEnabledFor(_DEBUG)
         try:
             yield
         finally:
             held, self._held = self._held, None
             self._hold_interrupts = None
+            self._log_debug = None
             if held:
                 self._push_held(held)
 
@@ -292,9 +298,8 @@ class LabVisaInstrument(VisaInstrument):
     def _write_visa(self, message: str) -> None:
         if self._interrupted:
             self.reconnect()
-        log = self.visa_log
-        if log.isEnabledFor(_DEBUG):
-            log.debug(f"Writing: {message}")
+        if self._debug():
+            self.visa_log.debug(f"Writing: {message}")
         t0 = time.perf_counter()
         try:
             self.visa_handle.write(message)
@@ -351,12 +356,18 @@ class LabVisaInstrument(VisaInstrument):
                 return self._query_visa(cmd)
         return self._query_visa(cmd)
 
+    def _debug(self) -> bool:
+        """Whether exchanges are logged (the VISA log's debug level; inside a :meth:`batch`: as
+        looked up on entry)."""
+        debug = self._log_debug
+        return self.visa_log.isEnabledFor(_DEBUG) if debug is None else debug
+
     def _query_visa(self, cmd: str) -> str:
         if self._interrupted:
             self.reconnect()
-        log = self.visa_log
-        if log.isEnabledFor(_DEBUG):
-            log.debug(f"Querying: {cmd}")
+        debug = self._debug()
+        if debug:
+            self.visa_log.debug(f"Querying: {cmd}")
         t0 = time.perf_counter()
         try:
             reply = self.visa_handle.query(cmd)
@@ -379,8 +390,8 @@ class LabVisaInstrument(VisaInstrument):
         finally:
             self.io_seconds += time.perf_counter() - t0
             self.io_count += 1
-        if log.isEnabledFor(_DEBUG):
-            log.debug(f"Response: {reply}")
+        if debug:
+            self.visa_log.debug(f"Response: {reply}")
         return reply.strip()
 
     def reconnect(self) -> None:
@@ -752,22 +763,19 @@ class VirtualLabSource(LabVisaInstrument):
         plans: Sequence[_LevelPlan],
         cmds: list[str],
         news: list[float],
-        stamps: list[Any] | None = None,
+        held: dict[int, _Held] | None = None,
     ) -> None:
         """Queue level commands and note the levels they leave (see :meth:`_queue_levels`;
-        ``stamps``: the parameters' cache timestamps, if just read)."""
+        ``held``: the cache updates to hold inside a :meth:`batch`, if already made)."""
         self._write_rooted(cmds)
         self.level_writes += 1
         # the caches as a set would leave them (raw value = value: nothing converts it; held
         # to the end of a batch); a parameter given twice ends at its last value
-        held = self._held
-        if held is None or stamps is None:
-            for plan, v in zip(plans, news, strict=True):
-                self._hold(plan[0], v)
+        if held is not None and self._held is not None:
+            self._held.update(held)
             return
-        for plan, v, stamp in zip(plans, news, stamps, strict=True):
-            p = plan[0]
-            held[id(p)] = (p, v, stamp, None)
+        for plan, v in zip(plans, news, strict=True):
+            self._hold(plan[0], v)
 
     def _forget_state(self) -> None:
         super()._forget_state()
@@ -779,7 +787,11 @@ class VirtualLabSource(LabVisaInstrument):
         strict parsing and error, the parameter's cache updated as a get would (held to the end
         of a :meth:`batch`)."""
         cmd = "STAT:TRIP?"
-        reply = self.ask(cmd)
+        try:
+            reply = self.ask_raw(cmd)
+        except Exception as e:
+            e.args = (*e.args, f"asking {cmd!r} to {self!r}")  # as qcodes' ask
+            raise
         if not _INT.fullmatch(reply):
             raise self.bad_reply(cmd, reply, "an integer")
         mask = int(reply)
@@ -850,7 +862,7 @@ class LevelWriter:
             or list(map(_stamp_of, prepared.params)) != prepared.stamps
         ):
             return False
-        src._send_levels(prepared.plans, prepared.cmds, prepared.levels, prepared.stamps)
+        src._send_levels(prepared.plans, prepared.cmds, prepared.levels, prepared.held)
         return True
 
     def _plans_of(self, values: Sequence[float], indices: Sequence[int] | None) -> list[_LevelPlan]:
@@ -875,10 +887,11 @@ _stamp_of = attrgetter("cache.timestamp")
 
 class PreparedLevels:
     """A :class:`LevelWriter` write prepared ahead (:meth:`LevelWriter.prepare`): the level
-    plans, the commands, the final levels, and what it rests on -- the written parameters'
-    cache timestamps and the source's count of level writes when it was prepared."""
+    plans, the commands, the final levels, what it rests on -- the written parameters' cache
+    timestamps and the source's count of level writes when it was prepared -- and the cache
+    updates a :meth:`LabVisaInstrument.batch` holds for it when it is sent."""
 
-    __slots__ = ("plans", "params", "cmds", "levels", "stamps", "writes")
+    __slots__ = ("plans", "params", "cmds", "levels", "stamps", "writes", "held")
 
     def __init__(
         self,
@@ -889,11 +902,15 @@ class PreparedLevels:
         writes: int,
     ) -> None:
         self.plans = plans
-        self.params = [plan[0] for plan in plans]
+        self.params = params = [plan[0] for plan in plans]
         self.cmds = cmds
         self.levels = levels
         self.stamps = stamps
         self.writes = writes
+        # a parameter given twice ends at its last value
+        self.held: dict[int, _Held] = {
+            id(p): (p, v, stamp, None) for p, v, stamp in zip(params, levels, stamps, strict=True)
+        }
 
 
 class VirtualLabDMM(LabVisaInstrument):
@@ -967,7 +984,11 @@ class VirtualLabDMM(LabVisaInstrument):
         """The exchange of one scan (``READ?``): its reply, not yet parsed -- :meth:`parse_scan`
         does, and only then is the scan read (:meth:`read_scan_floats` = both at once). The
         station system checks a scan while the next phase settles."""
-        return self.ask("READ?")
+        try:
+            return self.ask_raw("READ?")
+        except Exception as e:
+            e.args = (*e.args, f"asking 'READ?' to {self!r}")  # as qcodes' ask
+            raise
 
     def parse_scan(self, reply: str) -> tuple[list[float], int]:
         """The readings (V, Python floats) and reading counter of a :meth:`query_scan` reply,

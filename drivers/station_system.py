@@ -83,6 +83,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from functools import partial
+from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -263,6 +264,10 @@ class _Preparing(_BulkWriter, Protocol):
     def prepare(self, values: list[float], indices: list[int] | None = None) -> Any: ...
 
     def send(self, prepared: Any) -> bool: ...
+
+
+#: the errors a transaction retries (see the module docstring)
+_RETRIED = (InstrumentIOError, InstrumentReplyError, StaleReadingError)
 
 
 class _PreparedPhase:
@@ -736,7 +741,7 @@ class StationSystem(PhysicalSystem):
                     exc0, failed = failed, None
                     raise exc0
                 return fn(*args)
-            except (InstrumentIOError, InstrumentReplyError, StaleReadingError) as exc:
+            except _RETRIED as exc:
                 last = exc
                 # what the failed attempt wrote may or may not have reached the instruments
                 # (a compound message is confirmed only by the query sent with it): the levels
@@ -1208,17 +1213,13 @@ class StationSystem(PhysicalSystem):
             b = 0
             while b < batch:
                 nxt = (rows[b + 1], lv_rows[b + 1]) if ahead and b + 1 < batch else None
-                got, reads[b], converged[b], waits[b], prepared = transaction(
-                    "measuring a pattern",
-                    measure,
-                    rows[b],
-                    kind,
-                    lv_rows[b],
-                    prepared,
-                    nxt,
-                    pending,
-                    defer,
-                )
+                args = (rows[b], kind, lv_rows[b], prepared, nxt, pending, defer)
+                try:  # a transaction (retries) once the first attempt failed
+                    got, reads[b], converged[b], waits[b], prepared = measure(*args)
+                except _RETRIED as exc:
+                    got, reads[b], converged[b], waits[b], prepared = transaction(
+                        "measuring a pattern", measure, *args, failed=exc
+                    )
                 if pending is not None:
                     checked, pending = self._checked(pending, False), None
                     if not isinstance(checked, list):  # the check failed: measure b - 1 again
@@ -1244,7 +1245,9 @@ class StationSystem(PhysicalSystem):
                         rows[-1], kind, lv_rows[-1], checked
                     )
         settle = sum(waits)
-        volts = np.array(scans, dtype=np.float64)  # (batch, n_nodes): every scan's length checked
+        # (batch, n_nodes): every scan's length checked; fromiter: half what np.array of lists costs
+        n = self.n_nodes
+        volts = np.fromiter(chain.from_iterable(scans), np.float64, batch * n).reshape(batch, n)
         # take: C-contiguous results (volts[:, idx] would be a transposed buffer for batch > 1)
         dv = volts.take(self._ei, axis=1) - volts.take(self._ej, axis=1)
         conj = 0.5 * dv * dv
@@ -1358,6 +1361,9 @@ class StationSystem(PhysicalSystem):
         self._applied = kind
         for src, idx, new in prepared.roles:
             last = src.last
+            if len(idx) == len(last):  # every channel (idx ascending, each once)
+                last[:] = new
+                continue
             for k, v in zip(idx, new, strict=True):
                 last[k] = v
         return True

@@ -5,6 +5,7 @@ same strict parsing and errors, the same caches -- only cheaper."""
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import signal
@@ -555,6 +556,33 @@ def test_a_batch_looks_the_interrupt_policy_up_once(entered):
             assert entered == ["ask", "write"]
     finally:
         signal.signal(signal.SIGINT, old)
+
+
+def test_exchanges_are_logged_at_debug_level_as_looked_up_on_entering_a_batch(caplog):
+    """Writes, queries and replies go to the VISA log at debug level, as qcodes logs them; a
+    batch entered without debug logging logs none of its exchanges (the level is looked up on
+    entry); after it, the lookup is per exchange again."""
+    src = VirtualLabSource("src", "GPIB::1::INSTR", pyvisa_sim_file=SIM)
+    log = src.visa_log.logger  # qcodes' VISA logger
+    prefix = f"[{src.name}(VirtualLabSource)] "
+
+    def logged() -> list[str]:
+        return [r.getMessage().removeprefix(prefix) for r in caplog.records if r.name == log.name]
+
+    caplog.set_level(logging.DEBUG, logger=log.name)  # restored after the test
+    with scripted(src, lambda q: "0"):
+        src.read_trip_status()
+        with src.batch():
+            src.write("*CLS")
+        assert logged() == ["Querying: STAT:TRIP?", "Response: 0", "Writing: *CLS"]
+        caplog.clear()
+        log.setLevel(logging.INFO)
+        with src.batch():
+            log.setLevel(logging.DEBUG)
+            src.read_trip_status()
+        assert logged() == []
+        src.read_trip_status()
+        assert logged() == ["Querying: STAT:TRIP?", "Response: 0"]
 
 
 # -- the station system ------------------------------------------------------------------------
