@@ -11,7 +11,9 @@ Every reply is parsed strictly: a reply that is not what was asked for raises
 the reply; a timeout or a broken connection raises
 :class:`~physlearn.drivers.errors.InstrumentIOError`. :meth:`LabVisaInstrument.reconnect` closes
 and reopens the VISA session. Each instrument counts the seconds spent in VISA reads and writes
-(``io_seconds``, ``io_count``) for the benchmarks.
+(``io_seconds``, ``io_count``) for the benchmarks, and notes when the last reply arrived
+(``reply_time``, a ``time.perf_counter()`` reading): the station system counts the settling of
+a phase from the arrival of the instruments' confirmation.
 
 For the station system's hot path (one phase of one pattern: levels written, trip status
 queried, a scan read) the drivers offer, next to their qcodes parameters, methods doing the same
@@ -144,6 +146,8 @@ class LabVisaInstrument(VisaInstrument):
         self._visalib_arg: str | None = kwargs.get("visalib")
         self.io_seconds = 0.0
         self.io_count = 0
+        #: ``time.perf_counter()`` when the last query's reply was read (its VISA read returned)
+        self.reply_time = 0.0
         self._pending: list[str] | None = None
         #: inside :meth:`batch`: the held-back cache updates by parameter id, and whether an
         #: exchange holds a Ctrl-C (looked up once per batch); None outside
@@ -388,7 +392,8 @@ class LabVisaInstrument(VisaInstrument):
             self._forget_state()
             raise
         finally:
-            self.io_seconds += time.perf_counter() - t0
+            self.reply_time = t1 = time.perf_counter()
+            self.io_seconds += t1 - t0
             self.io_count += 1
         if debug:
             self.visa_log.debug(f"Response: {reply}")

@@ -881,14 +881,16 @@ class StationSystem(PhysicalSystem):
 
     def _sync(self) -> float | None:
         """Wait until every written instrument has executed its commands; check trips. Returns
-        when the last confirmation came (``time.perf_counter()``), None if nothing was written
-        (no exchange)."""
+        when the last confirmation arrived (``time.perf_counter()``: the reply's arrival as the
+        instrument's driver notes it, ``reply_time``, else the end of the exchange), None if
+        nothing was written (no exchange). The exchanges count as instrument time up to then;
+        what follows (reading the confirmation) is already part of the settling wait."""
         dirty = self._dirty_roots
         if not dirty:
             return None
         trips = self._trips
         t0 = time.perf_counter()
-        t1 = t0
+        confirmed = t0
         try:
             for key, root in dirty.items():
                 trip = trips.get(key)
@@ -906,11 +908,16 @@ class StationSystem(PhysicalSystem):
                         raise InstrumentReplyError(
                             f"{root.name} replied {reply!r} to '*OPC?'; expected 1", root.name
                         )
-        finally:
-            t1 = time.perf_counter()
-            self.timers.instrument += t1 - t0
+                arrived = getattr(root, "reply_time", None)
+                now = time.perf_counter()
+                # a driver's reply time, if it is this exchange's (else: now)
+                confirmed = arrived if type(arrived) is float and t0 <= arrived <= now else now
+        except BaseException:
+            self.timers.instrument += time.perf_counter() - t0
+            raise
+        self.timers.instrument += confirmed - t0
         dirty.clear()
-        return t1
+        return confirmed
 
     # -- open / close ------------------------------------------------------------------------
     def open(self) -> None:
@@ -1523,11 +1530,12 @@ class StationSystem(PhysicalSystem):
     ) -> tuple[float, T | None]:
         """Wait until ``seconds`` have passed since ``since`` (default: now; :func:`wait_at_least`)
         and return the time since then, with what ``idle`` returned: work done first, inside
-        the wait (the network settles meanwhile). The wait counts as settling; the part of the
-        work that runs past the deadline does not (it is the system's own time)."""
+        the wait (the network settles meanwhile). The time since ``since`` counts as settling,
+        the work done in it included; the part of that work that runs past the deadline does
+        not (it is the system's own time)."""
         t0 = time.perf_counter() if since is None else since
         out = None if idle is None else idle()
-        late = time.perf_counter() - t0 - seconds if idle is not None else 0.0
+        late = time.perf_counter() - t0 - seconds
         dt = wait_at_least(seconds, t0)
         self.timers.settle += dt - late if late > 0 else dt
         return dt, out

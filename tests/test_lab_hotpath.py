@@ -983,3 +983,55 @@ def test_work_inside_the_settling_wait_is_settling_until_the_deadline_only():
     assert (
         1e-3 <= fake.timers.settle < 3e-3
     )  # the 3 ms overrun is not settling (>= 4 ms if it were)
+
+    # work done before the wait, since ``since`` (reading the confirmation), counts the same
+    fake.timers.settle = 0.0
+    since = time.perf_counter()
+    work(4e-3)()
+    waited, out = StationSystem._wait(fake, 1e-3, since)
+    assert out is None and waited >= 4e-3
+    assert 1e-3 <= fake.timers.settle < 3e-3
+
+
+def test_a_scan_comes_settle_time_after_its_levels_were_applied(tmp_path, monkeypatch):
+    """The settling of a phase counts from the arrival of the instruments' confirmation (the
+    reply to the query sent with the levels), never from earlier: on the lab's own clock, every
+    scan of a batch is taken at least ``settle_time`` after the source executed that phase's
+    levels -- prepared ahead or not, nudged or not."""
+    settle = 2e-3
+    done: list[tuple[str, float]] = []  # (what, when executed), on perf_counter's clock
+    with running_lab(BENCH, **QUIET) as lab:
+        for name in ("src", "dmm"):
+            inst = lab.lab.instruments[name]
+            run = inst.execute
+
+            def execute(line: str, _run: Any = run, _name: str = name) -> Any:
+                reply = _run(line)
+                if _name == "dmm" and "READ?" in line:
+                    done.append(("scan", time.perf_counter()))
+                elif _name == "src" and ("VOLT " in line or "CURR " in line):
+                    done.append(("levels", time.perf_counter()))
+                return reply
+
+            monkeypatch.setattr(inst, "execute", execute)
+        station = write_station(lab, tmp_path / "s.yaml")
+        system: Any = build_system(
+            parse_config(_experiment(station, equilibrium={"settle_time": settle}))
+        )
+        rng = np.random.default_rng(5)
+        x = rng.uniform(-1.5, 1.5, (4, 10))
+        with system:
+            done.clear()
+            system.equilibrate(x)
+            system.equilibrate(x, Nudge(beta=1e-4, error=rng.uniform(-5, 5, (4, 3))))
+        Instrument.close_all()
+    gaps = []
+    applied = None
+    for what, when in done:
+        if what == "levels":
+            applied = when
+        elif applied is not None:
+            gaps.append(when - applied)
+            applied = None
+    assert len(gaps) == 8  # every phase wrote levels, then scanned
+    assert min(gaps) >= settle, gaps
