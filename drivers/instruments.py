@@ -117,6 +117,40 @@ class _DeferredWrites:
             inst._send(";".join(pending))
 
 
+class _Batch:
+    """The context manager of :meth:`LabVisaInstrument.batch` (a class, as
+    :class:`_DeferredWrites`: entered once per measurement batch of a run)."""
+
+    __slots__ = ("_inst", "_outer")
+
+    def __init__(self, inst: LabVisaInstrument) -> None:
+        self._inst = inst
+        self._outer = False
+
+    def __enter__(self) -> None:
+        inst = self._inst
+        self._outer = inst._held is None  # nested: the outer block owns the batch
+        if self._outer:
+            inst._held = {}
+            inst._hold_interrupts = _interrupts_need_holding()
+            inst._log_debug = inst.visa_log.isEnabledFor(_DEBUG)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._outer:
+            return
+        inst = self._inst
+        held, inst._held = inst._held, None
+        inst._hold_interrupts = None
+        inst._log_debug = None
+        if held:
+            inst._push_held(held)
+
+
 #: A cache update held back inside :meth:`LabVisaInstrument.batch`: the parameter, its value,
 #: its cache's timestamp when the update was held (a different timestamp later means someone
 #: else updated the cache since: that update is the newer one), and what turns the value into
@@ -200,8 +234,7 @@ class LabVisaInstrument(VisaInstrument):
         separate the writes."""
         return _DeferredWrites(self)
 
-    @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self) -> AbstractContextManager[None]:
         """A block of exchanges that belong together (the station system opens one per
         measurement batch of patterns), made cheaper per exchange:
 
@@ -218,20 +251,7 @@ class LabVisaInstrument(VisaInstrument):
           resync) is newer than what is held for it: it is used, and kept.
 
         Nested blocks join the outer one."""
-        if self._held is not None:  # nested: the outer block owns the batch
-            yield
-            return
-        self._held = {}
-        self._hold_interrupts = _interrupts_need_holding()
-        self._log_debug = self.visa_log.isEnabledFor(_DEBUG)
-        try:
-            yield
-        finally:
-            held, self._held = self._held, None
-            self._hold_interrupts = None
-            self._log_debug = None
-            if held:
-                self._push_held(held)
+        return _Batch(self)
 
     def _hold(self, p: Parameter, value: Any, convert: Callable[[Any], Any] | None = None) -> None:
         """``p.cache.set(value)`` (of ``convert(value)`` if given), held back to the end of the
@@ -353,9 +373,12 @@ class LabVisaInstrument(VisaInstrument):
         pending = self._pending
         if pending:
             self._pending = []
-            pending.append(_rooted(cmd))
+            pending.append(cmd if cmd.startswith(_ROOTED) else ":" + cmd)  # _rooted, inlined
             cmd = ";".join(pending)
-        if self._holds_interrupts():
+        hold = self._hold_interrupts  # _holds_interrupts, inlined: once per query
+        if hold is None:
+            hold = _interrupts_need_holding()
+        if hold:
             with DelayedKeyboardInterrupt(context={"instrument": self.name, "reason": "ask"}):
                 return self._query_visa(cmd)
         return self._query_visa(cmd)
@@ -369,7 +392,9 @@ class LabVisaInstrument(VisaInstrument):
     def _query_visa(self, cmd: str) -> str:
         if self._interrupted:
             self.reconnect()
-        debug = self._debug()
+        debug = self._log_debug  # _debug, inlined: once per query
+        if debug is None:
+            debug = self.visa_log.isEnabledFor(_DEBUG)
         if debug:
             self.visa_log.debug(f"Querying: {cmd}")
         t0 = time.perf_counter()
@@ -800,7 +825,12 @@ class VirtualLabSource(LabVisaInstrument):
         if not _INT.fullmatch(reply):
             raise self.bad_reply(cmd, reply, "an integer")
         mask = int(reply)
-        self._hold(self.trip_status, mask)
+        p = self.trip_status
+        held = self._held
+        if held is not None:  # _hold, inlined: once per phase
+            held[id(p)] = (p, mask, p.cache.timestamp, None)
+        else:
+            p.cache.set(mask)
         return mask
 
     def clear_trips(self) -> None:

@@ -1227,8 +1227,11 @@ class StationSystem(PhysicalSystem):
                     got, reads[b], converged[b], waits[b], prepared = transaction(
                         "measuring a pattern", measure, *args, failed=exc
                     )
-                if pending is not None:
-                    checked, pending = self._checked(pending, False), None
+                if pending is not None:  # checked while phase b settled, as a rule
+                    checked = pending.result
+                    if checked is None:
+                        checked = self._checked(pending, False)
+                    pending = None
                     if not isinstance(checked, list):  # the check failed: measure b - 1 again
                         b -= 1
                         prepared = None
