@@ -296,6 +296,16 @@ class LabVisaInstrument(VisaInstrument):
             yield from node.parameters.values()
             stack.extend(node.submodules.values())
 
+    def flush_held(self) -> None:
+        """Inside a :meth:`batch`: update now the caches it has held back so far (those nobody
+        updated since), as its end would; it goes on holding the updates that follow. The
+        station system does this while the last phase of a batch settles. Nothing outside a
+        batch."""
+        held = self._held
+        if held:
+            self._held = {}
+            self._push_held(held)
+
     def _push_held(self, held: dict[int, _Held]) -> None:
         """Update the caches held back by a :meth:`batch` (those nobody updated since)."""
         for p, value, stamp, convert in held.values():

@@ -293,6 +293,19 @@ class _PreparedPhase:
         self.lasts = lasts
 
 
+class _EarlyRows:
+    """A batch's result assembled while its last phase settles (StationSystem._finish_early):
+    the node voltages and conjugates of the phases before the last (arrays of the whole
+    batch, rows ``len(rows)`` on unfilled), from the scans in ``rows``."""
+
+    __slots__ = ("volts", "conj", "rows")
+
+    def __init__(self) -> None:
+        self.volts: np.ndarray = np.empty(0)
+        self.conj: np.ndarray = np.empty(0)
+        self.rows: list[list[float]] | None = None
+
+
 class _PendingScan:
     """A scan read but not yet checked (its reply), and, once checked, the result: the
     readings (V), or the error the check raised."""
@@ -1216,11 +1229,16 @@ class StationSystem(PhysicalSystem):
         defer = self._scan_parts is not None and eq.settle_time > 0 and eq.tolerance is None
         prepared: _PreparedPhase | None = None
         pending: _PendingScan | None = None  # the scan of phase b - 1, read but not checked
+        # while the last phase settles, the result of the phases before it is assembled
+        early = _EarlyRows() if batch > 1 and eq.settle_time > 0 else None
         with self._exchange_batch():
             b = 0
             while b < batch:
                 nxt = (rows[b + 1], lv_rows[b + 1]) if ahead and b + 1 < batch else None
-                args = (rows[b], kind, lv_rows[b], prepared, nxt, pending, defer)
+                fin = None
+                if early is not None and b == batch - 1:
+                    fin = partial(self._finish_early, early, scans)
+                args = (rows[b], kind, lv_rows[b], prepared, nxt, pending, defer, fin)
                 try:  # a transaction (retries) once the first attempt failed
                     got, reads[b], converged[b], waits[b], prepared = measure(*args)
                 except _RETRIED as exc:
@@ -1255,12 +1273,15 @@ class StationSystem(PhysicalSystem):
                         rows[-1], kind, lv_rows[-1], checked
                     )
         settle = sum(waits)
-        # (batch, n_nodes): every scan's length checked; fromiter: half what np.array of lists costs
-        n = self.n_nodes
-        volts = np.fromiter(chain.from_iterable(scans), np.float64, batch * n).reshape(batch, n)
-        # take: C-contiguous results (volts[:, idx] would be a transposed buffer for batch > 1)
-        dv = volts.take(self._ei, axis=1) - volts.take(self._ej, axis=1)
-        conj = 0.5 * dv * dv
+        # (batch, n_nodes) and (batch, n_edges): the rows assembled early, if their scans stand
+        start = 0
+        if early is not None and early.rows is not None:
+            if all(a is b for a, b in zip(early.rows, scans, strict=False)):
+                volts, conj, start = early.volts, early.conj, len(early.rows)
+        if start == 0:
+            volts = np.empty((batch, self.n_nodes))
+            conj = np.empty((batch, self._ei.size))
+        self._fill_rows(volts, conj, scans, start)
         return Equilibrium(
             outputs=volts.take(self._out_idx, axis=1),
             conjugates={GROUP: conj},
@@ -1387,6 +1408,7 @@ class StationSystem(PhysicalSystem):
         ahead: tuple[list[float], list[float] | None] | None = None,
         pending: _PendingScan | None = None,
         defer: bool = False,
+        finish: Callable[[_PendingScan | None], None] | None = None,
     ) -> tuple[list[float] | _PendingScan, int, bool, float, _PreparedPhase | None]:
         """One phase of one pattern (a transaction; see the module docstring): ``u`` the input
         levels, ``levels`` the nudge's (floats, already checked against the envelope); the
@@ -1399,7 +1421,9 @@ class StationSystem(PhysicalSystem):
         and nudge levels, whose writes are prepared while this phase settles. ``pending``: the
         scan of the phase before, checked while this one settles (:meth:`_window`: its result
         stays in it). ``defer``: this phase's own scan is returned unchecked, as a
-        :class:`_PendingScan` (the caller has it checked, by the next phase or itself)."""
+        :class:`_PendingScan` (the caller has it checked, by the next phase or itself).
+        ``finish``: the last phase of a batch, work on the batch's result done while it
+        settles (:meth:`_finish_early`; called with ``pending``)."""
         roots = self._batch_roots
         batch = roots[0].deferred_writes() if self._single_deferred else self._batch(roots)
         with batch:
@@ -1422,9 +1446,9 @@ class StationSystem(PhysicalSystem):
                 self._flush_levels(phase)
             synced = self._sync()
         self.timers.phases += 1
-        if ahead is None and pending is None:
+        if ahead is None and pending is None and finish is None:
             return self._read(synced, None, defer)
-        return self._read(synced, partial(self._window, kind, ahead, pending), defer)
+        return self._read(synced, partial(self._window, kind, ahead, pending, finish), defer)
 
     def _checked(self, pending: _PendingScan, timed: bool) -> list[float] | InstrumentError:
         """The result of checking a scan read unchecked: found by a settling wait
@@ -1452,14 +1476,64 @@ class StationSystem(PhysicalSystem):
         kind: str | None,
         ahead: tuple[list[float], list[float] | None] | None,
         pending: _PendingScan | None,
+        finish: Callable[[_PendingScan | None], None] | None = None,
     ) -> _PreparedPhase | None:
         """The work done while a phase settles: check the scan of the phase before
         (``pending``, once: its result -- the readings, or the error -- stays in it, for the
-        caller and for a retry of this phase), and prepare the next phase's levels. Raises
-        nothing an instrument error would cause."""
+        caller and for a retry of this phase), prepare the next phase's levels, or, in the
+        last phase of a batch, ``finish(pending)``. Raises nothing an instrument error would
+        cause."""
         if pending is not None:
             self._checked(pending, False)
+        if finish is not None:
+            finish(pending)
         return None if ahead is None else self._prepare_phase(kind, *ahead)
+
+    def _finish_early(
+        self, early: _EarlyRows, scans: list[list[float]], pending: _PendingScan | None
+    ) -> None:
+        """While the last phase of a batch settles: the result's arrays for every phase before
+        it (:meth:`_fill_rows`, into ``early``), and the caches the instruments hold back for
+        the batch updated now (their final levels are written), leaving the end of the batch
+        only the last phase's. ``scans``: the batch's scans so far, but the one of the phase
+        before the last, which is ``pending``'s (if checked fine; if not, that phase is
+        measured again, and nothing is done early). Never raises (the end of the batch does
+        what is left)."""
+        rows = scans[:-1]
+        if pending is not None:
+            if not isinstance(pending.result, list):
+                return
+            rows[-1] = pending.result
+        try:
+            for inst in self._instruments.values():
+                if callable(getattr(type(inst), "flush_held", None)):
+                    inst.flush_held()
+            volts = np.empty((len(scans), self.n_nodes))
+            conj = np.empty((len(scans), self._ei.size))
+            self._fill_rows(volts, conj, rows, 0)
+        except Exception:  # noqa: BLE001 - left to the end of the batch
+            return
+        early.volts, early.conj, early.rows = volts, conj, rows
+
+    def _fill_rows(
+        self, volts: np.ndarray, conj: np.ndarray, scans: list[list[float]], start: int
+    ) -> None:
+        """Rows ``start`` to ``len(scans)`` of a batch's node voltages ``volts`` (V, the scans)
+        and edge conjugates ``conj`` (0.5 (V_i - V_j)^2, V^2); the arrays may hold more rows."""
+        m = len(scans) - start
+        if m <= 0:
+            return
+        n = self.n_nodes
+        # fromiter: half what np.array of a list of lists costs (every scan's length checked)
+        block = np.fromiter(chain.from_iterable(scans[start:]), np.float64, m * n).reshape(m, n)
+        stop = start + m
+        volts[start:stop] = block
+        # take: C-contiguous results (block[:, idx] would be a transposed buffer)
+        dv = block.take(self._ei, axis=1)
+        dv -= block.take(self._ej, axis=1)
+        np.multiply(dv, dv, out=dv)
+        dv *= 0.5
+        conj[start:stop] = dv
 
     def _scan(self) -> list[float]:
         """One scan of every node (V, Python floats), checked (:meth:`_check_scan`)."""

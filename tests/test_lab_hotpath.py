@@ -862,15 +862,16 @@ def _batch_volts(tmp: Path, x: np.ndarray, nudge: Nudge | None = None, **system:
     return np.asarray(volts), retries
 
 
-@pytest.mark.parametrize("bad", [0, 2, 4], ids=["first", "middle", "last"])
+@pytest.mark.parametrize("bad", [0, 2, 3, 4], ids=["first", "middle", "penultimate", "last"])
 def test_a_scan_found_garbled_while_the_next_phase_settles_is_measured_again(
     tmp_path, monkeypatch, bad
 ):
     """A scan's reply is parsed and checked while the next phase settles (the last one's at the
-    end of the batch). One found garbled there -- the first, a middle one, the last of an
-    error-nudged batch of 5 -- is measured again (its levels written again, a resync first) and
-    so is the phase that had started meanwhile: the batch measures exactly what a fault-free
-    batch measures, with one retry."""
+    end of the batch). One found garbled there -- the first, a middle one, the one before the
+    last (found while the last phase settles, when the batch's result is assembled early),
+    the last of an error-nudged batch of 5 -- is measured again (its levels written again, a
+    resync first) and so is the phase that had started meanwhile: the batch measures exactly
+    what a fault-free batch measures, with one retry."""
     rng = np.random.default_rng(4)
     x = rng.uniform(-1.5, 1.5, (5, 10))
     nudge = Nudge(beta=1e-4, error=rng.uniform(-5, 5, (5, 3)))
@@ -889,6 +890,62 @@ def test_a_scan_found_garbled_while_the_next_phase_settles_is_measured_again(
     volts, retries = _batch_volts(tmp_path / "bad.yaml", x, nudge)
     assert retries == 1
     np.testing.assert_array_equal(volts, clean)
+
+
+@pytest.mark.parametrize("batch", [1, 2, 5])
+def test_a_batch_result_is_what_its_scans_say_assembled_early_or_not(tmp_path, monkeypatch, batch):
+    """While the last phase of a batch settles, the result of the phases before it is
+    assembled (and the held caches updated): with or without that (no settling), the batch
+    reports the same scans, and its outputs, conjugates 0.5 (V_i - V_j)^2 and energy are
+    those of its scans -- for a batch of one, two, five, free and nudged."""
+    rng = np.random.default_rng(6)
+    x = rng.uniform(-1.5, 1.5, (batch, 10))
+    nudge = Nudge(beta=1e-4, error=rng.uniform(-5, 5, (batch, 3)))
+    from physlearn.drivers.station_system import StationSystem
+
+    fill = StationSystem._fill_rows
+    filled: list[tuple[int, int]] = []  # (rows, first row filled) of every call
+
+    def counted(self: Any, volts: Any, conj: Any, scans: Any, start: int) -> None:
+        filled.append((len(scans), start))
+        fill(self, volts, conj, scans, start)
+
+    monkeypatch.setattr(StationSystem, "_fill_rows", counted)
+    results = {}
+    for settle in (0.0, 1e-4):
+        with running_lab(BENCH, **QUIET) as lab:
+            station = write_station(lab, tmp_path / f"s{settle}.yaml")
+            system: Any = build_system(
+                parse_config(_experiment(station, equilibrium={"settle_time": settle}))
+            )
+            with system:
+                system.equilibrate(x[::-1])  # levels to ramp from
+                filled.clear()
+                results[settle] = [system.equilibrate(x), system.equilibrate(x, nudge)]
+                # assembled at the end only, or (settling, 2+ phases) early but the last row
+                ends = (
+                    [(batch, 0)]
+                    if settle == 0 or batch == 1
+                    else [(batch - 1, 0), (batch, batch - 1)]
+                )
+                assert filled == 2 * ends
+                i, j = system.edges[:, 0], system.edges[:, 1]
+                out = np.asarray(system._out_idx)
+                held = system.get_parameters()["conductance"]
+                _assert_caches_hold_what_was_written(system, lab)
+            Instrument.close_all()
+    for plain, early in zip(results[0.0], results[1e-4], strict=True):
+        for eq in (plain, early):
+            v = eq.observables["node_voltages"]
+            assert v.shape == (batch, 29)
+            np.testing.assert_array_equal(eq.outputs, v[:, out])
+            np.testing.assert_array_equal(
+                eq.conjugates["conductance"], 0.5 * (v[:, i] - v[:, j]) ** 2
+            )
+            np.testing.assert_allclose(eq.energy, eq.conjugates["conductance"] @ held, rtol=1e-12)
+        np.testing.assert_array_equal(
+            early.observables["node_voltages"], plain.observables["node_voltages"]
+        )
 
 
 @pytest.mark.parametrize("n", [1, 3])
