@@ -20,7 +20,10 @@ EP step is split into
   real bench the vendor's VISA) -- neither physlearn nor the instrument, counted on neither side;
 * driver stack: the rest of the time inside the drivers' calls (qcodes parameters, physlearn's
   SCPI drivers: validation, ramps, building commands, parsing replies);
-* settling: waiting for the network to settle (``equilibrium.settle_time``);
+* settling: waiting for the network to settle (``equilibrium.settle_time``, from the arrival
+  of the instruments' confirmation), the system's work inside that wait included up to its
+  deadline (reading the confirmation, checking the scan before, preparing the next phase's
+  levels, in a batch's last phase assembling its result) -- what overruns it is overhead;
 * station system: the rest of ``StationSystem.equilibrate`` / ``set_parameters`` (envelope
   checks, tap mapping, conjugates, bookkeeping per pattern);
 * orchestrator, estimator: the rest of the step (estimator, optimiser, projection, recording);

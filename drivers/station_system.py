@@ -26,11 +26,11 @@ nudge value of the batch is checked against the envelope before the first write,
 one bad pattern is refused whole, never partly applied; then each pattern is measured in turn.
 The phase of one pattern is one *transaction*: remove the previous nudge, set the inputs, apply
 the nudge, synchronise with every instrument written (a compliance-trip query or ``*OPC?``),
-wait ``settle_time`` from that confirmation (the levels are applied by then), scan until two
-successive scans agree within ``tolerance`` (if set; at most ``max_reads`` scans and ``timeout``
-seconds). Unchanged levels are not rewritten; changed
-ones go to a source offering a bulk writer (the virtual-lab source's ``level_writer``, or its
-``set_levels``) in one call, which checks them against the channels' qcodes validators and
+wait ``settle_time`` from that confirmation's arrival (the levels are applied by then; reading
+the reply is part of the wait), scan until two successive scans agree within ``tolerance`` (if
+set; at most ``max_reads`` scans and ``timeout`` seconds). Unchanged levels are not rewritten;
+changed ones go to a source offering a bulk writer (the virtual-lab source's ``level_writer``,
+or its ``set_levels``) in one call, which checks them against the channels' qcodes validators and
 ramps them exactly as qcodes would, leaving the parameters' caches at the levels written; the
 writer reads the validators, steps and delays once per batch (``equilibrate``), when the batch
 is checked against the envelope. Every role on one instrument shares that instrument's writer:
@@ -46,7 +46,9 @@ Likewise a scan's reply is parsed and checked while the next phase settles (the 
 the end of the batch; at once with ``tolerance``, whose scans compare): a scan found bad there
 fails its phase's transaction as if found at once -- the phase is measured again, and so is the
 phase that had started meanwhile; an overload stops the batch one phase later than it would
-have (every level of that phase within the envelope). The compliance-trip query and the scan
+have (every level of that phase within the envelope). While the last phase of a batch
+settles, the batch's result for the phases before it is assembled and the caches the drivers
+hold back for the batch are updated. The compliance-trip query and the scan
 go through the drivers' own readers (``read_trip_status``; ``query_scan`` and ``parse_scan``:
 the parameters' get without qcodes' per-call machinery, the same queries, parsing, errors and
 caches) when they offer them.
