@@ -40,7 +40,8 @@ the same commands in the same order as writing role after role. When every level
 phases write (inputs, error-nudge currents) goes to one writer that can prepare writes ahead
 (``LevelWriter.prepare``), each phase's writes -- changed levels, checks of every value and ramp
 value, the commands -- are prepared while the phase before it settles (work inside a wait the
-bench needs anyway), and the phase only sends them; a phase whose preparation no longer stands
+bench needs anyway; a batch's first phase's before the batch starts, unless a nudge is to be
+released first), and the phase only sends them; a phase whose preparation no longer stands
 (a nudge to release, a retry after a failed exchange, a resync) writes its levels as above.
 Likewise a scan's reply is parsed and checked while the next phase settles (the last one's at
 the end of the batch; at once with ``tolerance``, whose scans compare): a scan found bad there
@@ -1229,7 +1230,11 @@ class StationSystem(PhysicalSystem):
         # scan of the phase before is checked (_window)
         ahead = self._preparing(kind) is not None and eq.settle_time > 0
         defer = self._scan_parts is not None and eq.settle_time > 0 and eq.tolerance is None
+        # the first phase's writes too, if no other nudge is to be released (they cost less
+        # prepared and sent than written: the writer's checks and ramps run once either way)
         prepared: _PreparedPhase | None = None
+        if ahead and self._applied in (None, kind):
+            prepared = self._prepare_phase(kind, rows[0], lv_rows[0])
         pending: _PendingScan | None = None  # the scan of phase b - 1, read but not checked
         # while the last phase settles, the result of the phases before it is assembled
         early = _EarlyRows() if batch > 1 and eq.settle_time > 0 else None

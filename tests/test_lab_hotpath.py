@@ -679,10 +679,10 @@ def test_a_phase_writes_its_changed_levels_in_one_compound_message(tmp_path):
 
 def test_the_bulk_writer_sends_what_the_parameters_send(tmp_path, monkeypatch):
     """Phases with ramps (step 1 V) between patterns and nudges on and off: the shared bulk
-    writer -- through writes prepared while the phase before settled, for every phase but a
-    batch's first -- sends the same commands in the same order as qcodes' set of each changed
-    level in turn, measures the same, and leaves every level's cache at what the instrument
-    holds after every batch."""
+    writer -- through writes prepared while the phase before settled, or (a batch's first
+    phase) before the batch starts, unless a nudge is to be released first -- sends the same
+    commands in the same order as qcodes' set of each changed level in turn, measures the
+    same, and leaves every level's cache at what the instrument holds after every batch."""
     accepted: list[bool] = []
     send = instruments.LevelWriter.send
 
@@ -692,9 +692,10 @@ def test_the_bulk_writer_sends_what_the_parameters_send(tmp_path, monkeypatch):
 
     monkeypatch.setattr(instruments.LevelWriter, "send", counted)
     bulk, bulk_out = _run_phases(tmp_path / "bulk", per_parameter=False)
-    # batches of 3 x (4 + 4 + 4) + 2 phases: all but the first of each batch prepared ahead,
-    # but the last batch's second pattern (zeros again) changes no level: nothing to send
-    assert accepted == [True] * (9 * 3)
+    # batches of 3 x (4 + 4 + 4) + 2 phases: all prepared but the first of a free batch after
+    # a nudged one (3 of them: the currents are released first), and the last batch's second
+    # pattern (zeros again) changes no level: nothing to send
+    assert accepted == [True] * (3 * 12 + 2 - 3 - 1)
     each, each_out = _run_phases(tmp_path / "each", per_parameter=True)
     assert [line for _, line in bulk] == [line for _, line in each]
     assert any(";" in line and "STAT:TRIP?" in line for _, line in bulk)  # compound writes
