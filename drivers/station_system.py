@@ -296,17 +296,19 @@ class _PreparedPhase:
         self.lasts = lasts
 
 
-class _EarlyRows:
-    """A batch's result assembled while its last phase settles (StationSystem._finish_early):
-    the node voltages and conjugates of the phases before the last (arrays of the whole
-    batch, rows ``len(rows)`` on unfilled), from the scans in ``rows``."""
+class _Rows:
+    """The arrays of a batch's result (StationSystem._fill_rows): node voltages (V), outputs
+    (V), edge conjugates (V^2) and energy (W), one row per phase; ``scans``: the scans of the
+    rows filled so far (None: none)."""
 
-    __slots__ = ("volts", "conj", "rows")
+    __slots__ = ("volts", "outputs", "conj", "energy", "scans")
 
-    def __init__(self) -> None:
-        self.volts: np.ndarray = np.empty(0)
-        self.conj: np.ndarray = np.empty(0)
-        self.rows: list[list[float]] | None = None
+    def __init__(self, batch: int, n_nodes: int, n_out: int, n_edges: int) -> None:
+        self.volts = np.empty((batch, n_nodes))
+        self.outputs = np.empty((batch, n_out))
+        self.conj = np.empty((batch, n_edges))
+        self.energy = np.empty(batch)
+        self.scans: list[list[float]] | None = None
 
 
 class _PendingScan:
@@ -1237,7 +1239,7 @@ class StationSystem(PhysicalSystem):
             prepared = self._prepare_phase(kind, rows[0], lv_rows[0])
         pending: _PendingScan | None = None  # the scan of phase b - 1, read but not checked
         # while the last phase settles, the result of the phases before it is assembled
-        early = _EarlyRows() if batch > 1 and eq.settle_time > 0 else None
+        early = self._rows(batch) if batch > 1 and eq.settle_time > 0 else None
         with self._exchange_batch():
             b = 0
             while b < batch:
@@ -1280,25 +1282,22 @@ class StationSystem(PhysicalSystem):
                         rows[-1], kind, lv_rows[-1], checked
                     )
         settle = sum(waits)
-        # (batch, n_nodes) and (batch, n_edges): the rows assembled early, if their scans stand
-        start = 0
-        if early is not None and early.rows is not None:
-            if all(a is b for a, b in zip(early.rows, scans, strict=False)):
-                volts, conj, start = early.volts, early.conj, len(early.rows)
-        if start == 0:
-            volts = np.empty((batch, self.n_nodes))
-            conj = np.empty((batch, self._ei.size))
-        self._fill_rows(volts, conj, scans, start)
+        # the rows assembled early, if their scans stand; the rest now
+        out, start = (self._rows(batch), 0) if early is None else (early, 0)
+        if early is not None and early.scans is not None:
+            if all(a is b for a, b in zip(early.scans, scans, strict=False)):
+                start = len(early.scans)
+        self._fill_rows(out, scans, start)
         return Equilibrium(
-            outputs=volts.take(self._out_idx, axis=1),
-            conjugates={GROUP: conj},
+            outputs=out.outputs,
+            conjugates={GROUP: out.conj},
             state=None,
             residual=np.full(batch, np.nan),
             iterations=np.array(reads, dtype=np.int64),
             shots=0,
             settle_time=settle,
-            energy=conj @ self._held,
-            observables={"node_voltages": volts},
+            energy=out.energy,
+            observables={"node_voltages": out.volts},
             converged=np.array(converged, dtype=bool),
         )
 
@@ -1497,10 +1496,10 @@ class StationSystem(PhysicalSystem):
         return None if ahead is None else self._prepare_phase(kind, *ahead)
 
     def _finish_early(
-        self, early: _EarlyRows, scans: list[list[float]], pending: _PendingScan | None
+        self, early: _Rows, scans: list[list[float]], pending: _PendingScan | None
     ) -> None:
-        """While the last phase of a batch settles: the result's arrays for every phase before
-        it (:meth:`_fill_rows`, into ``early``), and the caches the instruments hold back for
+        """While the last phase of a batch settles: the result's rows of every phase before it
+        (:meth:`_fill_rows`, into ``early``), and the caches the instruments hold back for
         the batch updated now (their final levels are written), leaving the end of the batch
         only the last phase's. ``scans``: the batch's scans so far, but the one of the phase
         before the last, which is ``pending``'s (if checked fine; if not, that phase is
@@ -1515,18 +1514,18 @@ class StationSystem(PhysicalSystem):
             for inst in self._instruments.values():
                 if callable(getattr(type(inst), "flush_held", None)):
                     inst.flush_held()
-            volts = np.empty((len(scans), self.n_nodes))
-            conj = np.empty((len(scans), self._ei.size))
-            self._fill_rows(volts, conj, rows, 0)
+            self._fill_rows(early, rows, 0)
         except Exception:  # noqa: BLE001 - left to the end of the batch
-            return
-        early.volts, early.conj, early.rows = volts, conj, rows
+            early.scans = None
 
-    def _fill_rows(
-        self, volts: np.ndarray, conj: np.ndarray, scans: list[list[float]], start: int
-    ) -> None:
-        """Rows ``start`` to ``len(scans)`` of a batch's node voltages ``volts`` (V, the scans)
-        and edge conjugates ``conj`` (0.5 (V_i - V_j)^2, V^2); the arrays may hold more rows."""
+    def _rows(self, batch: int) -> _Rows:
+        return _Rows(batch, self.n_nodes, self._out_idx.size, self._ei.size)
+
+    def _fill_rows(self, out: _Rows, scans: list[list[float]], start: int) -> None:
+        """Rows ``start`` to ``len(scans)`` of a batch's result ``out`` (which may hold more):
+        node voltages (V, the scans), outputs, edge conjugates 0.5 (V_i - V_j)^2 (V^2) and
+        energy E = sum_e g_e conj_e (W, held conductances), each row computed alone (a row's
+        numbers do not depend on the rows filled with it)."""
         m = len(scans) - start
         if m <= 0:
             return
@@ -1534,13 +1533,17 @@ class StationSystem(PhysicalSystem):
         # fromiter: half what np.array of a list of lists costs (every scan's length checked)
         block = np.fromiter(chain.from_iterable(scans[start:]), np.float64, m * n).reshape(m, n)
         stop = start + m
-        volts[start:stop] = block
+        out.volts[start:stop] = block
         # take: C-contiguous results (block[:, idx] would be a transposed buffer)
+        out.outputs[start:stop] = block.take(self._out_idx, axis=1)
         dv = block.take(self._ei, axis=1)
         dv -= block.take(self._ej, axis=1)
         np.multiply(dv, dv, out=dv)
         dv *= 0.5
-        conj[start:stop] = dv
+        out.conj[start:stop] = dv
+        np.multiply(dv, self._held, out=dv)
+        out.energy[start:stop] = dv.sum(axis=1)  # per row, whatever m (no BLAS blocking)
+        out.scans = scans
 
     def _scan(self) -> list[float]:
         """One scan of every node (V, Python floats), checked (:meth:`_check_scan`)."""
