@@ -1066,10 +1066,12 @@ def test_a_scan_comes_settle_time_after_its_levels_were_applied(tmp_path, monkey
             run = inst.execute
 
             def execute(line: str, _run: Any = run, _name: str = name) -> Any:
-                reply = _run(line)
+                # conservative: a scan from when its command starts, levels from when theirs
+                # has ended
                 if _name == "dmm" and "READ?" in line:
                     done.append(("scan", time.perf_counter()))
-                elif _name == "src" and ("VOLT " in line or "CURR " in line):
+                reply = _run(line)
+                if _name == "src" and ("VOLT " in line or "CURR " in line):
                     done.append(("levels", time.perf_counter()))
                 return reply
 
