@@ -1255,10 +1255,7 @@ class StationSystem(PhysicalSystem):
                         "measuring a pattern", measure, *args, failed=exc
                     )
                 if pending is not None:  # checked while phase b settled, as a rule
-                    checked = pending.result
-                    if checked is None:
-                        checked = self._checked(pending, False)
-                    pending = None
+                    checked, pending = self._checked(pending, False), None
                     if not isinstance(checked, list):  # the check failed: measure b - 1 again
                         b -= 1
                         prepared = None
@@ -1283,7 +1280,8 @@ class StationSystem(PhysicalSystem):
                     )
         settle = sum(waits)
         # the rows assembled early, if their scans stand; the rest now
-        out, start = (self._rows(batch), 0) if early is None else (early, 0)
+        out = self._rows(batch) if early is None else early
+        start = 0
         if early is not None and early.scans is not None:
             if all(a is b for a, b in zip(early.scans, scans, strict=False)):
                 start = len(early.scans)
@@ -1519,6 +1517,7 @@ class StationSystem(PhysicalSystem):
             early.scans = None
 
     def _rows(self, batch: int) -> _Rows:
+        """Empty result arrays for a batch of ``batch`` phases."""
         return _Rows(batch, self.n_nodes, self._out_idx.size, self._ei.size)
 
     def _fill_rows(self, out: _Rows, scans: list[list[float]], start: int) -> None:
