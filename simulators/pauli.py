@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
@@ -95,41 +96,44 @@ def pauli_label(x: int, z: int, n_qubits: int) -> str:
     return " ".join(toks) or "I"
 
 
-_CHUNK_ENTRIES = 1 << 22  # int8 -> float64 conversions are done in blocks of this many entries
+#: Sign entries converted from int8 to float64 at once (a 4 MB block: cache-sized scratch
+#: instead of a float copy of a whole sign matrix).
+BLOCK_ENTRIES = 1 << 19
 
 
-def _rows_per_chunk(dim: int) -> int:
-    return max(1, _CHUNK_ENTRIES // dim)
+def _block_states(rows: int, dim: int, block_entries: int) -> int:
+    """Basis states per block when ``rows`` sign rows are converted to float64 together."""
+    return min(dim, max(1, block_entries // max(rows, 1)))
 
 
-def signed_dot(signs: NDArray[np.int8], v: FloatArray | ComplexArray) -> FloatArray | ComplexArray:
-    """``signs @ v`` for an int8 sign matrix ``(k, dim)``, converted to float in blocks."""
-    k, dim = signs.shape
-    out = np.zeros(k, dtype=np.result_type(v.dtype, np.float64))
-    step = _rows_per_chunk(dim)
-    for a in range(0, k, step):
-        blk = signs[a : a + step].astype(np.float64)
-        if np.iscomplexobj(v):
-            out[a : a + step] = blk @ v.real + 1j * (blk @ v.imag)
-        else:
-            out[a : a + step] = blk @ v
-    return out
-
-
-def signed_combination(
-    w: FloatArray | ComplexArray, signs: NDArray[np.int8]
+def signed_dot(
+    signs: NDArray[np.int8],
+    v: FloatArray | ComplexArray,
+    rows: NDArray[np.int64],
+    block_entries: int = BLOCK_ENTRIES,
 ) -> FloatArray | ComplexArray:
-    """``w @ signs`` = ``sum_k w_k s_k(r)`` for an int8 sign matrix ``(k, dim)``."""
-    k, dim = signs.shape
-    out = np.zeros(dim, dtype=np.result_type(w.dtype, np.float64))
-    step = _rows_per_chunk(dim)
-    for a in range(0, k, step):
-        blk = signs[a : a + step]
-        if blk.shape[0] == 1:
-            out += w[a] * blk[0]
-        else:
-            out += w[a : a + step] @ blk.astype(np.float64)
-    return out
+    """``signs[rows] @ v`` for an int8 sign matrix ``(k, dim)`` and a contiguous vector ``v``.
+
+    The selected rows are converted to float64 in blocks of basis states (columns), so that
+    the float scratch stays in cache and one BLAS product per block does the sums.
+    """
+    dim = v.shape[0]
+    cplx = np.iscomplexobj(v)
+    # a complex vector as (dim, 2) real and imaginary parts: one product for both
+    rhs: FloatArray = (
+        np.ascontiguousarray(v).view(np.float64).reshape(dim, 2)
+        if cplx
+        else np.asarray(v, dtype=np.float64)
+    )
+    acc = np.zeros((rows.size, 2) if cplx else rows.size)
+    step = _block_states(rows.size, dim, block_entries)
+    buf = np.empty((rows.size, step))
+    for a in range(0, dim, step):
+        b = min(a + step, dim)
+        blk = buf[:, : b - a]
+        np.copyto(blk, signs[rows, a:b])
+        acc += blk @ rhs[a:b]
+    return acc[:, 0] + 1j * acc[:, 1] if cplx else acc
 
 
 def parity_signs(states: UIntArray, z: int) -> NDArray[np.int8]:
@@ -138,52 +142,89 @@ def parity_signs(states: UIntArray, z: int) -> NDArray[np.int8]:
     return (1 - 2 * par.astype(np.int8)).astype(np.int8)
 
 
+def xor_geometry(x: int, n_qubits: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shape and flipped axes that turn a state vector ``v`` into the view ``v[r ^ x]``.
+
+    The bits of ``r`` split into runs of adjacent bits that ``x`` all sets or all clears. On a
+    run of ``m`` set bits ``r ^ x`` counts down instead of up, so ``v[r ^ x]`` is ``v`` reshaped
+    to one axis per run (most significant first) with the set runs reversed: a strided view,
+    no index array and no gather.
+    """
+    shape: list[int] = []
+    axes: list[int] = []
+    bit = n_qubits - 1
+    while bit >= 0:
+        on = (x >> bit) & 1
+        length = 0
+        while bit >= 0 and (x >> bit) & 1 == on:
+            length += 1
+            bit -= 1
+        if on:
+            axes.append(len(shape))
+        shape.append(1 << length)
+    return tuple(shape), tuple(axes)
+
+
 class PauliBasis:
     """A fixed, ordered set of distinct Hermitian Pauli strings on ``n_qubits`` sites.
 
     Every operator of a quantum system (Hamiltonian terms, inputs, trainable terms, outputs) is a
     real linear combination of the strings of one basis, given as a coefficient vector of length
-    :attr:`size`. The basis precomputes the sign pattern ``s_t(r)`` of every string (int8, one
-    byte per basis state and string) so that assembling a Hamiltonian is a handful of
-    multiply-adds per stored entry.
+    :attr:`size`. The basis precomputes the sign pattern ``s(r) = (-1)**popcount(r & z)`` of
+    every distinct non-zero ``z`` mask (int8, one byte per basis state and mask; strings sharing
+    a ``z`` share a row, strings without Z or Y need none) so that assembling a Hamiltonian is a
+    handful of multiply-adds per stored entry. ``block_entries`` bounds the float64 scratch of
+    the int8 -> float conversions (:data:`BLOCK_ENTRIES`, 4 MB).
     """
 
-    def __init__(self, n_qubits: int, strings: Sequence[tuple[int, int]]) -> None:
+    def __init__(
+        self,
+        n_qubits: int,
+        strings: Sequence[tuple[int, int]],
+        *,
+        block_entries: int = BLOCK_ENTRIES,
+    ) -> None:
         if not 1 <= n_qubits <= MAX_QUBITS:
             raise ValueError(f"n_qubits must be in [1, {MAX_QUBITS}], got {n_qubits}")
+        if block_entries < 1:
+            raise ValueError("block_entries must be >= 1")
         keys = [(int(x), int(z)) for x, z in strings]
         if len(set(keys)) != len(keys):
             raise ValueError("PauliBasis strings must be distinct")
         self.n_qubits = n_qubits
         self.dim = 1 << n_qubits
+        self.block_entries = int(block_entries)
         self.x = np.array([k[0] for k in keys], dtype=np.uint64)
         self.z = np.array([k[1] for k in keys], dtype=np.uint64)
         self.ny = np.bitwise_count(self.x & self.z).astype(np.int64)
         #: (-i)**ny: the phase of <r|P|r^x> (real +-1 for an even number of Y's).
         self.phase = ((-1j) ** self.ny).astype(np.complex128)
         self._index = {k: i for i, k in enumerate(keys)}
-        self.states = np.arange(self.dim, dtype=np.uint64)
-        self.signs = (
-            np.stack([parity_signs(self.states, int(z)) for z in self.z])
-            if keys
-            else (np.zeros((0, self.dim), dtype=np.int8))
+        masks = np.unique(self.z[self.z != 0])
+        states = np.arange(self.dim, dtype=np.uint64)
+        #: sign patterns of the distinct non-zero z masks, ``(len(masks), dim)`` int8
+        self.z_signs = (
+            np.stack([parity_signs(states, int(z)) for z in masks])
+            if masks.size
+            else np.zeros((0, self.dim), dtype=np.int8)
         )
+        #: row of ``z_signs`` of every string; -1 for strings without Z or Y (sign +1)
+        self.z_row = np.where(self.z != 0, np.searchsorted(masks, self.z), -1).astype(np.int64)
         xs, inverse = np.unique(self.x, return_inverse=True)
         #: distinct x masks; ``group_of[t]`` is the x group of string t.
         self.group_x = xs
         self.group_of = inverse.astype(np.int64)
         self._group_members = [np.flatnonzero(self.group_of == g) for g in range(len(xs))]
-        self._group_cols = [(self.states ^ x).astype(np.int32) for x in xs]
-        #: CSR column indices of the last set of stored groups (copied into every new matrix)
-        self._layout: tuple[tuple[int, ...], NDArray[np.int32]] | None = None
+        self._xor = [xor_geometry(int(x), n_qubits) for x in xs]
+        self._cols32 = np.arange(self.dim, dtype=np.int32)
 
     @classmethod
-    def from_labels(cls, labels: Sequence[str], n_qubits: int) -> PauliBasis:
+    def from_labels(cls, labels: Sequence[str], n_qubits: int, **kwargs: int) -> PauliBasis:
         """Basis of the distinct strings among ``labels`` (first occurrence order)."""
         seen: dict[tuple[int, int], None] = {}
         for lab in labels:
             seen.setdefault(parse_pauli(lab, n_qubits), None)
-        return cls(n_qubits, list(seen))
+        return cls(n_qubits, list(seen), **kwargs)
 
     @property
     def size(self) -> int:
@@ -213,54 +254,106 @@ class PauliBasis:
         return bool(np.any((coeffs != 0) & (self.ny % 2 == 1)))
 
     # -- operators -----------------------------------------------------------------------------
+    def xor_view(self, v: NDArray[Any], g: int) -> NDArray[Any]:
+        """``v[r ^ x_g]`` (rows of a ``(dim, ...)`` array) for x group ``g``, as a view of ``v``
+        reshaped to :func:`xor_geometry`'s shape (trailing axes of ``v`` kept)."""
+        shape, axes = self._xor[g]
+        return np.flip(v.reshape(shape + v.shape[1:]), axes)
+
     def operator(self, coeffs: FloatArray) -> sp.csr_matrix:
         """CSR matrix of ``sum_t coeffs_t P_t`` (real coefficients give a Hermitian matrix).
 
         Float64 when every active string has an even number of Y's, else complex128. Groups of
-        strings whose coefficients are all zero store nothing.
+        strings whose coefficients are all zero store nothing. Row ``r`` stores one entry per
+        stored group ``g``, ``sum_{t in g} w_t s_t(r)`` at column ``r ^ x_g``; the rows are
+        filled in blocks of basis states (a cache-sized int8 -> float64 conversion of the sign
+        rows in use, one small product per group, then the block written row-major), never a
+        strided pass over the whole matrix per group.
         """
         coeffs = np.asarray(coeffs, dtype=np.float64)
         if coeffs.shape != (self.size,):
             raise ValueError(f"expected {self.size} coefficients, got shape {coeffs.shape}")
         complex_ = self.is_complex(coeffs)
         dtype = np.complex128 if complex_ else np.float64
-        stored = []
+        parts = 2 if complex_ else 1  # float64 values per stored entry
+        stored: list[int] = []
+        weights: list[FloatArray] = []  # per stored group: (parts, its signed strings)
+        consts: list[FloatArray] = []  # per stored group: (parts,) sum of its unsigned strings
+        zrows: list[NDArray[np.int64]] = []
         for g, members in enumerate(self._group_members):
-            nz = coeffs[members] != 0
-            if nz.any():
-                stored.append((g, members[nz]))
+            members = members[coeffs[members] != 0]
+            if not members.size:
+                continue
+            phase = self.phase[members] if complex_ else self.phase[members].real
+            w = coeffs[members] * phase
+            signed = self.z_row[members] >= 0
+            c, ws = w[~signed].sum(), w[signed]
+            stored.append(g)
+            weights.append(np.stack([ws.real, ws.imag]) if complex_ else ws[None, :])
+            consts.append(np.array([c.real, c.imag] if complex_ else [c], dtype=np.float64))
+            zrows.append(self.z_row[members[signed]])
         if not stored:
             return sp.csr_matrix((self.dim, self.dim), dtype=dtype)
         k = len(stored)
         data = np.empty((self.dim, k), dtype=dtype)  # row r holds its k entries, CSR order
-        for j, (_, members) in enumerate(stored):
-            w = coeffs[members] * (self.phase[members] if complex_ else self.phase[members].real)
-            flat = self.z[members] == 0  # sign pattern +1 everywhere: a constant
-            const = w[flat].sum()
-            if flat.all():
-                data[:, j] = const
-            else:
-                data[:, j] = signed_combination(w[~flat], self.signs[members[~flat]])
-                if const != 0:
-                    data[:, j] += const
-        groups = tuple(g for g, _ in stored)
-        layout = self._layout
-        if layout is None or layout[0] != groups:
-            layout = (groups, np.stack([self._group_cols[g] for g in groups], axis=1).ravel())
-            self._layout = layout
+        self._fill(data.view(np.float64), weights, consts, zrows, parts)
+        xs = self.group_x[stored].astype(np.int32)
+        indices = np.bitwise_xor(self._cols32[:, None], xs[None, :])  # (dim, k), row-major
         indptr = np.arange(0, self.dim * k + 1, k, dtype=np.int64)
         if self.dim * k < np.iinfo(np.int32).max:
             indptr = indptr.astype(np.int32)
-        mat = sp.csr_matrix(
-            (data.ravel(), layout[1].copy(), indptr),  # a copy: scipy may sort in place
-            shape=(self.dim, self.dim),
-        )
+        mat = sp.csr_matrix((data.ravel(), indices.ravel(), indptr), shape=(self.dim, self.dim))
         mat.has_sorted_indices = False
         return mat
+
+    def _fill(
+        self,
+        out: FloatArray,
+        weights: list[FloatArray],
+        consts: list[FloatArray],
+        zrows: list[NDArray[np.int64]],
+        parts: int,
+    ) -> None:
+        """``out[r, parts*j : parts*(j+1)] = weights[j] @ s_{zrows[j]}(r) + consts[j]`` for
+        every stored group ``j`` (``out``: the ``(dim, k * parts)`` float64 view of the values
+        of :meth:`operator`), in blocks of basis states."""
+        rows = np.concatenate(zrows)
+        spans = np.cumsum([0] + [z.size for z in zrows])
+        const = np.concatenate(consts)[:, None]
+        width = out.shape[1]
+        step = _block_states(max(rows.size, width), self.dim, self.block_entries)
+        buf = np.empty((rows.size, step))
+        tmp = np.empty((width, step))  # the block transposed: one row per stored value
+        for a in range(0, self.dim, step):
+            b = min(a + step, self.dim)
+            signs, block = buf[:, : b - a], tmp[:, : b - a]
+            if rows.size:
+                np.copyto(signs, self.z_signs[rows, a:b])
+            for j, w in enumerate(weights):
+                dst = block[parts * j : parts * (j + 1)]
+                if w.shape[1]:
+                    np.matmul(w, signs[spans[j] : spans[j + 1]], out=dst)
+                    dst += const[parts * j : parts * (j + 1)]
+                else:
+                    dst[...] = const[parts * j : parts * (j + 1)]
+            out[a:b] = block.T
 
     # -- expectation values --------------------------------------------------------------------
     def _weights(self, strings: NDArray[np.int64] | None) -> NDArray[np.int64]:
         return np.arange(self.size) if strings is None else np.asarray(strings, dtype=np.int64)
+
+    def _signed_sums(
+        self, v: FloatArray | ComplexArray, rows: NDArray[np.int64]
+    ) -> FloatArray | ComplexArray:
+        """``sum_r s_t(r) v(r)`` for the strings ``rows`` (``v`` contiguous, length dim)."""
+        zr = self.z_row[rows]
+        signed = zr >= 0
+        dots = np.empty(rows.size, dtype=np.result_type(v.dtype, np.float64))
+        if not signed.all():
+            dots[~signed] = v.sum()  # sign pattern +1 everywhere: a plain sum
+        if signed.any():
+            dots[signed] = signed_dot(self.z_signs, v, zr[signed], self.block_entries)
+        return dots
 
     def transition(
         self,
@@ -268,22 +361,35 @@ class PauliBasis:
         ket: ComplexArray | FloatArray,
         strings: NDArray[np.int64] | None = None,
     ) -> ComplexArray:
-        """``<bra|P_t|ket>`` for the selected strings (all by default); vectors of length dim."""
+        """``<bra|P_t|ket>`` for the selected strings (all by default); vectors of length dim.
+
+        Per x group ``g``, ``v(r) = conj(bra(r)) ket(r ^ x_g)`` (``ket`` read through
+        :meth:`xor_view`, no gather) is contracted with the sign rows of the group's strings; a
+        group of strings without Z or Y needs only the sum, one pass without a temporary.
+        ``<psi|P|psi>`` for diagonal strings uses the real ``|psi|^2``.
+        """
         idx = self._weights(strings)
         out = np.zeros(idx.size, dtype=np.complex128)
-        bra_c = np.conj(bra) if np.iscomplexobj(bra) else bra
-        for g in np.unique(self.group_of[idx]):
-            sel = np.flatnonzero(self.group_of[idx] == g)
-            v: FloatArray | ComplexArray = np.asarray(
-                bra_c * (ket if self.group_x[g] == 0 else ket[self._group_cols[g]])
-            )
+        same = bra is ket
+        bra_a: NDArray[Any] = np.ascontiguousarray(bra)
+        ket_a: NDArray[Any] = bra_a if same else np.ascontiguousarray(ket)
+        bra_c = np.conj(bra_a) if np.iscomplexobj(bra_a) else bra_a
+        groups = self.group_of[idx]
+        for g in np.unique(groups):
+            sel = np.flatnonzero(groups == g)
             rows = idx[sel]
-            flat = self.z[rows] == 0  # sign pattern +1 everywhere: a plain sum
-            dots = np.empty(sel.size, dtype=np.result_type(v.dtype, np.float64))
-            if flat.any():
-                dots[flat] = v.sum()
-            if not flat.all():
-                dots[~flat] = signed_dot(self.signs[rows[~flat]], v)
+            shape = self._xor[g][0]
+            kv, bv = self.xor_view(ket_a, g), bra_c.reshape(shape)
+            dots: FloatArray | ComplexArray
+            if np.all(self.z_row[rows] < 0):
+                axes = list(range(len(shape)))
+                dots = np.full(rows.size, np.einsum(bv, axes, kv, axes, []))
+            else:
+                if self.group_x[g] == 0 and same and np.iscomplexobj(ket_a):
+                    v = np.square(ket_a.real) + np.square(ket_a.imag)
+                else:
+                    v = np.multiply(bv, kv, order="C").reshape(self.dim)
+                dots = self._signed_sums(v, rows)
             out[sel] = self.phase[rows] * dots
         return out
 
@@ -305,10 +411,13 @@ class PauliBasis:
         vec, w = vectors[:, keep], weights[keep]
         out = np.zeros(idx.size)
         vec_c = np.conj(vec) * w
-        for g in np.unique(self.group_of[idx]):
-            sel = np.flatnonzero(self.group_of[idx] == g)
-            v = np.einsum("rm,rm->r", vec_c, vec[self._group_cols[g]])
-            out[sel] = (self.phase[idx[sel]] * signed_dot(self.signs[idx[sel]], v)).real
+        groups = self.group_of[idx]
+        for g in np.unique(groups):
+            sel = np.flatnonzero(groups == g)
+            shape = self._xor[g][0] + (vec.shape[1],)
+            v = np.einsum("...m,...m->...", vec_c.reshape(shape), self.xor_view(vec, g))
+            v = np.ascontiguousarray(v).reshape(self.dim)
+            out[sel] = (self.phase[idx[sel]] * self._signed_sums(v, idx[sel])).real
         return out
 
     def traces(
@@ -318,8 +427,10 @@ class PauliBasis:
         idx = self._weights(strings)
         out = np.zeros(idx.size, dtype=np.complex128)
         rows = np.arange(self.dim)
-        for g in np.unique(self.group_of[idx]):
-            sel = np.flatnonzero(self.group_of[idx] == g)
-            v = np.asarray(mat[self._group_cols[g], rows], dtype=np.complex128)
-            out[sel] = self.phase[idx[sel]] * signed_dot(self.signs[idx[sel]], v)
+        groups = self.group_of[idx]
+        for g in np.unique(groups):
+            sel = np.flatnonzero(groups == g)
+            cols = self.xor_view(rows, g).reshape(self.dim)
+            v = np.asarray(mat[cols, rows], dtype=np.complex128)
+            out[sel] = self.phase[idx[sel]] * self._signed_sums(v, idx[sel])
         return out

@@ -235,9 +235,12 @@ class RowBlocks:
 
     @staticmethod
     def _block(rows: slice, parts: list[sp.csr_matrix], v: Vector, out: Vector) -> None:
-        r = parts[0] @ v
+        r = np.asarray(parts[0] @ v)
         for m in parts[1:]:
-            r = r + m @ v
+            if np.result_type(r.dtype, m.dtype) == r.dtype:
+                r += m @ v  # in place, as SumOperator: one temporary fewer per block
+            else:
+                r = np.asarray(r + m @ v)
         out[rows] = r
 
     def __matmul__(self, v: Vector) -> Vector:

@@ -167,6 +167,59 @@ def test_real_hamiltonians_stay_real_and_y_terms_make_them_complex() -> None:
     assert basis.operator(np.array([1.0, 0.5, 0.3, 0.2])).dtype == np.complex128
 
 
+@given(
+    seed=st.integers(0, 10_000),
+    n=st.integers(1, 7),
+    block=st.sampled_from([1, 3, 16, 100, 1 << 19]),
+)
+@settings(max_examples=25, deadline=None)
+def test_blocked_sign_conversion_matches_dense_references(seed: int, n: int, block: int) -> None:
+    """Operators and expectation values are the same whatever the int8 -> float64 block size
+    (one state per block up to the whole register), on random strings with Y's, shared z masks
+    and complex coefficients (an odd number of Y's), against Kronecker products and gathers."""
+    rng = np.random.default_rng(seed)
+    labels = random_labels(rng, n, min(12, 4**n - 1)) + ["I"]
+    if n >= 2:  # strings sharing a z mask across and within x groups
+        labels += [lab for lab in ("Y0 X1", "Z0 Y1", "Y0 Y1", "X0 Z1") if lab not in labels]
+    blocked = PauliBasis.from_labels(labels, n, block_entries=block)
+    whole = PauliBasis.from_labels(labels, n)
+    c = rng.normal(size=blocked.size) * (rng.random(blocked.size) < 0.8)
+    h = blocked.operator(c)
+    assert h.dtype == (np.complex128 if blocked.is_complex(c) else np.float64)
+    np.testing.assert_array_equal(h.indices, whole.operator(c).indices)
+    np.testing.assert_allclose(h.toarray(), whole.operator(c).toarray(), rtol=0, atol=1e-13)
+    ref = sum(ci * kron_matrix(blocked.label(t), n) for t, ci in enumerate(c))
+    np.testing.assert_allclose(h.toarray(), ref, atol=1e-13)
+    mats = [kron_matrix(blocked.label(t), n) for t in range(blocked.size)]
+    psi = rng.normal(size=2**n) + 1j * rng.normal(size=2**n)
+    psi /= np.linalg.norm(psi)
+    phi = rng.normal(size=2**n)
+    some = rng.choice(blocked.size, size=min(5, blocked.size), replace=False)
+    for basis in (blocked, whole):
+        np.testing.assert_allclose(
+            basis.expectations(psi), [np.vdot(psi, m @ psi).real for m in mats], atol=1e-13
+        )
+        np.testing.assert_allclose(
+            basis.expectations(psi.real.copy(), some),
+            [np.vdot(psi.real, mats[t] @ psi.real).real for t in some],
+            atol=1e-13,
+        )
+        np.testing.assert_allclose(
+            basis.transition(phi, psi, some),
+            [np.vdot(phi, mats[t] @ psi) for t in some],
+            atol=1e-12,
+        )
+        vecs, w = rng.normal(size=(2**n, 3)) + 1j * rng.normal(size=(2**n, 3)), rng.random(3)
+        rho = (vecs * w) @ vecs.conj().T
+        np.testing.assert_allclose(
+            basis.expectations_mixed(vecs, w), [np.trace(rho @ m).real for m in mats], atol=1e-12
+        )
+    # the strided view v[r ^ x] of every x group is the gather it replaces
+    states = np.arange(2**n)
+    for g, x in enumerate(blocked.group_x):
+        np.testing.assert_array_equal(blocked.xor_view(psi, g).reshape(-1), psi[states ^ int(x)])
+
+
 # -- ground and thermal states ---------------------------------------------------------------
 
 
