@@ -1122,18 +1122,45 @@ class VirtualLabPots(LabVisaInstrument):
         )
 
     def _get_taps(self) -> np.ndarray:
-        cmd = "POT:TAP:ALL?"
-        reply = self.ask(cmd)
+        return self._parse_taps(self.ask(_TAPS_QUERY))
+
+    def _parse_taps(self, reply: str) -> np.ndarray:
         parts = reply.split(",")
         if len(parts) != self.count or not _INTS.fullmatch(reply):
-            raise self.bad_reply(cmd, reply, f"{self.count} comma-separated integers")
+            raise self.bad_reply(_TAPS_QUERY, reply, f"{self.count} comma-separated integers")
         return np.array(list(map(int, parts)), dtype=np.int64)
 
     def _set_taps(self, taps: np.ndarray) -> None:
-        ks = np.asarray(taps)
-        if ks.dtype.kind not in "iu":  # the validator admits integer arrays only; be sure
-            ks = ks.astype(np.int64)
-        self.write("POT:TAP:ALL " + ",".join(map(str, ks.tolist())))
+        self.write(_taps_command(taps))
+
+    def write_taps_read_back(self, taps: np.ndarray | None) -> np.ndarray:
+        """``taps.set(taps)`` (unless None) then ``taps.get()`` without qcodes' per-call
+        machinery (the station system's weight update, once per training step): the same
+        validation (the parameter's validators), the same commands -- inside
+        :meth:`deferred_writes` the write joins the query's message -- the same strict parsing,
+        and the cache holding what was read back, as after that set and get."""
+        p = self.taps
+        if taps is not None:
+            p.validate(taps)
+            self.write_raw(_taps_command(taps))
+        try:
+            reply = self.ask_raw(_TAPS_QUERY)
+        except Exception as e:
+            e.args = (*e.args, f"asking {_TAPS_QUERY!r} to {self!r}")  # as qcodes' ask
+            raise
+        back = self._parse_taps(reply)
+        p.cache.set(back)
+        return back
+
+
+_TAPS_QUERY = "POT:TAP:ALL?"
+
+
+def _taps_command(taps: np.ndarray) -> str:
+    ks = np.asarray(taps)
+    if ks.dtype.kind not in "iu":  # the validator admits integer arrays only; be sure
+        ks = ks.astype(np.int64)
+    return "POT:TAP:ALL " + ",".join(map(str, ks.tolist()))
 
 
 class SwitchChannel(InstrumentChannel):

@@ -163,6 +163,70 @@ def test_tap_reader_refuses(reply):
     assert msg == f"pots replied {reply!r} to 'POT:TAP:ALL?'; expected 4 comma-separated integers"
 
 
+@given(
+    taps=st.lists(st.integers(-3, 1030), min_size=3, max_size=5).map(np.array),
+    cached=st.booleans(),
+)
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_the_tap_exchange_is_a_set_and_a_get_of_the_taps(taps, cached):
+    """``write_taps_read_back`` sends what ``taps.set`` then ``taps.get`` send (the write joining
+    the query inside deferred writes), refuses what the validator refuses before sending
+    anything, and leaves the cache as they do; with None it only reads back."""
+    pots = VirtualLabPots("pots", "GPIB::3::INSTR", pyvisa_sim_file=SIM)
+    try:
+        bank = [0, 0, 0, 0]
+
+        def reply(q: str) -> str:
+            for cmd in q.split(";"):
+                if cmd.lstrip(":").startswith("POT:TAP:ALL "):
+                    bank[:] = map(int, cmd.split(" ", 1)[1].split(","))
+            return ",".join(map(str, bank))
+
+        ok = taps.shape == (4,) and bool(np.all((taps >= 0) & (taps <= 1023)))
+        sent: dict[str, list[str]] = {}
+        outcome: dict[str, Any] = {}
+        for how in ("parameters", "exchange"):
+            bank[:] = [0, 0, 0, 0]
+            pots.taps.cache.invalidate()  # the run must leave a valid cache itself
+            with scripted(pots, reply) as h, pots.deferred_writes():
+                try:
+                    if how == "parameters":
+                        pots.taps.set(taps)
+                        back = pots.taps.get()
+                    else:
+                        back = pots.write_taps_read_back(taps)
+                except ValueError as exc:
+                    outcome[how] = type(exc)
+                else:
+                    outcome[how] = back.tolist()
+            sent[how] = h.sent
+        assert sent["parameters"] == sent["exchange"]
+        if not ok:
+            assert outcome["exchange"] is outcome["parameters"] is ValueError
+            assert sent["exchange"] == []  # refused before anything was sent
+            return
+        assert outcome["exchange"] == outcome["parameters"] == taps.tolist()
+        assert sent["exchange"] == [":POT:TAP:ALL " + ",".join(map(str, taps)) + ";:POT:TAP:ALL?"]
+        cache = pots.taps.cache.get(get_if_invalid=False)
+        assert pots.taps.cache.valid and cache.dtype == np.int64 and cache.tolist() == taps.tolist()
+        if cached:
+            with scripted(pots, reply) as h:
+                assert pots.write_taps_read_back(None).tolist() == taps.tolist()
+            assert h.sent == ["POT:TAP:ALL?"]
+    finally:
+        pots.close()
+
+
+@pytest.mark.parametrize("reply", ["1,2,3", "1,2,3,4.0", "a,b,c,d"])
+def test_the_tap_exchange_refuses_what_the_tap_reader_refuses(reply):
+    pots = VirtualLabPots("pots", "GPIB::3::INSTR", pyvisa_sim_file=SIM)
+    pots.taps.set(np.array([1, 2, 3, 4]))
+    with scripted(pots, lambda q: reply):
+        msg = _error(lambda: pots.write_taps_read_back(None))
+    assert msg == f"pots replied {reply!r} to 'POT:TAP:ALL?'; expected 4 comma-separated integers"
+    assert pots.taps.cache.get(get_if_invalid=False).tolist() == [1, 2, 3, 4]  # kept
+
+
 # -- writes ------------------------------------------------------------------------------------
 
 
@@ -701,6 +765,62 @@ def test_the_bulk_writer_sends_what_the_parameters_send(tmp_path, monkeypatch):
     assert any(";" in line and "STAT:TRIP?" in line for _, line in bulk)  # compound writes
     for a, b in zip(bulk_out, each_out, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_weight_update_sends_what_the_parameters_send_and_checks_the_read_back(
+    tmp_path, monkeypatch
+):
+    """``set_parameters`` through the bank's tap exchange sends what it sends through the taps
+    parameter's set and get (the write joining the read-back's message; only the read-back when
+    the bank holds the taps already), leaves the same cache, and a tap that does not take (the
+    bank reads back another one) fails the update with a message naming the device."""
+    rng = np.random.default_rng(3)
+    sent: dict[bool, list[str]] = {}
+    with running_lab(BENCH, record=True, **QUIET) as lab:
+        system: Any = build_system(
+            parse_config(_experiment(write_station(lab, tmp_path / "s.yaml")))
+        )
+        with system:
+            n = system.get_parameters()["conductance"].size
+            lo, hi = system.tapmap.reachable()
+            updates = [rng.uniform(lo, hi, n) for _ in range(2)]
+            fast = system._taps_exchange
+            assert fast is not None  # the bench's bank offers it
+            for use_fast in (True, False):
+                system._taps_exchange = fast if use_fast else None
+                system.set_parameters({"conductance": np.full(n, lo)})
+                lab.clear_received()
+                held = [system.set_parameters({"conductance": g}) for g in updates]
+                held.append(system.set_parameters({"conductance": updates[-1]}))  # unchanged
+                sent[use_fast] = [line for _, line in lab.received("pots")]
+                cache = system._taps.cache.get(get_if_invalid=False)
+                assert system._taps.cache.valid
+                assert cache.tolist() == system.tapmap.nearest(updates[-1]).tolist()
+                assert cache.tolist() == lab.bench.summary()["taps"].tolist()
+                assert [h["conductance"].tolist() for h in held] == [
+                    system.tapmap.conductance(system.tapmap.nearest(g)).tolist()
+                    for g in (*updates, updates[-1])
+                ]
+            assert sent[True] == sent[False]
+            assert len(sent[True]) == 3 and sent[True][-1] == "POT:TAP:ALL?"
+            assert all(m.startswith(":POT:TAP:ALL ") for m in sent[True][:2])
+
+            system._taps_exchange = fast
+            pots = lab.lab.instruments["pots"]
+            execute = pots.execute
+
+            def slipping(line: str) -> str | None:  # device 2 stays one tap off
+                reply = execute(line)
+                if reply is None or not line.endswith("POT:TAP:ALL?"):
+                    return reply
+                parts = reply.split(",")
+                parts[1] = str(int(parts[1]) + 1)
+                return ",".join(parts)
+
+            monkeypatch.setattr(pots, "execute", slipping)
+            with pytest.raises(InstrumentFault, match=r"wrote tap \d+ on device 2, reads back"):
+                system.set_parameters({"conductance": updates[0]})
+        Instrument.close_all()
 
 
 @pytest.mark.parametrize("fault", [InstrumentReplyError, InstrumentIOError])
