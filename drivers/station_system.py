@@ -810,7 +810,9 @@ class StationSystem(PhysicalSystem):
         return root
 
     def _set(self, param: Any, value: Any) -> None:
-        cached = param.cache.get(get_if_invalid=False)
+        """``param.set(value)`` unless its cache holds ``value`` (a valid cache: after a lost
+        exchange the driver invalidates every cache -- a set queued with it never arrived)."""
+        cached = param.cache.get(get_if_invalid=False) if param.cache.valid else None
         if cached is not None:
             same = (
                 np.array_equal(cached, value)
@@ -1128,8 +1130,9 @@ class StationSystem(PhysicalSystem):
         if fast is None:
             self._set(self._taps, taps)  # timed as instrument time by _set
         else:  # the write (unless the bank holds these taps) joins the read-back's message
-            cached = self._taps.cache.get(get_if_invalid=False)
-            write: np.ndarray | None = None if np.array_equal(cached, taps) else taps
+            cache = self._taps.cache
+            held = cache.valid and np.array_equal(cache.get(get_if_invalid=False), taps)
+            write: np.ndarray | None = None if held else taps
         t0 = time.perf_counter()
         try:
             back = np.asarray(self._taps.get()) if fast is None else fast(write)

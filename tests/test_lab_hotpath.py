@@ -823,6 +823,43 @@ def test_the_weight_update_sends_what_the_parameters_send_and_checks_the_read_ba
         Instrument.close_all()
 
 
+@pytest.mark.parametrize("fast", [True, False], ids=["tap exchange", "parameters"])
+def test_a_weight_update_lost_with_its_read_back_is_written_again(tmp_path, fast):
+    """The bank closes the connection on receiving a weight update's message (the taps and
+    their read-back query: never executed, the bank keeps the old taps). What was queued is no
+    evidence of what the bank holds: the retry after the reconnect writes the taps again (it
+    does not skip them as already held, then read back the old taps and fail an attempt)."""
+    with running_lab(BENCH, record=True, **QUIET) as lab:
+        station = write_station(lab, tmp_path / "s.yaml", timeout=0.25)
+        system: Any = build_system(parse_config(_experiment(station)))
+        with system:
+            if not fast:
+                system._taps_exchange = None
+            lo, hi = system.tapmap.reachable()
+            n = system.get_parameters()["conductance"].size
+            system.set_parameters({"conductance": np.full(n, lo)})
+            lost: list[str] = []
+
+            def draw(name: str, kind: str) -> bool:
+                if name == "pots" and kind == "drop" and not lost:
+                    line = lab.received("pots")[-1][1]
+                    if line.startswith(":POT:TAP:ALL ") and line.endswith("POT:TAP:ALL?"):
+                        lost.append(line)
+                        return True
+                return False
+
+            lab.faults.draw = draw  # type: ignore[method-assign]
+            g = np.full(n, hi)
+            held = system.set_parameters({"conductance": g})["conductance"]
+            assert lost and system.timers.reconnects >= 1  # the fault did happen
+            # the retry after the reconnect wrote the taps again: no attempt read back old taps
+            assert not [e for e in system.events if "reads back" in e]
+            taps = system.tapmap.nearest(g)
+            assert lab.bench.summary()["taps"].tolist() == taps.tolist()
+            np.testing.assert_array_equal(held, system.tapmap.conductance(taps))
+        Instrument.close_all()
+
+
 @pytest.mark.parametrize("fault", [InstrumentReplyError, InstrumentIOError])
 @pytest.mark.parametrize("where", ["scan", "sync"])
 def test_a_fault_inside_a_prepared_batch_leaves_the_caches_at_the_truth(
