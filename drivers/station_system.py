@@ -809,18 +809,23 @@ class StationSystem(PhysicalSystem):
             root = self._roots[key] = _root(param)
         return root
 
+    @staticmethod
+    def _holds(param: Any, value: Any) -> bool:
+        """Whether ``param``'s cache is valid and holds ``value`` (after a lost exchange the
+        driver invalidates every cache: a set queued with it never arrived)."""
+        if not param.cache.valid:
+            return False
+        cached = param.cache.get(get_if_invalid=False)
+        if cached is None:
+            return False
+        if isinstance(value, np.ndarray) or isinstance(cached, np.ndarray):
+            return bool(np.array_equal(cached, value))
+        return bool(cached == value)
+
     def _set(self, param: Any, value: Any) -> None:
-        """``param.set(value)`` unless its cache holds ``value`` (a valid cache: after a lost
-        exchange the driver invalidates every cache -- a set queued with it never arrived)."""
-        cached = param.cache.get(get_if_invalid=False) if param.cache.valid else None
-        if cached is not None:
-            same = (
-                np.array_equal(cached, value)
-                if isinstance(value, np.ndarray) or isinstance(cached, np.ndarray)
-                else cached == value
-            )
-            if same:
-                return
+        """``param.set(value)`` unless its cache holds ``value`` (:meth:`_holds`)."""
+        if self._holds(param, value):
+            return
         t0 = time.perf_counter()
         try:
             param.set(value)
@@ -1129,13 +1134,12 @@ class StationSystem(PhysicalSystem):
         fast = self._taps_exchange
         if fast is None:
             self._set(self._taps, taps)  # timed as instrument time by _set
+            read: Callable[[], Any] = self._taps.get
         else:  # the write (unless the bank holds these taps) joins the read-back's message
-            cache = self._taps.cache
-            held = cache.valid and np.array_equal(cache.get(get_if_invalid=False), taps)
-            write: np.ndarray | None = None if held else taps
+            read = partial(fast, None if self._holds(self._taps, taps) else taps)
         t0 = time.perf_counter()
         try:
-            back = np.asarray(self._taps.get()) if fast is None else fast(write)
+            back = np.asarray(read())
         finally:
             self.timers.instrument += time.perf_counter() - t0
         if back.shape != taps.shape or not np.array_equal(back, taps):
