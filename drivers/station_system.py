@@ -47,9 +47,10 @@ Likewise a scan's reply is parsed and checked while the next phase settles (the 
 the end of the batch; at once with ``tolerance``, whose scans compare): a scan found bad there
 fails its phase's transaction as if found at once -- the phase is measured again, and so is the
 phase that had started meanwhile; an overload stops the batch one phase later than it would
-have (every level of that phase within the envelope). While the last phase of a batch
-settles, the batch's result for the phases before it is assembled and the caches the drivers
-hold back for the batch are updated. The compliance-trip query and the scan
+have (every level of that phase within the envelope). A checked scan's readings go into the
+batch's result while the next phase settles too, and while the last phase of a batch settles the
+result of the phases before it is computed and the caches the drivers hold back for the batch
+are updated. The compliance-trip query and the scan
 go through the drivers' own readers (``read_trip_status``; ``query_scan`` and ``parse_scan``:
 the parameters' get without qcodes' per-call machinery, the same queries, parsing, errors and
 caches) when they offer them, and so does a weight update's write and read-back
@@ -87,7 +88,6 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from functools import partial
-from itertools import chain
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
@@ -298,18 +298,28 @@ class _PreparedPhase:
 
 
 class _Rows:
-    """The arrays of a batch's result (StationSystem._fill_rows): node voltages (V), outputs
-    (V), edge conjugates (V^2) and energy (W), one row per phase; ``scans``: the scans of the
-    rows filled so far (None: none)."""
+    """The arrays of a batch's result, one row per phase: node voltages (V), outputs (V), edge
+    conjugates (V^2) and energy (W). ``scans[k]``: the scan whose readings row k of ``volts``
+    holds (None: none yet; :meth:`put`); ``derived``: the leading rows whose outputs,
+    conjugates and energy are computed from ``volts`` as it stands
+    (:meth:`StationSystem._derive_rows`)."""
 
-    __slots__ = ("volts", "outputs", "conj", "energy", "scans")
+    __slots__ = ("volts", "outputs", "conj", "energy", "scans", "derived")
 
     def __init__(self, batch: int, n_nodes: int, n_out: int, n_edges: int) -> None:
         self.volts = np.empty((batch, n_nodes))
         self.outputs = np.empty((batch, n_out))
         self.conj = np.empty((batch, n_edges))
         self.energy = np.empty(batch)
-        self.scans: list[list[float]] | None = None
+        self.scans: list[list[float] | None] = [None] * batch
+        self.derived = 0
+
+    def put(self, k: int, scan: list[float]) -> None:
+        """Row k's readings: ``scan`` (V, a checked scan of every node)."""
+        self.volts[k] = scan
+        self.scans[k] = scan
+        if self.derived > k:
+            self.derived = k
 
 
 class _PendingScan:
@@ -354,6 +364,7 @@ class StationSystem(PhysicalSystem):
         # per-phase constants (equilibrate)
         self._ei = np.ascontiguousarray(self.edges[:, 0])
         self._ej = np.ascontiguousarray(self.edges[:, 1])
+        self._eij = np.concatenate([self._ei, self._ej])
         self._out_idx = np.asarray(self.graph.output_nodes, dtype=np.int64)
         self._in_port = Port(
             size=int(self.graph.input_nodes.size),
@@ -1262,15 +1273,16 @@ class StationSystem(PhysicalSystem):
         if ahead and self._applied in (None, kind):
             prepared = self._prepare_phase(kind, rows[0], lv_rows[0])
         pending: _PendingScan | None = None  # the scan of phase b - 1, read but not checked
-        # while the last phase settles, the result of the phases before it is assembled
+        # while phase b settles, scan b - 1 goes into the result (in the last phase, the rows
+        # before it are computed)
         early = self._rows(batch) if batch > 1 and eq.settle_time > 0 else None
         with self._exchange_batch():
             b = 0
             while b < batch:
                 nxt = (rows[b + 1], lv_rows[b + 1]) if ahead and b + 1 < batch else None
                 fin = None
-                if early is not None and b == batch - 1:
-                    fin = partial(self._finish_early, early, scans)
+                if early is not None and b > 0:
+                    fin = partial(self._collect, early, scans, b - 1, b == batch - 1)
                 args = (rows[b], kind, lv_rows[b], prepared, nxt, pending, defer, fin)
                 try:  # a transaction (retries) once the first attempt failed
                     got, reads[b], converged[b], waits[b], prepared = measure(*args)
@@ -1303,13 +1315,8 @@ class StationSystem(PhysicalSystem):
                         rows[-1], kind, lv_rows[-1], checked
                     )
         settle = sum(waits)
-        # the rows assembled early, if their scans stand; the rest now
         out = self._rows(batch) if early is None else early
-        start = 0
-        if early is not None and early.scans is not None:
-            if all(a is b for a, b in zip(early.scans, scans, strict=False)):
-                start = len(early.scans)
-        self._fill_rows(out, scans, start)
+        self._fill_rows(out, scans)
         return Equilibrium(
             outputs=out.outputs,
             conjugates={GROUP: out.conj},
@@ -1450,8 +1457,8 @@ class StationSystem(PhysicalSystem):
         scan of the phase before, checked while this one settles (:meth:`_window`: its result
         stays in it). ``defer``: this phase's own scan is returned unchecked, as a
         :class:`_PendingScan` (the caller has it checked, by the next phase or itself).
-        ``finish``: the last phase of a batch, work on the batch's result done while it
-        settles (:meth:`_finish_early`; called with ``pending``)."""
+        ``finish``: work on the batch's result done while the phase settles, after ``pending``
+        is checked (:meth:`_collect`; called with ``pending``)."""
         roots = self._batch_roots
         batch = roots[0].deferred_writes() if self._single_deferred else self._batch(roots)
         with batch:
@@ -1517,56 +1524,71 @@ class StationSystem(PhysicalSystem):
             finish(pending)
         return None if ahead is None else self._prepare_phase(kind, *ahead)
 
-    def _finish_early(
-        self, early: _Rows, scans: list[list[float]], pending: _PendingScan | None
+    def _collect(
+        self,
+        out: _Rows,
+        scans: list[list[float]],
+        k: int,
+        last: bool,
+        pending: _PendingScan | None,
     ) -> None:
-        """While the last phase of a batch settles: the result's rows of every phase before it
-        (:meth:`_fill_rows`, into ``early``), and the caches the instruments hold back for
-        the batch updated now (their final levels are written), leaving the end of the batch
-        only the last phase's. ``scans``: the batch's scans so far, but the one of the phase
-        before the last, which is ``pending``'s (if checked fine; if not, that phase is
-        measured again, and nothing is done early). Never raises (the end of the batch does
-        what is left)."""
-        rows = scans[:-1]
-        if pending is not None:
-            if not isinstance(pending.result, list):
-                return
-            rows[-1] = pending.result
+        """While phase k + 1 of a batch settles: row k of the result ``out`` -- scan k, which is
+        ``pending``'s if checked fine (if not, the phase is measured again and the end of the
+        batch puts its new scan), else already in ``scans`` (not deferred, or measured again).
+        In the batch's last phase (``last``) also the caches the instruments hold back for the
+        batch are updated (their final levels are written) and the rows before it computed,
+        leaving the end of the batch only the last phase's. Never raises (the end of the batch
+        does what is left)."""
+        if pending is None:
+            scan = scans[k]
+        elif isinstance(pending.result, list):
+            scan = pending.result
+        else:
+            return
         try:
-            for inst in self._instruments.values():
-                if callable(getattr(type(inst), "flush_held", None)):
-                    inst.flush_held()
-            self._fill_rows(early, rows, 0)
+            out.put(k, scan)
+            if last:
+                for inst in self._instruments.values():
+                    if callable(getattr(type(inst), "flush_held", None)):
+                        inst.flush_held()
+                self._derive_rows(out, out.derived, k + 1)
         except Exception:  # noqa: BLE001 - left to the end of the batch
-            early.scans = None
+            pass
 
     def _rows(self, batch: int) -> _Rows:
         """Empty result arrays for a batch of ``batch`` phases."""
         return _Rows(batch, self.n_nodes, self._out_idx.size, self._ei.size)
 
-    def _fill_rows(self, out: _Rows, scans: list[list[float]], start: int) -> None:
-        """Rows ``start`` to ``len(scans)`` of a batch's result ``out`` (which may hold more):
-        node voltages (V, the scans), outputs, edge conjugates 0.5 (V_i - V_j)^2 (V^2) and
-        energy E = sum_e g_e conj_e (W, held conductances), each row computed alone (a row's
-        numbers do not depend on the rows filled with it)."""
-        m = len(scans) - start
-        if m <= 0:
+    def _fill_rows(self, out: _Rows, scans: list[list[float]]) -> None:
+        """Complete a batch's result ``out`` at the end of the batch: every row whose readings
+        are not its scan's in ``scans`` (not yet put, or measured again since) put, and every
+        row not computed from the readings it holds computed."""
+        held = out.scans
+        for k, scan in enumerate(scans):
+            if held[k] is not scan:
+                out.put(k, scan)
+        self._derive_rows(out, out.derived, len(scans))
+
+    def _derive_rows(self, out: _Rows, start: int, stop: int) -> None:
+        """Rows ``start`` to ``stop`` of a batch's result from the node voltages (V) they hold:
+        outputs, edge conjugates 0.5 (V_i - V_j)^2 (V^2) and energy E = sum_e g_e conj_e (W,
+        held conductances), each row computed alone (a row's numbers do not depend on the rows
+        computed with it)."""
+        if stop <= start:
             return
-        n = self.n_nodes
-        # fromiter: half what np.array of a list of lists costs (every scan's length checked)
-        block = np.fromiter(chain.from_iterable(scans[start:]), np.float64, m * n).reshape(m, n)
-        stop = start + m
-        out.volts[start:stop] = block
-        # take: C-contiguous results (block[:, idx] would be a transposed buffer)
-        out.outputs[start:stop] = block.take(self._out_idx, axis=1)
-        dv = block.take(self._ei, axis=1)
-        dv -= block.take(self._ej, axis=1)
-        np.multiply(dv, dv, out=dv)
-        dv *= 0.5
-        out.conj[start:stop] = dv
-        np.multiply(dv, self._held, out=dv)
-        out.energy[start:stop] = dv.sum(axis=1)  # per row, whatever m (no BLAS blocking)
-        out.scans = scans
+        block = out.volts[start:stop]
+        # take: C-contiguous results (block[:, idx] would be a transposed buffer); every
+        # operation writes into the result or reuses a buffer (a call's cost is mostly its own)
+        block.take(self._out_idx, axis=1, out=out.outputs[start:stop])
+        ends = block.take(self._eij, axis=1)  # V_i of every edge, then V_j
+        n_e = self._ei.size
+        c = out.conj[start:stop]
+        np.subtract(ends[:, :n_e], ends[:, n_e:], out=c)
+        np.multiply(c, c, out=c)
+        c *= 0.5
+        # per row, whatever the rows (a row sum, no BLAS blocking)
+        np.multiply(c, self._held).sum(axis=1, out=out.energy[start:stop])
+        out.derived = max(out.derived, stop) if start <= out.derived else out.derived
 
     def _scan(self) -> list[float]:
         """One scan of every node (V, Python floats), checked (:meth:`_check_scan`)."""

@@ -1052,23 +1052,24 @@ def test_a_scan_found_garbled_while_the_next_phase_settles_is_measured_again(
 
 @pytest.mark.parametrize("batch", [1, 2, 5])
 def test_a_batch_result_is_what_its_scans_say_assembled_early_or_not(tmp_path, monkeypatch, batch):
-    """While the last phase of a batch settles, the result of the phases before it is
-    assembled (and the held caches updated): with or without that (no settling), the batch
-    reports the same scans, and its outputs, conjugates 0.5 (V_i - V_j)^2 and energy are
-    those of its scans -- for a batch of one, two, five, free and nudged."""
+    """While each phase of a batch settles, the scan before it goes into the result, and while
+    the last one settles the rows before it are computed (and the held caches updated): with
+    or without that (no settling), the batch reports the same scans, and its outputs,
+    conjugates 0.5 (V_i - V_j)^2 and energy are those of its scans -- for a batch of one, two,
+    five, free and nudged."""
     rng = np.random.default_rng(6)
     x = rng.uniform(-1.5, 1.5, (batch, 10))
     nudge = Nudge(beta=1e-4, error=rng.uniform(-5, 5, (batch, 3)))
     from physlearn.drivers.station_system import StationSystem
 
-    fill = StationSystem._fill_rows
-    filled: list[tuple[int, int]] = []  # (rows, first row filled) of every call
+    derive = StationSystem._derive_rows
+    filled: list[tuple[int, int]] = []  # (first row, end) of every computation of rows
 
-    def counted(self: Any, out: Any, scans: Any, start: int) -> None:
-        filled.append((len(scans), start))
-        fill(self, out, scans, start)
+    def counted(self: Any, out: Any, start: int, stop: int) -> None:
+        filled.append((start, stop))
+        derive(self, out, start, stop)
 
-    monkeypatch.setattr(StationSystem, "_fill_rows", counted)
+    monkeypatch.setattr(StationSystem, "_derive_rows", counted)
     results = {}
     for settle in (0.0, 1e-4):
         with running_lab(BENCH, **QUIET) as lab:
@@ -1080,11 +1081,11 @@ def test_a_batch_result_is_what_its_scans_say_assembled_early_or_not(tmp_path, m
                 system.equilibrate(x[::-1])  # levels to ramp from
                 filled.clear()
                 results[settle] = [system.equilibrate(x), system.equilibrate(x, nudge)]
-                # assembled at the end only, or (settling, 2+ phases) early but the last row
+                # computed at the end only, or (settling, 2+ phases) early but the last row
                 ends = (
-                    [(batch, 0)]
+                    [(0, batch)]
                     if settle == 0 or batch == 1
-                    else [(batch - 1, 0), (batch, batch - 1)]
+                    else [(0, batch - 1), (batch - 1, batch)]
                 )
                 assert filled == 2 * ends
                 i, j = system.edges[:, 0], system.edges[:, 1]
