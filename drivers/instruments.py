@@ -869,12 +869,18 @@ class LevelWriter:
         self.source = source
         self.params = list(params)
         self._plans: list[_LevelPlan] = []
+        self._inputs: list[tuple[Any, ...]] | None = None  # what the plans were made from
         self.refresh()
 
     def refresh(self) -> None:
         """Read every parameter's validators, step, delays and conversions afresh (ValueError
-        if one can no longer be set in bulk)."""
+        if one can no longer be set in bulk). The plans are made anew when any of these
+        changed since the last refresh (reading them costs half of making the plans)."""
+        inputs = list(map(_plan_inputs, self.params))
+        if inputs == self._inputs:
+            return
         self._plans = [self.source._level_plan(p) for p in self.params]
+        self._inputs = inputs
 
     def write(self, values: Sequence[float], indices: Sequence[int] | None = None) -> None:
         """Set ``params[indices[j]]`` to ``values[j]`` (every parameter, in order, when
@@ -928,6 +934,18 @@ class LevelWriter:
 
 #: the cache timestamp of a parameter (one C-level call per parameter list)
 _stamp_of = attrgetter("cache.timestamp")
+#: everything of a level parameter that :meth:`VirtualLabSource._level_plan` reads (but the
+#: header, fixed per parameter)
+_plan_inputs = attrgetter(
+    "inter_delay",
+    "post_delay",
+    "scale",
+    "offset",
+    "val_mapping",
+    "set_parser",
+    "validators",
+    "step",
+)
 
 
 class PreparedLevels:

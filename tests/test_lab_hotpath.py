@@ -316,6 +316,18 @@ def test_level_writer_refuses_before_sending_and_follows_a_refresh():
         writer.refresh()  # ... read at the next refresh (the station system: every batch)
         with pytest.raises(ValueError, match="0.5"):
             writer.write([0.5], [0])
+        params[2].step = 0.25  # a ramp step, read at the next refresh: 0 -> 0.5 V in two steps
+        writer.refresh()
+        with src.deferred_writes():
+            writer.write([0.5], [2])
+        assert src.ask("*OPC?") == "1"
+        sent = [c for _, line in lab.received() for c in line.split(";") if c != "*OPC?"]
+        assert [c.split()[-1] for c in sent] == ["0.25", "0.5"], sent
+        lab.clear_received()
+        params[2].scale = 2.0  # converts its values: cannot be written in bulk any more
+        with pytest.raises(ValueError, match="scale"):
+            writer.refresh()
+        params[2].scale = None
         params[1].post_delay = 0.01  # cannot be written in bulk any more
         with pytest.raises(ValueError, match="post_delay"):
             writer.refresh()
