@@ -21,10 +21,19 @@ from physlearn.drivers.config import TapLaw
 from physlearn.system import FloatArray
 
 CALIBRATION_FORMAT = "physlearn-tap-calibration/1"
+#: Largest calibrated table of conductance per device and tap (entries, 8 bytes each) kept for
+#: lookups; a larger bank interpolates every time.
+GRID_ENTRIES = 1 << 22
 
 
 class TapMap:
-    """Per-device conductance (S) vs tap within ``tap_limits`` (inclusive)."""
+    """Per-device conductance (S) vs tap within ``tap_limits`` (inclusive).
+
+    The conductance of every tap within the limits is tabulated once (the nominal law: one row
+    for every device; a calibration: a row per device): :meth:`nearest` looks the taps next to
+    a conductance up instead of evaluating the law or interpolating, and so does
+    :meth:`conductance` of integer taps within the limits of a calibrated bank (a weight
+    update's, once per training step) -- the same numbers."""
 
     def __init__(
         self,
@@ -41,6 +50,13 @@ class TapMap:
         self.source = "nominal law"
         if calibration is not None:
             self._load(Path(calibration))
+        lo, hi = self.tap_limits
+        #: conductance (S) of taps lo..hi: ``(hi - lo + 1,)`` (nominal law) or, calibrated,
+        #: ``(n_devices, hi - lo + 1)`` (None: more than ``GRID_ENTRIES``)
+        self._grid: FloatArray | None = None
+        if self.g_table is None or self.n * (hi - lo + 1) <= GRID_ENTRIES:
+            ks = np.arange(lo, hi + 1, dtype=np.float64)
+            self._grid = self._conductance(ks, per_device=False)
 
     def _load(self, path: Path) -> None:
         try:
@@ -74,10 +90,33 @@ class TapMap:
     # -- forward -----------------------------------------------------------------------------
     def conductance(self, taps: Any) -> FloatArray:
         """Conductance (S) of each device at ``taps`` ``(n_devices,)``."""
-        k = np.asarray(taps, dtype=np.float64)
+        k = np.asarray(taps)
+        if self.g_table is not None and self._grid is not None:  # a lookup, not n interpolations
+            lo, hi = self.tap_limits
+            if k.dtype.kind in "iu" and k.shape == (self.n,) and lo <= k.min() and k.max() <= hi:
+                return self._lookup(k)
+        return self._conductance(k.astype(np.float64), per_device=True)
+
+    def _lookup(self, k: np.ndarray) -> FloatArray:
+        """Conductance of integer taps ``k`` ``(n_devices,)`` within the limits (the grid if
+        there is one)."""
+        grid = self._grid
+        if grid is None:
+            return self._conductance(k.astype(np.float64), per_device=True)
+        j = k - self.tap_limits[0]
+        if grid.ndim == 1:
+            return grid.take(j)
+        return grid[np.arange(self.n), j]
+
+    def _conductance(self, k: FloatArray, per_device: bool) -> FloatArray:
+        """Conductance (S) at taps ``k``: ``k[d]`` of device d (``per_device``), else every
+        device's at every ``k`` (calibrated: ``(n_devices, k.size)``; nominal: ``k``'s shape)."""
         if self.g_table is None or self.taps_table is None:
             return np.asarray(self.law.conductance(k), dtype=np.float64)
-        return np.array([np.interp(k[d], self.taps_table, self.g_table[d]) for d in range(self.n)])
+        if per_device:
+            rows = [np.interp(k[d], self.taps_table, self.g_table[d]) for d in range(self.n)]
+            return np.array(rows)
+        return np.array([np.interp(k, self.taps_table, self.g_table[d]) for d in range(self.n)])
 
     def _continuous_tap(self, g: FloatArray) -> FloatArray:
         law = self.law
@@ -95,15 +134,17 @@ class TapMap:
         return out
 
     def nearest(self, g: Any) -> np.ndarray:
-        """The tap of each device whose conductance is nearest to ``g`` (S), within the limits."""
+        """The tap of each device whose conductance is nearest to ``g`` (S, finite), within the
+        limits."""
         gg = np.asarray(g, dtype=np.float64)
+        if not np.isfinite(gg).all():
+            raise ValueError("conductances must be finite to find their taps")
         lo, hi = self.tap_limits
         k = np.clip(self._continuous_tap(gg), lo, hi)
-        k0 = np.floor(k)
+        k0 = k.astype(np.int64)  # floor: k >= lo >= 0
         k1 = np.minimum(k0 + 1, hi)
-        g0, g1 = self.conductance(k0), self.conductance(k1)
-        pick = np.where(np.abs(g1 - gg) < np.abs(g0 - gg), k1, k0)
-        return pick.astype(np.int64)
+        g0, g1 = self._lookup(k0), self._lookup(k1)
+        return np.where(np.abs(g1 - gg) < np.abs(g0 - gg), k1, k0)
 
     def reachable(self) -> tuple[float, float]:
         """(lowest, highest) conductance every device reaches within the tap limits (S)."""
