@@ -142,8 +142,9 @@ class Probe:
         self.setup_time = 0.0
         self.sockets = SocketProbe()
         self.excluded = {"instrument": 0.0, "settle": 0.0, "visa": 0.0, "socket": 0.0}
-        self.system_time = 0.0  # inside StationSystem.equilibrate / set_parameters
+        self.system_time = 0.0  # inside StationSystem.equilibrate(_many) / set_parameters
         self.system_io = 0.0  # ... of which instrument calls and settling
+        self._inside = 0  # depth of system calls (equilibrate_many may call equilibrate)
 
     def counters(self) -> dict[str, float]:
         s = self.system
@@ -176,11 +177,15 @@ class Probe:
 
     def _system_call(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
+            if self._inside:
+                return fn(*args, **kwargs)
+            self._inside += 1
             before = self.counters()
             t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                self._inside -= 1
                 self.system_time += time.perf_counter() - t0
                 after = self.counters()
                 self.system_io += (after["instrument"] - before["instrument"]) + (
@@ -201,6 +206,7 @@ class Probe:
             "close": StationSystem.close,
             "connect": StationSystem.connect,
             "equilibrate": StationSystem.equilibrate,
+            "equilibrate_many": StationSystem.equilibrate_many,
             "set_parameters": StationSystem.set_parameters,
         }
 
@@ -231,7 +237,8 @@ class Probe:
         setattr(Recorder, "drain", blocking(saved["rec_drain"], "close_time"))  # noqa: B010
         for name in ("open", "close", "connect"):
             setattr(StationSystem, name, self._excluding(saved[name], "setup_time"))
-        for name in ("equilibrate", "set_parameters"):
+        system_calls = ("equilibrate", "equilibrate_many", "set_parameters")
+        for name in system_calls:
             setattr(StationSystem, name, self._system_call(saved[name]))
         try:
             with self.sockets.installed():
@@ -241,7 +248,7 @@ class Probe:
             setattr(Campaign, "evaluate", saved["evaluate"])  # noqa: B010
             for name in ("commit", "wait", "drain"):
                 setattr(Recorder, name, saved[f"rec_{name}"])
-            for name in ("open", "close", "connect", "equilibrate", "set_parameters"):
+            for name in ("open", "close", "connect", *system_calls):
                 setattr(StationSystem, name, saved[name])
 
 

@@ -24,6 +24,8 @@ Physics and sign conventions are those of :mod:`physlearn.simulators.resistor` (
 One pattern at a time, but a whole batch per call (``max_batch`` is not limited): every input and
 nudge value of the batch is checked against the envelope before the first write, so a batch with
 one bad pattern is refused whole, never partly applied; then each pattern is measured in turn.
+EP's nudged phases come in one request (``equilibrate_many``) and are measured in one sweep, as
+one batch of every pattern under each nudge in turn (checked whole, set up once).
 The phase of one pattern is one *transaction*: remove the previous nudge, set the inputs, apply
 the nudge, synchronise with every instrument written (a compliance-trip query or ``*OPC?``),
 wait ``settle_time`` from that confirmation's arrival (the levels are applied by then; reading
@@ -84,7 +86,7 @@ from __future__ import annotations
 import math
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from functools import partial
@@ -1233,6 +1235,31 @@ class StationSystem(PhysicalSystem):
         ``node_voltages`` ``(batch, n_nodes)`` (V): the scan each pattern's values come from
         (the last one read).
         """
+        return self._sweep(inputs, [nudge])[0]
+
+    def equilibrate_many(
+        self,
+        inputs: FloatArray,
+        nudges: Sequence[Nudge | None],
+        warm_start: Any = None,
+        rng: np.random.Generator | None = None,
+    ) -> list[Equilibrium]:
+        """The phases ``nudges`` of the batch ``inputs`` in one sweep when every nudge is of one
+        kind (EP's nudged phases): the batch's patterns measured phase after phase as one batch
+        of ``len(nudges) * batch`` patterns -- the same transactions in the same order as one
+        :meth:`equilibrate` call per nudge, every value of every phase checked against the
+        envelope before the first write, and one set-up instead of one per phase (envelope
+        refresh, the first pattern's preparation, the batch's end), the next phase's first
+        pattern prepared while the last pattern of the phase before settles. Nudges of
+        different kinds: one call each."""
+        kinds = {None if n is None else n.kind for n in nudges}
+        if len(nudges) < 2 or len(kinds) != 1:
+            return super().equilibrate_many(inputs, nudges, warm_start, rng)
+        return self._sweep(inputs, nudges)
+
+    def _sweep(self, inputs: FloatArray, nudges: Sequence[Nudge | None]) -> list[Equilibrium]:
+        """:meth:`equilibrate` of ``inputs`` under each of ``nudges`` (one kind), back to back
+        as one batch; one result per nudge."""
         self._require_open()
         x = np.asarray(inputs)
         n_in = self._in_port.size
@@ -1241,9 +1268,13 @@ class StationSystem(PhysicalSystem):
         if x.dtype.kind == "c":
             raise ValueError("inputs must be real (volts)")
         x = self.envelopes["inputs"].check(x)
-        kind, levels = self._nudge_levels(nudge, x.shape[0])
-        if kind is not None and levels is not None:
-            self.envelopes[f"nudge.{kind}"].check(levels)
+        kind: str | None = None
+        nudged: list[FloatArray | None] = []
+        for nudge in nudges:
+            kind, levels = self._nudge_levels(nudge, x.shape[0])
+            if kind is not None and levels is not None:
+                self.envelopes[f"nudge.{kind}"].check(levels)
+            nudged.append(levels)
         # the bulk writers read the levels' validators, steps and delays once per batch
         t0 = time.perf_counter()
         try:
@@ -1251,15 +1282,18 @@ class StationSystem(PhysicalSystem):
                 writer.refresh()
         finally:
             self.timers.instrument += time.perf_counter() - t0
-        batch = x.shape[0]
+        size = x.shape[0]
+        batch = size * len(nudges)
         scans: list[list[float]] = [[]] * batch
         reads = [0] * batch
         converged = [True] * batch
         waits = [0.0] * batch
         # Python floats per pattern and per scan: the drivers format and parse them one by one,
         # and an array of a few dozen values costs more than it saves
-        rows = x.tolist()
-        lv_rows: list[Any] = [None] * batch if levels is None else levels.tolist()
+        rows = x.tolist() * len(nudges)
+        lv_rows: list[Any] = []
+        for levels in nudged:
+            lv_rows += [None] * size if levels is None else levels.tolist()
         transaction = self._transaction
         measure = self._measure_one
         eq = self.config.equilibrium
@@ -1314,21 +1348,26 @@ class StationSystem(PhysicalSystem):
                     scans[-1], reads[-1], converged[-1], waits[-1] = self._remeasure(
                         rows[-1], kind, lv_rows[-1], checked
                     )
-        settle = sum(waits)
         out = self._rows(batch) if early is None else early
         self._fill_rows(out, scans)
-        return Equilibrium(
-            outputs=out.outputs,
-            conjugates={GROUP: out.conj},
-            state=None,
-            residual=np.full(batch, np.nan),
-            iterations=np.array(reads, dtype=np.int64),
-            shots=0,
-            settle_time=settle,
-            energy=out.energy,
-            observables={"node_voltages": out.volts},
-            converged=np.array(converged, dtype=bool),
-        )
+        results = []
+        for a in range(0, batch, size):
+            b = a + size
+            results.append(
+                Equilibrium(
+                    outputs=out.outputs[a:b],
+                    conjugates={GROUP: out.conj[a:b]},
+                    state=None,
+                    residual=np.full(size, np.nan),
+                    iterations=np.array(reads[a:b], dtype=np.int64),
+                    shots=0,
+                    settle_time=sum(waits[a:b]),
+                    energy=out.energy[a:b],
+                    observables={"node_voltages": out.volts[a:b]},
+                    converged=np.array(converged[a:b], dtype=bool),
+                )
+            )
+        return results
 
     def _release_nudge(self, phase: _PhaseLevels, keep: str | None) -> None:
         """Bring every nudge role except ``keep`` to its free-phase state (levels into

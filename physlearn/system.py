@@ -18,7 +18,10 @@ Writing a new system
    :class:`Nudge` the way the physics allows (a conductance to a target source, a field on output
    oscillators, a term beta * sum_k eps_k O_k in a Hamiltonian, a hard clamp), relaxes, measures and
    returns an :class:`Equilibrium`: outputs, the conjugate observable dE/dtheta of every parameter
-   per sample, an opaque warm-start state and diagnostics.
+   per sample, an opaque warm-start state and diagnostics. Estimators ask for several phases of
+   one batch at once (EP's nudged phases) with :meth:`~PhysicalSystem.equilibrate_many`, by
+   default one ``equilibrate`` each; a machine whose every call costs a set-up (an instrument
+   bench) may measure them in one sweep, with the same results.
 4. Lifecycle: :meth:`~PhysicalSystem.open` / :meth:`~PhysicalSystem.close` (the class is a
    context manager) and :meth:`~PhysicalSystem.safe_state`, which must leave every source in its
    safe state and is called on *every* exit path.
@@ -52,7 +55,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
@@ -341,6 +344,19 @@ class PhysicalSystem(ABC):
         from the free equilibrium). ``rng`` drives every random choice (restarts, thermal noise,
         shots) so that runs are reproducible.
         """
+
+    def equilibrate_many(
+        self,
+        inputs: FloatArray,
+        nudges: Sequence[Nudge | None],
+        warm_start: Any = None,
+        rng: np.random.Generator | None = None,
+    ) -> list[Equilibrium]:
+        """Several phases of one batch (EP's nudged phases): one result per nudge, in order,
+        each what ``equilibrate(inputs, nudge, warm_start, rng)`` returns for it, called in
+        turn -- which is what this does. A machine whose every call costs a set-up (an
+        instrument bench) may measure them in one sweep."""
+        return [self.equilibrate(inputs, nudge, warm_start, rng) for nudge in nudges]
 
     def cost(self, outputs: FloatArray, targets: FloatArray) -> FloatArray:
         """Per-sample native cost C(y, target) realised by a ``target`` nudge."""

@@ -5,11 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from physlearn.estimators import SPSA, EquilibriumPropagation, FiniteDifference, centred, measure
+from physlearn.estimators import (
+    SPSA,
+    EquilibriumPropagation,
+    FiniteDifference,
+    centred,
+    holomorphic,
+    measure,
+    measure_many,
+)
 from physlearn.losses import get_loss
 from physlearn.orchestrator import gradient_fidelity
 from physlearn.simulators.graphs import layered
 from physlearn.simulators.resistor import LinearResistorNetwork
+from physlearn.system import Nudge
 
 
 @pytest.fixture
@@ -62,6 +71,57 @@ def test_batches_larger_than_max_batch_are_split_transparently(net):
         net, x, t, get_loss("mse"), np.random.default_rng(0)
     )
     np.testing.assert_allclose(est.gradient["conductance"], ref.gradient["conductance"], rtol=1e-9)
+
+
+@pytest.mark.parametrize("max_batch", [1 << 30, 3])
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_several_phases_measured_at_once_are_those_measured_one_by_one(net, max_batch, per_sample):
+    """``measure_many`` (a machine's ``equilibrate_many``; by default one call per nudge) gives
+    each nudge what ``measure`` gives it, in order -- batches split by ``max_batch`` too."""
+    x, t = _batch(4)
+    eps = np.random.default_rng(4).uniform(-1, 1, (8, 2))
+    nudges = [None, Nudge(beta=1e-3, error=eps), Nudge(beta=-1e-3, error=eps)]
+    net.max_batch = max_batch
+    many = measure_many(net, x, nudges, per_sample=per_sample)
+    one = [measure(net, x, n, per_sample=per_sample) for n in nudges]
+    assert len(many) == 3
+    for a, b in zip(many, one, strict=True):
+        np.testing.assert_array_equal(a.outputs, b.outputs)
+        assert (
+            a.conjugates.keys() == b.conjugates.keys() == ({"conductance"} if per_sample else set())
+        )
+        np.testing.assert_array_equal(
+            a.conjugate_mean("conductance"), b.conjugate_mean("conductance")
+        )
+    assert not np.array_equal(many[1].outputs, many[2].outputs)
+
+
+@pytest.mark.parametrize("pairs", [centred(1e-4), holomorphic(1e-3, 4)], ids=["centred", "holo"])
+def test_ep_asks_for_every_nudged_phase_in_one_request(net, pairs):
+    """EP measures the free phase, then every nudged phase in one ``equilibrate_many`` request
+    (which an instrument bench answers in one sweep), in the order of its betas."""
+    calls: list[list[complex]] = []
+    many = type(net).equilibrate_many
+
+    def spy(self, inputs, nudges, warm_start=None, rng=None):
+        calls.append([complex(n.beta) for n in nudges])
+        return many(self, inputs, nudges, warm_start, rng)
+
+    x, t = _batch(5)
+    ep = EquilibriumPropagation(pairs)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(net), "equilibrate_many", spy)
+        est = ep.estimate(net, x, t, get_loss("mse"), np.random.default_rng(0))
+    assert calls == [[complex(p.beta) for p in est.phases[1:]]]
+    assert len(calls[0]) == len(ep.phase_labels()) - 1
+
+
+def test_a_machine_answering_the_wrong_number_of_phases_is_refused(net):
+    x, _ = _batch(6)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(net), "equilibrate_many", lambda self, *a, **k: [])
+        with pytest.raises(RuntimeError, match="0 results for 2 nudges"):
+            measure_many(net, x, [None, None])
 
 
 def test_target_nudge_must_realise_the_loss(net):

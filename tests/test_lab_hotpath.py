@@ -25,7 +25,12 @@ from qcodes.instrument import Instrument
 
 import physlearn.drivers.instruments as instruments
 from physlearn.config import parse_config
-from physlearn.drivers.errors import InstrumentFault, InstrumentIOError, InstrumentReplyError
+from physlearn.drivers.errors import (
+    EnvelopeViolation,
+    InstrumentFault,
+    InstrumentIOError,
+    InstrumentReplyError,
+)
 from physlearn.drivers.instruments import VirtualLabDMM, VirtualLabPots, VirtualLabSource
 from physlearn.drivers.testing import bench_experiment, running_lab, write_station
 from physlearn.orchestrator import build_system
@@ -1119,6 +1124,75 @@ def test_a_batch_result_is_what_its_scans_say_assembled_early_or_not(tmp_path, m
         )
         # row by row, the same numbers whichever rows were computed together
         np.testing.assert_array_equal(early.energy, plain.energy)
+
+
+@pytest.mark.parametrize("settle", [0.0, 1e-3])
+def test_the_nudged_phases_in_one_sweep_measure_what_one_call_each_measures(tmp_path, settle):
+    """``equilibrate_many`` of EP's nudged phases (+beta, -beta: one kind) measures them in one
+    sweep: the lab receives exactly the messages of one ``equilibrate`` call per phase, and
+    each phase's result is what its own call returns (a quiet lab measures deterministically),
+    its settling time its own patterns' waits. Phases of different kinds go one call each."""
+    rng = np.random.default_rng(8)
+    x = rng.uniform(-1.5, 1.5, (5, 10))
+    eps = rng.uniform(-5, 5, (5, 3))
+    phases = [Nudge(beta=1e-4, error=eps), Nudge(beta=-1e-4, error=eps)]
+    runs: dict[str, Any] = {}
+    for how in ("calls", "sweep", "mixed calls", "mixed"):
+        with running_lab(BENCH, record=True, **QUIET) as lab:
+            station = write_station(lab, tmp_path / f"{how}.yaml")
+            raw = _experiment(station, equilibrium={"settle_time": settle})
+            system: Any = build_system(parse_config(raw))
+            with system:
+                system.equilibrate(x[::-1])  # levels to ramp from
+                nudges = [None, *phases] if how.startswith("mixed") else phases
+                lab.clear_received()
+                if how.endswith("calls"):
+                    eqs = [system.equilibrate(x, n) for n in nudges]
+                else:
+                    eqs = system.equilibrate_many(x, nudges)
+                runs[how] = (lab.received(), eqs)
+                _assert_caches_hold_what_was_written(system, lab)
+            Instrument.close_all()
+    for one, many in (("calls", "sweep"), ("mixed calls", "mixed")):
+        (sent_one, eqs_one), (sent_many, eqs_many) = runs[one], runs[many]
+        assert sent_many == sent_one
+        assert len(eqs_many) == len(eqs_one)
+        for a, b in zip(eqs_many, eqs_one, strict=True):
+            np.testing.assert_array_equal(a.outputs, b.outputs)
+            np.testing.assert_array_equal(a.conjugates["conductance"], b.conjugates["conductance"])
+            np.testing.assert_array_equal(a.energy, b.energy)
+            np.testing.assert_array_equal(
+                a.observables["node_voltages"], b.observables["node_voltages"]
+            )
+            np.testing.assert_array_equal(a.iterations, b.iterations)
+            np.testing.assert_array_equal(a.converged, b.converged)
+            assert a.outputs.shape == (5, 3) and a.settle_time >= 5 * settle
+            if settle:
+                assert a.settle_time < 10 * settle  # its own five waits, not both phases' ten
+    # the two phases are told apart: the error nudge's currents flip sign
+    plus, minus = runs["sweep"][1]
+    assert not np.array_equal(plus.outputs, minus.outputs)
+
+
+def test_a_sweep_checks_every_phase_against_the_envelope_before_the_first_write(tmp_path):
+    """One value of the second nudged phase outside the envelope refuses the whole sweep:
+    nothing is written, not even the first phase's levels."""
+    rng = np.random.default_rng(9)
+    x = rng.uniform(-1.5, 1.5, (3, 10))
+    eps = rng.uniform(-5, 5, (3, 3))
+    bad = eps.copy()
+    bad[2, 1] = 1e6  # a current far outside nudge.error's envelope
+    with running_lab(BENCH, record=True, **QUIET) as lab:
+        system: Any = build_system(parse_config(_experiment(write_station(lab, tmp_path / "s"))))
+        with system:
+            system.equilibrate(x)
+            lab.clear_received()
+            with pytest.raises(EnvelopeViolation, match="nudge.error"):
+                system.equilibrate_many(
+                    x, [Nudge(beta=1e-4, error=eps), Nudge(beta=1e-4, error=bad)]
+                )
+            assert lab.received() == []
+        Instrument.close_all()
 
 
 @pytest.mark.parametrize("n", [1, 3])

@@ -1,6 +1,6 @@
 """Gradient estimators: equilibrium propagation and its relatives, plus black-box baselines."""
 
-from physlearn.estimators.base import Estimate, Estimator, Phase, measure
+from physlearn.estimators.base import Estimate, Estimator, Phase, measure, measure_many
 from physlearn.estimators.blackbox import SPSA, FiniteDifference
 from physlearn.estimators.coupled import CoupledLearning
 from physlearn.estimators.ep import (
@@ -25,5 +25,6 @@ __all__ = [
     "centred",
     "holomorphic",
     "measure",
+    "measure_many",
     "one_sided",
 ]

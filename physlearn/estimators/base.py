@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -119,6 +120,31 @@ def measure(
     if not per_sample:
         eq.keep_means_only()
     return eq
+
+
+def measure_many(
+    system: PhysicalSystem,
+    inputs: FloatArray,
+    nudges: Sequence[Nudge | None],
+    warm_start: Any = None,
+    rng: np.random.Generator | None = None,
+    per_sample: bool = True,
+) -> list[Equilibrium]:
+    """:func:`measure` of ``inputs`` under each of ``nudges``, in order: through
+    ``system.equilibrate_many`` when the batch fits in one call (``max_batch``), else one
+    :func:`measure` each."""
+    if inputs.shape[0] > system.max_batch:
+        return [measure(system, inputs, n, warm_start, rng, per_sample) for n in nudges]
+    eqs = system.equilibrate_many(inputs, nudges, warm_start, rng)
+    if len(eqs) != len(nudges):
+        raise RuntimeError(
+            f"{type(system).__name__}.equilibrate_many returned {len(eqs)} results for "
+            f"{len(nudges)} nudges"
+        )
+    if not per_sample:
+        for eq in eqs:
+            eq.keep_means_only()
+    return eqs
 
 
 def _measure(
