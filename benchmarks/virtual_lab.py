@@ -8,7 +8,8 @@ The same task (iris, layered 10-16-3 resistor network, centred EP: 3 phases per 
   quantisation, no exact-gradient diagnostic);
 * virtual lab: ``configs/virtual_lab_resistor.yaml`` against ``physlearn lab serve`` running in
   its own process (as instruments are separate machines), through the qcodes drivers, pyvisa-py
-  and SCPI over TCP on 127.0.0.1 -- one pattern at a time.
+  and SCPI over TCP on 127.0.0.1 -- one pattern at a time; a step is the free phase of the
+  batch, then both nudged phases in one sweep (``equilibrate_many``).
 
 Both runs go as ``physlearn run`` goes (``handle_signals``: the run's own SIGINT handler is
 installed). Evaluations, connecting and opening/closing the bench are excluded; what remains per
@@ -22,10 +23,11 @@ EP step is split into
   SCPI drivers: validation, ramps, building commands, parsing replies);
 * settling: waiting for the network to settle (``equilibrium.settle_time``, from the arrival
   of the instruments' confirmation), the system's work inside that wait included up to its
-  deadline (reading the confirmation, checking the scan before, preparing the next phase's
-  levels, in a batch's last phase assembling its result) -- what overruns it is overhead;
-* station system: the rest of ``StationSystem.equilibrate`` / ``set_parameters`` (envelope
-  checks, tap mapping, conjugates, bookkeeping per pattern);
+  deadline (reading the confirmation, checking the scan before and putting it into the
+  result, preparing the next phase's levels, in a batch's last phase computing the result's
+  rows) -- what overruns it is overhead;
+* station system: the rest of ``StationSystem.equilibrate`` / ``equilibrate_many`` /
+  ``set_parameters`` (envelope checks, tap mapping, conjugates, bookkeeping per pattern);
 * orchestrator, estimator: the rest of the step (estimator, optimiser, projection, recording);
 * logging: the time the run's own thread is blocked on logging between steps -- inside the
   recorder's ``commit`` / ``wait`` (copying the checkpoint, waiting for the commit in flight).
