@@ -281,7 +281,8 @@ class Equilibrium:
 class PhysicalSystem(ABC):
     """A physical learning machine (real or simulated). See the module docstring."""
 
-    #: Largest number of input patterns one equilibrate call may take (1 for instruments).
+    #: Largest number of input patterns one equilibrate call may take (an instrument that
+    #: measures one pattern at a time may still take a whole batch: see the module docstring).
     max_batch: int = 1 << 30
     #: Nudge kinds this machine can realise.
     supported_nudges: frozenset[NudgeKind] = frozenset({"target"})
