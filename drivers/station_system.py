@@ -1554,9 +1554,9 @@ class StationSystem(PhysicalSystem):
     ) -> _PreparedPhase | None:
         """The work done while a phase settles: check the scan of the phase before
         (``pending``, once: its result -- the readings, or the error -- stays in it, for the
-        caller and for a retry of this phase), prepare the next phase's levels, or, in the
-        last phase of a batch, ``finish(pending)``. Raises nothing an instrument error would
-        cause."""
+        caller and for a retry of this phase), ``finish(pending)`` (the batch's result:
+        :meth:`_collect`), and prepare the next phase's levels. Raises nothing an instrument
+        error would cause."""
         if pending is not None:
             self._checked(pending, False)
         if finish is not None:
@@ -1590,7 +1590,7 @@ class StationSystem(PhysicalSystem):
                 for inst in self._instruments.values():
                     if callable(getattr(type(inst), "flush_held", None)):
                         inst.flush_held()
-                self._derive_rows(out, out.derived, k + 1)
+                self._derive_rows(out, k + 1)
         except Exception:  # noqa: BLE001 - left to the end of the batch
             pass
 
@@ -1606,13 +1606,14 @@ class StationSystem(PhysicalSystem):
         for k, scan in enumerate(scans):
             if held[k] is not scan:
                 out.put(k, scan)
-        self._derive_rows(out, out.derived, len(scans))
+        self._derive_rows(out, len(scans))
 
-    def _derive_rows(self, out: _Rows, start: int, stop: int) -> None:
-        """Rows ``start`` to ``stop`` of a batch's result from the node voltages (V) they hold:
-        outputs, edge conjugates 0.5 (V_i - V_j)^2 (V^2) and energy E = sum_e g_e conj_e (W,
-        held conductances), each row computed alone (a row's numbers do not depend on the rows
-        computed with it)."""
+    def _derive_rows(self, out: _Rows, stop: int) -> None:
+        """The rows of a batch's result not yet computed (``out.derived``) up to ``stop``, from
+        the node voltages (V) they hold: outputs, edge conjugates 0.5 (V_i - V_j)^2 (V^2) and
+        energy E = sum_e g_e conj_e (W, held conductances), each row computed alone (a row's
+        numbers do not depend on the rows computed with it)."""
+        start = out.derived
         if stop <= start:
             return
         block = out.volts[start:stop]
@@ -1627,7 +1628,7 @@ class StationSystem(PhysicalSystem):
         c *= 0.5
         # per row, whatever the rows (a row sum, no BLAS blocking)
         np.multiply(c, self._held).sum(axis=1, out=out.energy[start:stop])
-        out.derived = max(out.derived, stop) if start <= out.derived else out.derived
+        out.derived = stop
 
     def _scan(self) -> list[float]:
         """One scan of every node (V, Python floats), checked (:meth:`_check_scan`)."""

@@ -1082,9 +1082,9 @@ def test_a_batch_result_is_what_its_scans_say_assembled_early_or_not(tmp_path, m
     derive = StationSystem._derive_rows
     filled: list[tuple[int, int]] = []  # (first row, end) of every computation of rows
 
-    def counted(self: Any, out: Any, start: int, stop: int) -> None:
-        filled.append((start, stop))
-        derive(self, out, start, stop)
+    def counted(self: Any, out: Any, stop: int) -> None:
+        filled.append((out.derived, stop))
+        derive(self, out, stop)
 
     monkeypatch.setattr(StationSystem, "_derive_rows", counted)
     results = {}
