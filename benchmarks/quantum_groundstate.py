@@ -27,8 +27,9 @@ solver physlearn used when the goal was set, slower per solve than physlearn's L
 The "floor" line shows what is left of the strict reading without the free phase's checks: the
 same steady step with a bare warm free phase (one eigenvalue from the previous ground state: no
 gap check, no admixture that finds a level of another symmetry sector) in place of the tracked
-solve. physlearn never uses such a solve; it is measured only to show the part of the step the
-two nudged phases take on their own.
+solve (its time: the steady step's, less the separately timed tracked solve, plus the bare one).
+physlearn never uses such a solve; it is measured only to show the part of the step the two
+nudged phases take on their own.
 
 QuTiP solves the same three sparse Hamiltonians (the same CSR matrices wrapped as Qobj) with
 ``Qobj.groundstate(sparse=True)``: once with its defaults (``safe=True`` = two eigenvalues,
