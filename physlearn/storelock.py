@@ -1,0 +1,137 @@
+"""An exclusive, OS-level writer lock for a run or sweep store.
+
+One process at a time may write a store. The lock is ``fcntl.flock`` on the file
+``<store>/.physlearn.lock``: the kernel releases it when the holder exits or dies (SIGKILL
+included), so a crashed writer never leaves a stale lock and no PID check is needed. The holder
+writes its pid, host and start time into the file so that a refused process can name it.
+
+Filesystems: ``flock`` is exclusive between processes on one host for every local filesystem.
+On NFS, Linux emulates ``flock`` with POSIX byte-range locks, which the NFS lock manager
+(NFSv3 ``lockd``, NFSv4 built in) makes exclusive between clients too; on filesystems mounted
+with ``nolock`` or ``local_lock=flock``, or on SMB/CIFS and FUSE mounts that do not forward locks,
+a lock only excludes writers on the same host. README.md ("Guarantees") says the same.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import socket
+import time
+from pathlib import Path
+from types import TracebackType
+
+LOCK_NAME = ".physlearn.lock"
+
+
+class StoreLockedError(RuntimeError):
+    """Another process holds the store's writer lock; the message names it."""
+
+
+class StoreLock:
+    """The writer lock of the store at ``path`` (a directory that must exist).
+
+    ``acquire()`` takes it without waiting or raises :class:`StoreLockedError`; ``release()``
+    (or leaving the ``with`` block, or the process ending) gives it back. The lock follows the
+    directory when it is renamed: it is held on the file, not on its name.
+    """
+
+    def __init__(self, path: str | Path, purpose: str = "writing") -> None:
+        self.path = Path(path)
+        self.purpose = purpose
+        self._fd: int | None = None
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def acquire(self) -> StoreLock:
+        if self._fd is not None:
+            return self
+        lock_file = self.path / LOCK_NAME
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _describe(_read_holder(fd))
+            os.close(fd)
+            raise StoreLockedError(
+                f"{self.path} is locked by another writer ({holder}); wait for it to finish "
+                "or stop it, then try again"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        info = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "purpose": self.purpose,
+        }
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(info).encode(), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)  # closing the last descriptor drops the flock
+
+    def __enter__(self) -> StoreLock:
+        return self.acquire()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+
+def is_locked(path: str | Path) -> bool:
+    """Whether some process holds the writer lock of the store at ``path`` right now."""
+    lock_file = Path(path) / LOCK_NAME
+    try:
+        fd = os.open(lock_file, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def holder(path: str | Path) -> str:
+    """A one-line description of who holds (or last held) the lock of the store at ``path``."""
+    try:
+        fd = os.open(Path(path) / LOCK_NAME, os.O_RDONLY)
+    except OSError:
+        return "no lock file"
+    try:
+        return _describe(_read_holder(fd))
+    finally:
+        os.close(fd)
+
+
+def _read_holder(fd: int) -> dict[str, object]:
+    try:
+        raw = os.pread(fd, 4096, 0)
+        info = json.loads(raw.decode() or "{}")
+    except (OSError, ValueError):
+        return {}
+    return info if isinstance(info, dict) else {}
+
+
+def _describe(info: dict[str, object]) -> str:
+    if not info:
+        return "holder unknown"
+    return (
+        f"{info.get('purpose', 'writing')} by pid {info.get('pid', '?')} on "
+        f"{info.get('host', '?')} since {info.get('since', '?')}"
+    )
