@@ -718,8 +718,14 @@ def default_run_path(config: ExperimentConfig) -> Path:
     return path
 
 
-def create_store(config: ExperimentConfig, system: PhysicalSystem, path: Path) -> RunStore:
-    """A new run store for ``config`` on ``system`` (coordinates, checkpoint slots, attributes)."""
+def create_store(
+    config: ExperimentConfig,
+    system: PhysicalSystem,
+    path: Path,
+    extra_attrs: dict[str, Any] | None = None,
+) -> RunStore:
+    """A new run store for ``config`` on ``system`` (coordinates, checkpoint slots, attributes;
+    ``extra_attrs`` are stored too, e.g. the sweep that owns the run)."""
     from physlearn import __version__
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -743,6 +749,7 @@ def create_store(config: ExperimentConfig, system: PhysicalSystem, path: Path) -
         "physlearn_version": __version__,
         "system_snapshot": to_jsonable(system.snapshot()),
         "total_steps": config.total_steps(),
+        **(extra_attrs or {}),
     }
     # positions, edges, node roles: for plots on the graph
     graph = system.graph_layout() if isinstance(system, Graph) else None
@@ -755,12 +762,14 @@ def start_run(
     progress: bool = False,
     handle_signals: bool = False,
     on_step: Callable[[int], None] | None = None,
+    extra_attrs: dict[str, Any] | None = None,
 ) -> RunResult:
-    """Create a store and train. Raises ConfigError (before creating anything) for bad input."""
+    """Create a store and train. Raises ConfigError (before creating anything) for bad input.
+    ``extra_attrs`` are stored with the run's attributes (a sweep records itself there)."""
     system = build_system(config)
     path = Path(out) if out is not None else default_run_path(config)
     try:
-        store = create_store(config, system, path)
+        store = create_store(config, system, path, extra_attrs)
     except BaseException:
         system.close()  # snapshot() may have connected to instruments
         raise
