@@ -35,16 +35,40 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-import yaml
 from pydantic import Field, field_validator, model_validator
 
 from physlearn.configbase import StrictModel, SystemConfigBase
 from physlearn.simulators.resistor_config import GraphConfig
+from physlearn.yamlload import YAMLInputError, load_yaml_file
 
 if TYPE_CHECKING:
     from physlearn.drivers.station_system import StationSystem
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+#: Most channel names one role may expand to: far above any bench (a mux card has tens to
+#: hundreds of channels), far below a brace range that would fill memory ({1..1000000000}).
+MAX_CHANNELS = 100_000
+
+
+def count_names(spec: str | list[str]) -> int:
+    """How many names :func:`expand_names` would give, computed without expanding."""
+    if isinstance(spec, list):
+        return sum(count_names(item) for item in spec)
+    n = 1
+    for m in _RANGE.finditer(spec):
+        n *= abs(int(m.group(2)) - int(m.group(1))) + 1
+    return n
+
+
+def check_channels(spec: str | list[str] | list[int]) -> str | list[str] | list[int]:
+    """Refuse a channel spec expanding to more than :data:`MAX_CHANNELS` names (before any
+    expansion); for a pydantic field validator, so the error names the field."""
+    names = [str(v) for v in spec] if isinstance(spec, list) else spec
+    n = count_names(names)
+    if n > MAX_CHANNELS:
+        raise ValueError(f"expands to {n:,} channels, more than the {MAX_CHANNELS:,} allowed")
+    return spec
 
 
 def expand_names(spec: str | list[str]) -> list[str]:
@@ -52,7 +76,12 @@ def expand_names(spec: str | list[str]) -> list[str]:
 
     ``{01..10}`` zero-pads to the width of the first bound; a descending range counts down; several
     ranges in one name expand as a product (first range outermost). Lists expand element-wise.
+    A spec of more than :data:`MAX_CHANNELS` names is refused before it is expanded.
     """
+    if count_names(spec) > MAX_CHANNELS:
+        raise ValueError(
+            f"{spec!r} expands to {count_names(spec):,} names, more than {MAX_CHANNELS:,}"
+        )
     if isinstance(spec, list):
         return [name for item in spec for name in expand_names(item)]
     m = _RANGE.search(spec)
@@ -197,6 +226,8 @@ class SourceRole(StrictModel):
         "compliance, e.g. src.trip_status (queried after every change)",
     )
 
+    _channels = field_validator("channels")(check_channels)
+
     def names(self) -> list[str]:
         return expand_names(self.channels)
 
@@ -206,6 +237,8 @@ class SwitchRole(StrictModel):
 
     channels: str | list[str] = Field(description="qcodes channel paths: 'swm.ch{1..3}'")
     state: str = Field("closed", description="boolean parameter: true = relay closed")
+
+    _channels = field_validator("channels")(check_channels)
 
     def names(self) -> list[str]:
         return expand_names(self.channels)
@@ -262,6 +295,8 @@ class ProbeRole(StrictModel):
     )
     range: float = Field(10.0, gt=0, description="|reading| above this is an overload (V)")
 
+    _channels = field_validator("channels")(check_channels)
+
     def channel_list(self) -> list[int]:
         return expand_ints(self.channels)
 
@@ -313,6 +348,11 @@ class WeightRole(StrictModel):
     )
     conductance: WeightBounds = Field(description="trainable conductance range (S)")
     verify: bool = Field(True, description="read back every write and compare")
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_count(cls, v: str | list[str] | None) -> str | list[str] | None:
+        return None if v is None else check_channels(v)  # type: ignore[return-value]
 
     @field_validator("calibration")
     @classmethod
@@ -411,15 +451,15 @@ class StationConfig(SystemConfigBase):
         if not p.is_file():
             raise ValueError(f"station file {v!r} does not exist")
         try:
-            raw = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"station file {v!r} is not valid YAML ({exc})") from None
+            raw = load_yaml_file(p)
+        except (YAMLInputError, OSError) as exc:
+            raise ValueError(f"station file {v!r}: {exc}") from None
         if not isinstance(raw, dict) or not isinstance(raw.get("instruments"), dict):
             raise ValueError(f"station file {v!r} has no 'instruments' mapping")
         return _resolve(v)
 
     def station_instruments(self) -> set[str]:
-        raw = yaml.safe_load(Path(self.station).read_text())
+        raw = load_yaml_file(self.station)
         return set(raw["instruments"])
 
     def referenced(self) -> list[tuple[str, str]]:

@@ -90,7 +90,6 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import numpy as np
@@ -461,9 +460,9 @@ class StationSystem(PhysicalSystem):
 
     # -- connection --------------------------------------------------------------------------
     def _station_yaml(self) -> dict[str, Any]:
-        import yaml
+        from physlearn.yamlload import load_yaml_file
 
-        raw = yaml.safe_load(Path(self.config.station).read_text())
+        raw = load_yaml_file(self.config.station)
         if self.lab is not None:
             served = self.lab.station_config()["instruments"]
             for name, entry in served.items():

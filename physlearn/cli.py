@@ -8,10 +8,13 @@ reported in one message without a traceback; 130 the run was interrupted (Ctrl-C
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import math
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 USER_ERROR = 2
@@ -43,6 +46,35 @@ def _print_result(res: Any) -> None:
         print(f"  resume:  physlearn resume {res.path}")
 
 
+def check_output_path(path: str | Path, what: str) -> None:
+    """Refuse an output path that cannot be created, before anything is built: an existing file
+    in its place, a file among its parents, or a directory it would be created in that is not
+    writable. ``what`` names the option or field (``--out``, ``store.root``)."""
+    from physlearn.config import ConfigError
+
+    p = Path(path).expanduser().absolute()
+    if p.exists() and not p.is_dir():
+        raise ConfigError(f"{what} {path}: a file is in the way; give a new path or a directory")
+    parent = p
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"{what} {path}: {parent} is a file, not a directory")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"{what} {path}: cannot write in {parent} (permission denied or read-only); "
+            "choose a writable location"
+        )
+
+
+def _module_available(name: str) -> bool:
+    """Whether ``name`` can be imported, without importing it."""
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # ValueError: a None entry in sys.modules
+        return False
+
+
 def _status_code(status: str) -> int:
     return {"success": 0, "abort": INTERRUPTED}.get(status, RUN_FAILED)
 
@@ -64,6 +96,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         from physlearn.drivers.dryrun import dry_run_command
 
         return dry_run_command(cfg, args.config)
+    if args.out is not None:
+        check_output_path(args.out, "--out")
+    else:
+        check_output_path(cfg.store.root, "store.root")
     res = start_run(cfg, args.out, progress=_progress_wanted(args), handle_signals=True)
     _print_result(res)
     return _status_code(res.status)
@@ -101,7 +137,14 @@ def inspect_summary(path: str) -> dict[str, Any]:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    verdict = None
+    if args.verify:  # first: a damaged store is reported as such, not by a failing read
+        from physlearn.store import RunStore
+
+        verdict = RunStore.open(args.store).verify(full=True)  # damage: StoreError, exit 2
     summary = inspect_summary(args.store)
+    if verdict is not None:
+        summary["verify"] = verdict
     if args.json:
         print(json.dumps(summary, allow_nan=False, default=str))
         return 0
@@ -115,12 +158,16 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         print(f"  {k}: {v:.4g}" if not math.isnan(v) else f"  {k}: n/a")
     if summary["error"]:
         print(f"  error: {summary['error']}")
+    if verdict is not None:
+        print(f"  {verdict}")
     return 0
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from physlearn.sweep import sweep_command
 
+    if args.out is not None and not args.dry_run:
+        check_output_path(args.out, "--out")
     return sweep_command(
         args.sweep,
         out=args.out,
@@ -133,6 +180,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    from physlearn.config import ConfigError
+
+    if not _module_available("matplotlib"):
+        raise ConfigError(
+            "report draws with matplotlib, which is not installed: pip install 'physlearn[sweep]'"
+        )
+    if args.out is not None:
+        check_output_path(args.out, "--out")
     from physlearn.report import report_command
 
     return report_command(args.store, args.out)
@@ -215,6 +270,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("inspect", cmd_inspect, "Summarise a run store: status, steps, last metrics.")
     sp.add_argument("store")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
+    sp.add_argument(
+        "--verify",
+        action="store_true",
+        help="check every committed row and checkpoint against its checksum (exit 2 if damaged)",
+    )
 
     sp = add(
         "sweep",
@@ -260,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from physlearn.config import ConfigError
-    from physlearn.store import StoreError
+    from physlearn.store import DiskFullError, StoreError
+    from physlearn.storelock import StoreLockedError
     from physlearn.system import PhysicsError
 
     parser = build_parser()
@@ -268,9 +329,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         code: int = args.func(args)
         return code
-    except (ConfigError, StoreError) as exc:
+    except (ConfigError, StoreError, StoreLockedError) as exc:
         print(f"physlearn: error: {exc}", file=sys.stderr)
         return USER_ERROR
+    except DiskFullError as exc:
+        print(f"physlearn: run failed: {exc}", file=sys.stderr)
+        return RUN_FAILED
     except KeyboardInterrupt:
         print("physlearn: interrupted; the store keeps every committed step", file=sys.stderr)
         return INTERRUPTED

@@ -14,10 +14,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-import yaml
 from pydantic import Field, ValidationError, model_validator
 
-from physlearn.configbase import StrictModel
+from physlearn.configbase import MAX_BATCH_VALUES, MAX_STEPS, StrictModel
 from physlearn.datasets import DatasetConfig
 from physlearn.drivers.config import StationConfig
 from physlearn.losses import LOSSES
@@ -30,6 +29,7 @@ from physlearn.simulators.quantum_config import (
 )
 from physlearn.simulators.resistor_config import ResistorConfig
 from physlearn.simulators.xy_config import XYConfig
+from physlearn.yamlload import YAMLInputError, load_yaml_file, load_yaml_text
 
 SystemConfig = Annotated[
     ResistorConfig
@@ -212,9 +212,20 @@ class LRSchedule(StrictModel):
 
 
 class ScheduleConfig(StrictModel):
-    steps: int | None = Field(None, ge=1, description="Optimiser steps (or give epochs).")
-    epochs: float | None = Field(None, gt=0, description="Passes over the training split.")
-    batch_size: int = Field(16, ge=1, description="Patterns per step.")
+    steps: int | None = Field(
+        None, ge=1, le=MAX_STEPS, description=f"Optimiser steps (or give epochs; <= {MAX_STEPS:,})."
+    )
+    epochs: float | None = Field(
+        None,
+        gt=0,
+        description=f"Passes over the training split (finite; at most {MAX_STEPS:,} steps).",
+    )
+    batch_size: int = Field(
+        16,
+        ge=1,
+        description="Patterns per step; batch_size x the system's values per pattern is at most "
+        f"{MAX_BATCH_VALUES:,} (800 MB of float64 per phase).",
+    )
     eval_every: int = Field(50, ge=1, description="Evaluate on the test split every N steps.")
     eval_train: bool = Field(False, description="Also evaluate the whole training split.")
     lr: LRSchedule = Field(default_factory=LRSchedule)
@@ -295,7 +306,26 @@ class ExperimentConfig(StrictModel):
                 f"schedule.batch_size {self.schedule.batch_size} exceeds the "
                 f"{ds.n_train()} training patterns"
             )
+        self._budget()
         return self
+
+    def _budget(self) -> None:
+        """Memory and length bounds, checked before anything is built or allocated."""
+        batch = self.schedule.batch_size
+        per_pattern = self.system.values_per_pattern()
+        if batch * per_pattern > MAX_BATCH_VALUES:
+            raise ValueError(
+                f"schedule.batch_size {batch} x {per_pattern:,} values per pattern of this "
+                f"{self.system.kind} system = {batch * per_pattern:,} values per phase, more "
+                f"than {MAX_BATCH_VALUES:,} (800 MB): use a smaller batch or system"
+            )
+        if self.schedule.epochs is not None:
+            per_epoch = -(-self.task.dataset.n_train() // batch)
+            if self.schedule.epochs * per_epoch > MAX_STEPS:
+                raise ValueError(
+                    f"schedule.epochs {self.schedule.epochs:g} x {per_epoch} steps per epoch "
+                    f"is more than {MAX_STEPS:,} steps"
+                )
 
     def total_steps(self) -> int:
         if self.schedule.steps is not None:
@@ -310,6 +340,7 @@ class ExperimentConfig(StrictModel):
 
 
 def _format_validation(err: ValidationError) -> str:
+    """Every problem as ``field.path: reason``, joined on one line (the CLI prints one line)."""
     lines = []
     for e in err.errors():
         loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -319,36 +350,47 @@ def _format_validation(err: ValidationError) -> str:
         elif e["type"] == "union_tag_invalid":
             ctx = e.get("ctx") or {}
             msg = f"unknown kind {ctx.get('tag')!r}; expected one of {ctx.get('expected_tags')}"
-        lines.append(f"  {loc}: {msg}")
-    return "\n".join(lines)
+        lines.append(f"{loc}: {' '.join(str(msg).split())}")
+    return "; ".join(lines)
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Apply ``key.path=value`` overrides (value parsed as YAML) to a raw config dict."""
+    """Apply ``key.path=value`` overrides (value parsed as YAML) to a raw config dict.
+
+    A list element is addressed by its index (``system.graph.sizes.1=32``); an index outside
+    the list is a :class:`ConfigError` naming the path and the list's length."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"--set {item!r}: expected key.path=value")
         key, _, text = item.partition("=")
+        key = key.strip()
         try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
+            value = load_yaml_text(text)
+        except YAMLInputError as exc:
             raise ConfigError(f"--set {key}: value is not valid YAML ({exc})") from None
+        parts = key.split(".")
         node: Any = raw
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
-            if isinstance(node, list) and part.isdigit():
-                node = node[int(part)]
-                continue
-            if not isinstance(node, dict):
-                raise ConfigError(f"--set {key}: {part!r} is not inside a section")
-            node = node.setdefault(part, {})
-        last = parts[-1]
-        if isinstance(node, list) and last.isdigit():
-            node[int(last)] = value
-        elif isinstance(node, dict):
-            node[last] = value
-        else:
-            raise ConfigError(f"--set {key}: cannot set {last!r} on a value")
+        for depth, part in enumerate(parts):
+            path = ".".join(parts[: depth + 1])
+            last = depth == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(
+                        f"--set {key}: {path}: {part!r} is not an index of "
+                        f"{'.'.join(parts[:depth])}, a list of {len(node)} elements"
+                    )
+                if last:
+                    node[int(part)] = value
+                else:
+                    node = node[int(part)]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = value
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                where = ".".join(parts[:depth])
+                raise ConfigError(f"--set {key}: {where} is a value, not a section")
     return raw
 
 
@@ -360,7 +402,7 @@ def validate_model(model: type[M], raw: Any, source: str, what: str) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{source} is not a valid {what}:\n{_format_validation(err)}") from None
+        raise ConfigError(f"{source} is not a valid {what}: {_format_validation(err)}") from None
 
 
 def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
@@ -368,16 +410,18 @@ def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:
 
 
 def read_yaml(path: str | Path) -> Any:
+    """Read a user's YAML file with the hardened loader (:mod:`physlearn.yamlload`): bounded
+    size, depth and alias expansion, strict UTF-8, no duplicate keys. Every problem is a
+    one-line :class:`ConfigError` naming the file and where."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} does not exist")
     try:
-        return yaml.safe_load(p.read_text())
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{p}: YAML syntax error{where}: {problem}") from None
+        return load_yaml_file(p)
+    except YAMLInputError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot be read ({exc.strerror or exc})") from None
 
 
 def load_config(path: str | Path, overrides: list[str] | None = None) -> ExperimentConfig:

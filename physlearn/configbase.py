@@ -15,10 +15,31 @@ if TYPE_CHECKING:
     from physlearn.system import PhysicalSystem
 
 
-class StrictModel(BaseModel):
-    """A config section: unknown keys are errors, values are validated on assignment."""
+#: Size bounds of every config, derived from memory (float64 = 8 bytes). They are far above any
+#: network trained here and far below what would exhaust a workstation, so a typo (a hidden
+#: layer of 10**9 nodes) is refused at validation instead of allocating gigabytes.
+#: Nodes of one network: node voltages / phases are 8 MB per pattern at this bound.
+MAX_NODES = 1_000_000
+#: Edges (trainable couplings) of one network: 80 MB per float64 copy at this bound; training
+#: keeps about six copies (values, gradient, optimiser moments, bounds).
+MAX_EDGES = 10_000_000
+#: Values one batch holds per phase (batch x per-pattern state: node values, per-edge
+#: conjugates, dense matrices, state vectors): 800 MB of float64 at this bound; an EP step
+#: keeps about three phases.
+MAX_BATCH_VALUES = 100_000_000
+#: Optimiser steps of one run (steps given, or epochs x batches per epoch).
+MAX_STEPS = 1_000_000_000
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+class StrictModel(BaseModel):
+    """A config section: unknown keys are errors, values are validated on assignment, and no
+    float anywhere in it (fields, list and dict items) may be infinite or NaN: no physical
+    setting, size or schedule of a campaign is, and an ``.inf`` that got through would only fail
+    later -- after a store was created or the instruments were opened."""
+
+    model_config = ConfigDict(
+        extra="forbid", validate_assignment=True, frozen=False, allow_inf_nan=False
+    )
 
 
 class SystemConfigBase(StrictModel):
@@ -36,6 +57,12 @@ class SystemConfigBase(StrictModel):
     @abstractmethod
     def output_size(self) -> int:
         """Number of physical outputs (``PhysicalSystem.outputs.size``)."""
+
+    def values_per_pattern(self) -> int:
+        """Float64 values the system holds per pattern in one phase (node state, per-edge
+        conjugates, dense matrices, state vectors); the experiment checks ``batch_size`` times
+        this against :data:`MAX_BATCH_VALUES` before anything is built. Default: the ports."""
+        return self.input_size() + self.output_size()
 
     @abstractmethod
     def build(self, seed: int) -> PhysicalSystem:

@@ -18,9 +18,9 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from physlearn.configbase import StrictModel
+from physlearn.configbase import MAX_BATCH_VALUES, MAX_NODES, StrictModel
 from physlearn.simulators.quantum_datasets import ClusterIsingPhasesConfig
 from physlearn.system import FloatArray
 
@@ -100,7 +100,16 @@ class IrisConfig(StrictModel):
 class DigitsConfig(StrictModel):
     kind: Literal["digits"] = "digits"
     train_per_class: int = Field(100, ge=1, le=170, description="Training patterns per class.")
-    test_size: int = Field(700, ge=1, description="Held-out patterns (from the remainder).")
+    test_size: int = Field(
+        700, ge=1, le=1787, description="Held-out patterns (from the remainder of the 1797)."
+    )
+
+    @model_validator(mode="after")
+    def _enough_patterns(self) -> DigitsConfig:
+        left = 1797 - 10 * self.train_per_class
+        if self.test_size > left:
+            raise ValueError(f"test_size {self.test_size} exceeds the {left} patterns left")
+        return self
 
     def n_features(self) -> int:
         return 64
@@ -132,10 +141,16 @@ class DigitsConfig(StrictModel):
 
 class RegressionConfig(StrictModel):
     kind: Literal["regression"] = "regression"
-    features: int = Field(2, ge=1, description="Input dimension d.")
-    targets: int = Field(1, ge=1, description="Output dimension.")
-    train_size: int = Field(200, ge=1, description="Training patterns.")
-    test_size: int = Field(100, ge=1, description="Held-out patterns.")
+    features: int = Field(2, ge=1, le=MAX_NODES, description="Input dimension d.")
+    targets: int = Field(1, ge=1, le=MAX_NODES, description="Output dimension.")
+    train_size: int = Field(
+        200,
+        ge=1,
+        le=MAX_BATCH_VALUES,
+        description="Training patterns; (train_size + test_size) x (features + targets) is at "
+        f"most {MAX_BATCH_VALUES:,} values (the generated table, 800 MB of float64)",
+    )
+    test_size: int = Field(100, ge=1, le=MAX_BATCH_VALUES, description="Held-out patterns.")
     noise: float = Field(0.0, ge=0, description="Std of Gaussian noise added to y.")
 
     def n_features(self) -> int:
@@ -149,6 +164,16 @@ class RegressionConfig(StrictModel):
 
     def n_train(self) -> int:
         return self.train_size
+
+    @model_validator(mode="after")
+    def _table_size(self) -> RegressionConfig:
+        n = (self.train_size + self.test_size) * (self.features + self.targets)
+        if n > MAX_BATCH_VALUES:
+            raise ValueError(
+                f"the generated table has {n:,} values, more than {MAX_BATCH_VALUES:,}: "
+                "fewer patterns, features or targets"
+            )
+        return self
 
     def load(self, seed: int) -> Dataset:
         rng = np.random.default_rng([seed, 13])

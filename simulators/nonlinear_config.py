@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
-from physlearn.configbase import StrictModel, SystemConfigBase
+from physlearn.configbase import MAX_EDGES, StrictModel, SystemConfigBase
 from physlearn.simulators.resistor_config import (
     ConductanceConfig,
     GraphConfig,
@@ -89,6 +89,7 @@ class DiodesConfig(StrictModel):
     model: DiodeModelConfig = Field(default_factory=DiodeModelConfig)
     placement: Literal["hidden"] | list[tuple[int, int]] = Field(
         "hidden",
+        max_length=MAX_EDGES,
         description="'hidden': clipping diodes on every hidden node (to per-layer rails for "
         "layered graphs); or explicit [anode, cathode] node pairs, indices >= n_nodes naming "
         "the bias 'sources' in order",
@@ -180,7 +181,13 @@ class SolverConfig(StrictModel):
         description="dense: Kron-reduce the linear part onto the diode/output ports; sparse: "
         "block-diagonal sparse LU of the whole batch; auto: dense when ports <= dense_limit",
     )
-    dense_limit: int = Field(600, ge=1, description="largest port count for the dense backend")
+    dense_limit: int = Field(
+        600,
+        ge=1,
+        le=10_000,
+        description="largest port count for the dense backend (at most 10 000: the reduced "
+        "matrix is ports^2 float64 values, 800 MB at the bound)",
+    )
     tol: float = Field(
         1e-10, gt=0, lt=1e-3, description="relative KCL tolerance (x g_max x v_scale = amperes)"
     )
@@ -244,6 +251,13 @@ class DiodeResistorConfig(SystemConfigBase):
         if isinstance(g, LatticeGraph):
             return g.rows * g.cols
         return g.n_nodes
+
+    def values_per_pattern(self) -> int:
+        """Node voltages, per-edge conjugates and per-diode currents of one pattern."""
+        n_nodes, n_edges = self.graph.counts()
+        d = self.diodes
+        n_diodes = 0 if d is None else n_nodes if d.placement == "hidden" else len(d.placement)
+        return n_nodes + n_edges + n_diodes
 
     def input_size(self) -> int:
         return self.graph.n_inputs()

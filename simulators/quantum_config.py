@@ -115,12 +115,25 @@ class SolverConfig(StrictModel):
         1e-6, ge=0, description="refuse a ground state with E1 - E0 below this (energy unit)"
     )
     ncv: int | None = Field(
-        None, ge=3, description="Lanczos basis size of cold solves (default: ARPACK's, 20)"
+        None,
+        ge=3,
+        le=100,
+        description="Lanczos basis size of cold solves (default: ARPACK's, 20; at most 100: "
+        "each basis vector is a state vector, 268 MB at 24 qubits)",
     )
     warm_ncv: int | None = Field(
-        10, ge=3, description="Lanczos basis size of warm-started (nudged) solves"
+        10,
+        ge=3,
+        le=100,
+        description="Lanczos basis size of warm-started (nudged) solves (at most 100, as ncv)",
     )
-    dense_below: int = Field(64, ge=0, description="dense eigh up to this Hilbert dimension")
+    dense_below: int = Field(
+        64,
+        ge=0,
+        le=4_096,
+        description="dense eigh up to this Hilbert dimension (at most 4 096: the dense matrix "
+        "is dim^2 complex values, 268 MB at the bound)",
+    )
     threads: int | None = Field(
         None,
         ge=1,
@@ -253,6 +266,10 @@ class _QuantumCommon(SystemConfigBase):
 
     def n_qubits(self) -> int:
         raise NotImplementedError
+
+    def values_per_pattern(self) -> int:
+        """One complex state vector (2 float64 per amplitude) of the register per pattern."""
+        return 2 * 2 ** self.n_qubits()
 
 
 class QuantumConfig(_QuantumCommon):
@@ -565,6 +582,11 @@ class IonsConfig(_QuantumCommon):
         )
 
 
+#: Largest elastic network: its solve diagonalises a dense n x n matrix (128 MB of float64 and
+#: seconds of LAPACK at the bound).
+MAX_ELASTIC_NODES = 4_096
+
+
 class ElasticConfig(SystemConfigBase):
     """Quantum harmonic (elastic) network: springs on a graph, anchors, forces as inputs."""
 
@@ -579,6 +601,12 @@ class ElasticConfig(SystemConfigBase):
 
     @model_validator(mode="after")
     def _check(self) -> ElasticConfig:
+        n_nodes = self.graph.counts()[0]
+        if n_nodes > MAX_ELASTIC_NODES:
+            raise ValueError(
+                f"graph: {n_nodes:,} nodes; an elastic network has at most "
+                f"{MAX_ELASTIC_NODES:,} (a dense n x n eigendecomposition per solve)"
+            )
         if self.spring_min >= self.spring_max:
             raise ValueError("spring_min must be < spring_max")
         if self.init_range is not None:
@@ -586,6 +614,11 @@ class ElasticConfig(SystemConfigBase):
             if not self.spring_min <= lo <= hi <= self.spring_max:
                 raise ValueError("init_range must lie inside [spring_min, spring_max]")
         return self
+
+    def values_per_pattern(self) -> int:
+        """Node displacements and per-spring conjugates of one pattern (the dense matrix is per
+        parameter set, bounded by :data:`MAX_ELASTIC_NODES`)."""
+        return sum(self.graph.counts())
 
     def input_size(self) -> int:
         return self.graph.n_inputs()

@@ -57,8 +57,14 @@ class ClusterIsingPhasesConfig(StrictModel):
     """Phase classification of the cluster-Ising chain: features (h1, h2), labels SPT (1) or not."""
 
     kind: Literal["cluster_ising_phases"] = "cluster_ising_phases"
-    train_size: int = Field(200, ge=2, description="training points")
-    test_size: int = Field(200, ge=1, description="held-out points")
+    train_size: int = Field(
+        200,
+        ge=2,
+        le=100_000,
+        description="training points (at most 100 000: each is the exact ground state of the "
+        "label ring, computed when the dataset is made)",
+    )
+    test_size: int = Field(200, ge=1, le=100_000, description="held-out points (as train_size)")
     h1_range: tuple[float, float] = Field((0.0, 1.6), description="transverse field h1 range")
     h2_range: tuple[float, float] = Field((-1.6, 1.6), description="Ising coupling h2 range")
     label_sites: int = Field(12, ge=6, le=16, description="ring used for the labels (even)")

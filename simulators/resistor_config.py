@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from physlearn.configbase import StrictModel, SystemConfigBase
+from physlearn.configbase import MAX_EDGES, MAX_NODES, StrictModel, SystemConfigBase
 
 if TYPE_CHECKING:
     from physlearn.simulators.graphs import Graph
@@ -32,14 +32,29 @@ class LayeredGraph(StrictModel):
     """Layers, each node joined to every node of the next layer."""
 
     type: Literal["layered"] = Field(description="graph generator: dense layers")
-    sizes: list[Annotated[int, Field(ge=1)]] = Field(
+    sizes: list[Annotated[int, Field(ge=1, le=MAX_NODES)]] = Field(
         min_length=2,
+        max_length=10_000,
         description="nodes per layer (count); the first layer are the input (source) nodes, "
-        "the last layer the output nodes",
+        f"the last layer the output nodes. At most {MAX_NODES:,} nodes in all and "
+        f"{MAX_EDGES:,} edges (memory: 8 bytes per node or edge per pattern and copy)",
     )
     skip: bool = Field(
         False, description="also join every node of layer l to every node of layer l + 2"
     )
+
+    @model_validator(mode="after")
+    def _budget(self) -> LayeredGraph:
+        _check_counts("sizes", *self.counts())
+        return self
+
+    def counts(self) -> tuple[int, int]:
+        """(nodes, edges), by arithmetic (nothing is built)."""
+        s = self.sizes
+        n_edges = sum(a * b for a, b in zip(s, s[1:], strict=False))
+        if self.skip:
+            n_edges += sum(a * b for a, b in zip(s, s[2:], strict=False))
+        return sum(s), n_edges
 
     def n_inputs(self) -> int:
         return self.sizes[0]
@@ -57,13 +72,18 @@ class LatticeGraph(StrictModel):
     """Square lattice with open boundaries; node index = row * cols + col."""
 
     type: Literal["lattice"] = Field(description="graph generator: square lattice")
-    rows: int = Field(ge=2, description="lattice rows (count)")
-    cols: int = Field(ge=1, description="lattice columns (count)")
+    rows: int = Field(
+        ge=2, le=MAX_NODES, description=f"lattice rows (count; rows x cols <= {MAX_NODES:,})"
+    )
+    cols: int = Field(
+        ge=1, le=MAX_NODES, description=f"lattice columns (count; rows x cols <= {MAX_NODES:,})"
+    )
     neighbours: Literal[1, 2] = Field(
         1, description="1: nearest neighbours; 2: also next-nearest (diagonal) neighbours"
     )
-    skips: list[Annotated[int, Field(ge=2)]] = Field(
+    skips: list[Annotated[int, Field(ge=2, le=MAX_NODES)]] = Field(
         default_factory=list,
+        max_length=64,
         description="extra edges between sites k apart along rows and columns, for each k "
         "(sites, each >= 2)",
     )
@@ -80,6 +100,7 @@ class LatticeGraph(StrictModel):
 
     @model_validator(mode="after")
     def _check(self) -> LatticeGraph:
+        _check_counts("rows x cols", *self.counts())
         n = self.rows * self.cols
         for k in self.skips:
             if k >= self.rows and k >= self.cols:
@@ -98,6 +119,12 @@ class LatticeGraph(StrictModel):
             if both:
                 raise ValueError(f"node {min(both)} is both an input and an output node")
         return self
+
+    def counts(self) -> tuple[int, int]:
+        """(nodes, an upper bound of the edges): each site has at most 2 neighbours along rows
+        and columns, 2 diagonal ones, and 2 per skip (counted from one end of each edge)."""
+        n = self.rows * self.cols
+        return n, n * (2 * self.neighbours + 2 * len(self.skips))
 
     def n_inputs(self) -> int:
         return _count(self.inputs, self.cols)
@@ -124,9 +151,15 @@ class EdgeListGraph(StrictModel):
     """Any graph, given edge by edge."""
 
     type: Literal["edges"] = Field(description="graph given as an explicit edge list")
-    n_nodes: int = Field(ge=2, description="number of nodes (count), indexed 0 .. n_nodes - 1")
+    n_nodes: int = Field(
+        ge=2,
+        le=MAX_NODES,
+        description="number of nodes (count), indexed 0 .. n_nodes - 1 (memory bound)",
+    )
     edges: list[tuple[int, int]] = Field(
-        min_length=1, description="edges as [i, j] node pairs; edge e has conductance e"
+        min_length=1,
+        max_length=MAX_EDGES,
+        description="edges as [i, j] node pairs; edge e has conductance e",
     )
     input_nodes: list[int] = Field(min_length=1, description="input (source) nodes in port order")
     output_nodes: list[int] = Field(min_length=1, description="output nodes in port order")
@@ -170,6 +203,10 @@ class EdgeListGraph(StrictModel):
             )
         return self
 
+    def counts(self) -> tuple[int, int]:
+        """(nodes, edges)."""
+        return self.n_nodes, len(self.edges)
+
     def n_inputs(self) -> int:
         return len(self.input_nodes)
 
@@ -180,6 +217,18 @@ class EdgeListGraph(StrictModel):
         from physlearn.simulators.graphs import from_edge_list
 
         return from_edge_list(self.n_nodes, self.edges, self.input_nodes, self.output_nodes)
+
+
+def _check_counts(field: str, n_nodes: int, n_edges: int) -> None:
+    """Refuse a graph beyond the memory bounds (:data:`MAX_NODES`, :data:`MAX_EDGES`)."""
+    if n_nodes > MAX_NODES:
+        raise ValueError(
+            f"{field}: {n_nodes:,} nodes, more than the {MAX_NODES:,} a network may have"
+        )
+    if n_edges > MAX_EDGES:
+        raise ValueError(
+            f"{field}: {n_edges:,} edges, more than the {MAX_EDGES:,} a network may have"
+        )
 
 
 def _count(spec: int | list[int] | None, default: int) -> int:
@@ -262,6 +311,10 @@ class ResistorConfig(SystemConfigBase):
                 "learn): use at least 2 input nodes or set ground: true"
             )
         return self
+
+    def values_per_pattern(self) -> int:
+        """Node voltages and per-edge conjugates of one pattern."""
+        return sum(self.graph.counts())
 
     def input_size(self) -> int:
         return self.graph.n_inputs()

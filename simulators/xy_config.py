@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from physlearn.configbase import StrictModel, SystemConfigBase
+from physlearn.configbase import MAX_EDGES, StrictModel, SystemConfigBase
 from physlearn.simulators.resistor_config import (
     EdgeListGraph,
     LatticeGraph,
@@ -48,7 +48,12 @@ class AllToAllGraph(StrictModel):
     """Every pair of nodes coupled (n (n - 1) / 2 edges)."""
 
     type: Literal["all_to_all"] = Field(description="graph generator: all-to-all (dense)")
-    n_nodes: int = Field(ge=2, description="number of oscillators (count)")
+    n_nodes: int = Field(
+        ge=2,
+        le=4_096,
+        description="number of oscillators (count; at most 4 096: n (n - 1) / 2 couplings and a "
+        "dense n x n Hessian per pattern, 134 MB of float64 at the bound)",
+    )
     inputs: int | list[int] = Field(
         description="input nodes: a count (the first nodes) or explicit node indices"
     )
@@ -71,6 +76,10 @@ class AllToAllGraph(StrictModel):
         if both:
             raise ValueError(f"node {min(both)} is both an input and an output node")
         return self
+
+    def counts(self) -> tuple[int, int]:
+        """(nodes, edges)."""
+        return self.n_nodes, self.n_nodes * (self.n_nodes - 1) // 2
 
     def input_nodes(self) -> list[int]:
         return list(range(self.inputs)) if isinstance(self.inputs, int) else list(self.inputs)
@@ -229,7 +238,9 @@ class XYConfig(SystemConfigBase):
     langevin: XYLangevinConfig = Field(
         default_factory=XYLangevinConfig, description="thermal sampling (used when T > 0)"
     )
-    max_batch: int = Field(1024, ge=1, description="patterns relaxed together in one call (count)")
+    max_batch: int = Field(
+        1024, ge=1, le=MAX_EDGES, description="patterns relaxed together in one call (count)"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> XYConfig:
@@ -240,6 +251,16 @@ class XYConfig(SystemConfigBase):
         ):
             raise ValueError("coupling init_scale exceeds the coupling bounds")
         return self
+
+    def values_per_pattern(self) -> int:
+        """Phases and per-edge conjugates of one pattern per restart (per thermal sample when
+        T > 0), plus the dense Hessian where the dense backend is used (see xy_relax)."""
+        n, e = self.graph.counts()
+        dense = self.relaxation.backend == "dense" or (
+            self.relaxation.backend == "auto" and (n <= 128 or 2.0 * e > 0.1 * n * (n - 1))
+        )
+        copies = self.restarts * (self.langevin.n_samples if self.temperature > 0 else 1)
+        return copies * (n + e) + (n * n if dense else 0)
 
     def input_size(self) -> int:
         return self.graph.n_inputs()
