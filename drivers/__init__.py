@@ -12,7 +12,9 @@
   instruments (they speak SCPI through pyvisa; with ``visalib: '@py'`` over a real TCP socket).
 * :mod:`physlearn.drivers.virtual_lab` and :mod:`physlearn.drivers.scpi_server` -- the virtual
   lab: a simulated resistor network behind instruments that behave like hardware (noise,
-  resolution, settling, drift, device spread, injected faults), served over SCPI on 127.0.0.1.
+  resolution, settling, drift, device spread, injected faults), served over SCPI on 127.0.0.1
+  with bounded resources; :mod:`physlearn.drivers.scpi` parses its commands and keeps its
+  error queues.
 * :mod:`physlearn.drivers.lab_config` -- the virtual lab's config (network, instruments, wiring,
   imperfections, faults).
 * :mod:`physlearn.drivers.tapmap` -- conductance vs potentiometer tap (nominal law or calibration).

@@ -1,10 +1,14 @@
 """``physlearn lab ...``: serve the virtual lab, calibrate a potentiometer bank.
 
-``physlearn lab serve LAB.yaml [--port N] [--station-out FILE]``
+``physlearn lab serve LAB.yaml [--port N] [--station-out FILE] [--max-connections N]
+[--idle-timeout SECONDS] [--max-line BYTES]``
     Serve the virtual lab on 127.0.0.1 until Ctrl-C (or SIGTERM): one port per instrument,
     consecutive from ``--port`` (default 5025, the SCPI port), or ephemeral with ``--port 0``.
     Prints each instrument's VISA address; ``--station-out`` writes a qcodes station YAML
     pointing at them. ``--host`` other than a loopback address needs ``--allow-remote``.
+    Bounded: at most ``--max-connections`` (64) connections per instrument, each closed after
+    ``--idle-timeout`` (300 s) without a complete command, lines of at most ``--max-line``
+    (65536) bytes; each refusal or close is logged on stderr.
 ``physlearn lab calibrate EXPERIMENT.yaml --out CAL.json [--points K]``
     With every source in its safe state, set every potentiometer to K taps spread over the
     envelope's ``tap_limits``, measure each device isolated (``weights.channels`` /
@@ -18,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import signal
 import sys
 import time
@@ -25,6 +30,11 @@ from pathlib import Path
 from typing import Any
 
 USER_ERROR = 2
+#: the lab server's default bounds (equal to physlearn.drivers.scpi_server's; repeated here so
+#: that building the parser imports nothing heavy)
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT = 300.0
+MAX_LINE = 65536
 
 
 def configure_parser(sp: argparse.ArgumentParser) -> None:
@@ -33,7 +43,12 @@ def configure_parser(sp: argparse.ArgumentParser) -> None:
     s = sub.add_parser(
         "serve",
         help="serve the virtual lab's instruments over SCPI (127.0.0.1)",
-        description="Serve the virtual lab's instruments over SCPI sockets until Ctrl-C.",
+        description="Serve the virtual lab's instruments over SCPI sockets until Ctrl-C. "
+        "Its resources are bounded: at most --max-connections connections per instrument (one "
+        "more is closed at once), each closed after --idle-timeout seconds without a complete "
+        "command line, lines of at most --max-line bytes (a longer one is discarded and queues "
+        "-363), channel lists checked before they are expanded, 32 errors per instrument queued "
+        "(the last becomes -350 'Queue overflow'). Refusals and closes are logged on stderr.",
     )
     s.add_argument("config", help="virtual-lab YAML (e.g. configs/virtual_lab.yaml)")
     s.add_argument(
@@ -49,6 +64,28 @@ def configure_parser(sp: argparse.ArgumentParser) -> None:
         help="allow a non-loopback --host (the lab has no authentication)",
     )
     s.add_argument("--station-out", help="write a qcodes station YAML for the served lab here")
+    s.add_argument(
+        "--max-connections",
+        type=int,
+        default=MAX_CONNECTIONS,
+        metavar="N",
+        help=f"open connections per instrument; more are refused (default {MAX_CONNECTIONS})",
+    )
+    s.add_argument(
+        "--idle-timeout",
+        type=float,
+        default=IDLE_TIMEOUT,
+        metavar="SECONDS",
+        help="close a connection after this long without a complete command line "
+        f"(default {IDLE_TIMEOUT:g})",
+    )
+    s.add_argument(
+        "--max-line",
+        type=int,
+        default=MAX_LINE,
+        metavar="BYTES",
+        help=f"longest command line; a longer one is discarded (default {MAX_LINE})",
+    )
     s.set_defaults(lab_func=cmd_serve)
 
     c = sub.add_parser(
@@ -77,7 +114,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     cfg = load_lab_config(args.config)
     try:
-        server = LabServer(cfg, host=args.host, port=args.port, allow_remote=args.allow_remote)
+        server = LabServer(
+            cfg,
+            host=args.host,
+            port=args.port,
+            allow_remote=args.allow_remote,
+            max_connections=args.max_connections,
+            idle_timeout=args.idle_timeout,
+            max_line=args.max_line,
+        )
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 
@@ -93,6 +138,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def stop(signum: int, frame: Any) -> None:
         server.request_stop()
 
+    # the server's refusals and idle closes, one line each, on stderr
+    log = logging.getLogger("physlearn.drivers.scpi_server")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("virtual lab: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
     old_int = signal.signal(signal.SIGINT, stop)
     old_term = signal.signal(signal.SIGTERM, stop)
     try:
@@ -102,6 +154,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, old_int)
         signal.signal(signal.SIGTERM, old_term)
+        log.removeHandler(handler)
     print("virtual lab stopped", flush=True)
     return 0
 

@@ -18,12 +18,31 @@ Faults (``LabConfig.faults``; probabilities, drawn from a seeded generator, per 
 manager) or in the foreground (:meth:`serve_forever`, the CLI). With ``record=True`` every
 received line is kept (:meth:`received`), which the safety tests use to check what reached an
 instrument.
+
+Bounds (the lab serves anyone who can reach its ports, so nothing a client sends may grow the
+server without limit):
+
+* ``max_connections`` (default 64) open connections *per instrument*; one more is accepted and
+  closed at once, logged as ``refused connection from HOST:PORT to NAME: 64 connections open to
+  it (max_connections 64)``;
+* ``idle_timeout`` (default 300 s): a connection that completes no command line (or reads no
+  reply) for that long is closed, logged as ``closed idle connection from HOST:PORT to NAME: no
+  complete command for 300 s (idle_timeout)``;
+* ``max_line`` (default 65536 bytes): a longer line is discarded unexecuted and queues
+  ``-363,"Input buffer overrun"``; the connection stays open.
+
+So at most ``max_connections * max_line`` bytes of input are buffered per instrument. Within a
+line, channel lists are checked before they are expanded and the error queue holds 32 entries
+(:mod:`physlearn.drivers.scpi`). Log lines go to the ``physlearn.drivers.scpi_server`` logger
+(refusals at WARNING, idle closes at INFO; ``physlearn lab serve`` prints both on stderr).
 """
 
 from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
+import math
 import socket
 import threading
 import time
@@ -34,10 +53,37 @@ from typing import Any, Self
 import numpy as np
 
 from physlearn.drivers.lab_config import FaultSpec, LabConfig
-from physlearn.drivers.virtual_lab import VirtualLab
+from physlearn.drivers.scpi import ScpiError
+from physlearn.drivers.virtual_lab import SimInstrument, VirtualLab
 
 LOOPBACK = "127.0.0.1"
 _JUNK = "#~?%&$!"
+#: default bounds (see the module docstring)
+MAX_CONNECTIONS = 64
+IDLE_TIMEOUT = 300.0
+MAX_LINE = 65536
+
+_log = logging.getLogger(__name__)
+
+
+def _peer(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)
+
+
+async def _discard(reader: asyncio.StreamReader, n: int) -> bool:
+    """Drop ``n`` buffered bytes (part of an overlong line); False if the connection ended."""
+    try:
+        await reader.readexactly(n)
+    except (asyncio.IncompleteReadError, ConnectionError):
+        return False
+    return True
+
+
+class _Idle(Exception):
+    """A connection completed no command (or read no reply) within the idle timeout."""
 
 
 def is_loopback(host: str) -> bool:
@@ -94,6 +140,9 @@ class LabServer:
         allow_remote: permit a non-loopback ``host`` (the lab has no authentication).
         record: keep every received line (``received()``).
         clock: time source of the physics (seconds).
+        max_connections: open connections per instrument (>= 1); more are closed at once.
+        idle_timeout: seconds without a complete command line before a connection is closed.
+        max_line: longest command line in bytes (>= 64); a longer one is discarded (-363).
     """
 
     def __init__(
@@ -104,7 +153,18 @@ class LabServer:
         allow_remote: bool = False,
         record: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        max_connections: int = MAX_CONNECTIONS,
+        idle_timeout: float = IDLE_TIMEOUT,
+        max_line: int = MAX_LINE,
     ) -> None:
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be >= 1, got {max_connections}")
+        if not (math.isfinite(idle_timeout) and idle_timeout > 0):
+            raise ValueError(
+                f"idle_timeout must be a finite number of seconds > 0, got {idle_timeout}"
+            )
+        if max_line < 64:
+            raise ValueError(f"max_line must be >= 64 bytes, got {max_line}")
         if not is_loopback(host) and not allow_remote:
             raise ValueError(
                 f"the virtual lab binds loopback addresses only; {host!r} needs allow_remote "
@@ -117,6 +177,10 @@ class LabServer:
         self.host = host
         self.base_port = port
         self.record = record
+        self.max_connections = int(max_connections)
+        self.idle_timeout = float(idle_timeout)
+        self.max_line = int(max_line)
+        self._open: dict[str, int] = {}
         self.faults = FaultInjector(config.faults)
         self.ports: dict[str, int] = {}
         self._received: list[tuple[str, str]] = []
@@ -171,6 +235,12 @@ class LabServer:
         with self._rec_lock:
             self._received.clear()
 
+    def open_connections(self, instrument: str | None = None) -> int:
+        """Connections open now, to one instrument or to all."""
+        if instrument is not None:
+            return self._open.get(instrument, 0)
+        return sum(self._open.values())
+
     def set_faults(self, spec: FaultSpec) -> None:
         """Change the injected faults while serving (tests)."""
         self.faults.set_spec(spec)
@@ -179,6 +249,17 @@ class LabServer:
     async def _handle(
         self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
+        """One connection: refused beyond ``max_connections``, else served until EOF, a drop
+        fault, or ``idle_timeout`` without a complete line."""
+        peer = _peer(writer)
+        n_open = self._open.get(name, 0)
+        if n_open >= self.max_connections:
+            _log.warning(
+                "refused connection from %s to %s: %d connections open to it (max_connections %d)",
+                peer, name, n_open, self.max_connections,
+            )  # fmt: skip
+            writer.close()
+            return
         sock = writer.get_extra_info("socket")
         if sock is not None:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -186,41 +267,71 @@ class LabServer:
         if task is not None:
             self._handlers.add(task)
         self._writers.add(writer)
+        self._open[name] = n_open + 1
         self.connections += 1
-        inst = self.lab.instruments[name]
-        faults = self.faults
         try:
-            while True:
-                try:
-                    raw = await reader.readuntil(b"\n")
-                except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError):
-                    break
-                line = raw.decode("ascii", "replace").strip()
-                if self.record:
-                    with self._rec_lock:
-                        self._received.append((name, line))
-                if faults.draw(name, "drop"):
-                    break
-                stale = inst.stale_reply(line)
-                if stale is not None and faults.draw(name, "stuck"):
-                    reply: str | None = stale
-                else:
-                    reply = inst.execute(line)
-                if reply is None:
-                    continue
-                if faults.draw(name, "timeout"):
-                    continue
-                if faults.draw(name, "garble"):
-                    reply = faults.garble(reply)
-                writer.write(reply.encode("ascii", "replace") + b"\n")
-                await writer.drain()
-        except Exception as exc:  # pragma: no cover - a handler must never kill the loop
-            print(f"virtual lab: {name}: connection handler failed: {exc!r}")
+            await self._session(name, reader, writer)
+        except _Idle as idle:
+            _log.info("closed idle connection from %s to %s: %s (idle_timeout)", peer, name, idle)
+        except Exception:  # pragma: no cover - a handler must never kill the loop
+            _log.exception("%s: connection from %s failed", name, peer)
         finally:
+            self._open[name] -= 1
             self._writers.discard(writer)
             if task is not None:
                 self._handlers.discard(task)
             writer.close()
+
+    async def _session(
+        self, name: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        inst = self.lab.instruments[name]
+        faults = self.faults
+        while True:
+            line = await self._read_line(inst, reader)
+            if line is None:
+                return
+            if self.record:
+                with self._rec_lock:
+                    self._received.append((name, line))
+            if faults.draw(name, "drop"):
+                return
+            stale = inst.stale_reply(line)
+            if stale is not None and faults.draw(name, "stuck"):
+                reply: str | None = stale
+            else:
+                reply = inst.execute(line)
+            if reply is None or faults.draw(name, "timeout"):
+                continue
+            if faults.draw(name, "garble"):
+                reply = faults.garble(reply)
+            writer.write(reply.encode("ascii", "replace") + b"\n")
+            try:
+                await asyncio.wait_for(writer.drain(), self.idle_timeout)
+            except TimeoutError:
+                raise _Idle(f"reply not read for {self.idle_timeout:g} s") from None
+
+    async def _read_line(self, inst: SimInstrument, reader: asyncio.StreamReader) -> str | None:
+        """The next command line (None at EOF). A line longer than ``max_line`` is discarded
+        and queues -363; waiting longer than ``idle_timeout`` for a line raises :class:`_Idle`."""
+        overrun = False
+        while True:
+            try:
+                raw = await asyncio.wait_for(reader.readuntil(b"\n"), self.idle_timeout)
+            except TimeoutError:
+                raise _Idle(f"no complete command for {self.idle_timeout:g} s") from None
+            except asyncio.LimitOverrunError as exc:
+                overrun = True
+                if not await _discard(reader, exc.consumed):
+                    return None
+                continue
+            except (asyncio.IncompleteReadError, ConnectionError):
+                return None
+            if overrun:  # the tail of the overlong line
+                inst.report(ScpiError(-363, f"line longer than {self.max_line} bytes"))
+                overrun = False
+                continue
+            return raw.decode("ascii", "replace").strip()
 
     async def _serve(self) -> None:
         self._stopping = asyncio.Event()
@@ -233,7 +344,9 @@ class LabServer:
                 ) -> Any:
                     return self._handle(_n, r, w)
 
-                srv = await asyncio.start_server(handler, self.host, port, reuse_address=True)
+                srv = await asyncio.start_server(
+                    handler, self.host, port, reuse_address=True, limit=self.max_line
+                )
                 self._servers.append(srv)
                 self.ports[name] = int(srv.sockets[0].getsockname()[1])
         except BaseException as exc:

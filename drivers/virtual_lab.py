@@ -42,9 +42,14 @@ Every instrument answers ``*IDN?`` (``physlearn,<model>,<serial>,1.0``), ``*RST`
 ``*OPC?`` (``1``) and ``SYST:ERR?`` (``<code>,"<message>"``; ``0,"No error"`` when empty).
 Headers are case-insensitive, short or long form (``SOUR`` / ``SOURCE``); several commands may
 share a line separated by ``;`` (their replies are joined by ``;``). Channel lists are
-``(@1,2,5:8)``. An erroneous command is not executed and queues an error (-113 undefined header,
--222 data out of range, -221 settings conflict, -104 data type error, -109 missing parameter);
-an unanswerable query gets no reply (the client times out), as on a real instrument.
+``(@1,2,5:8)``, at most as many channels as the instrument has, checked before they are expanded.
+An erroneous command is not executed and queues exactly one error (``<code>,"<standard
+message>; <detail>"``: -104 data type error, -109 missing parameter, -113 undefined header, -114
+header suffix out of range, -221 settings conflict, -222 data out of range, -223 too much data,
+-224 illegal parameter value; see :mod:`physlearn.drivers.scpi`); an unanswerable query gets no
+reply (the client times out), as on a real instrument. The error queue holds 32 entries and
+overflows as SCPI-99 21.8 says: the last entry becomes ``-350,"Queue overflow"``, later errors
+are discarded until one is read.
 
 ``VLAB-SRC<n>`` -- multi-channel source (channels ``c = 1..n``)
     ``SYST:CHAN:COUN?``; ``SOUR<c>:FUNC VOLT|CURR``; ``SOUR<c>:VOLT <V>``;
@@ -68,11 +73,11 @@ an unanswerable query gets no reply (the client times out), as on a real instrum
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -80,108 +85,21 @@ from typing import Any
 import numpy as np
 
 from physlearn.drivers.lab_config import LabConfig
+from physlearn.drivers.scpi import (
+    ErrorQueue,
+    ScpiError,
+    boolean,
+    channel_list,
+    fmt,
+    format_channels,
+    header_pattern,
+    integer,
+    number,
+    suffix,
+)
 from physlearn.system import FloatArray, Nudge
 
-# --------------------------------------------------------------------------------------------
-# SCPI helpers
-
-
-class ScpiError(Exception):
-    """An SCPI error queued by an instrument: ``code`` (negative, SCPI-99) and message."""
-
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(f'{code},"{message}"')
-        self.code = code
-        self.message = message
-
-
-def _header(spec: str) -> str:
-    """Regex of an SCPI header: ``"SOURce#:VOLTage[:LEVel]"`` -> short/long forms, ``#`` a
-    channel number (captured), ``[...]`` optional."""
-    out = []
-    i = 0
-    while i < len(spec):
-        ch = spec[i]
-        if ch == "[":
-            j = spec.index("]", i)
-            out.append(f"(?:{_header(spec[i + 1 : j])})?")
-            i = j + 1
-            continue
-        if ch == "#":
-            out.append(r"(\d+)")
-            i += 1
-            continue
-        if ch in ":*":
-            out.append(re.escape(ch))
-            i += 1
-            continue
-        j = i
-        while j < len(spec) and spec[j].isalpha():
-            j += 1
-        word = spec[i:j]
-        short = "".join(c for c in word if c.isupper())
-        rest = word[len(short) :]
-        out.append(short + (f"(?:{rest.upper()})?" if rest else ""))
-        i = j
-    return "".join(out)
-
-
-def channel_list(text: str) -> list[int]:
-    """``"(@1,3:5)"`` -> ``[1, 3, 4, 5]``."""
-    m = re.fullmatch(r"\s*\(@([0-9,:\s]*)\)\s*", text)
-    if m is None:
-        raise ScpiError(-104, f"expected a channel list (@...), got {text!r}")
-    out: list[int] = []
-    for part in m.group(1).split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if ":" in part:
-            a, b = (int(x) for x in part.split(":"))
-            out.extend(range(a, b + 1) if b >= a else range(a, b - 1, -1))
-        else:
-            out.append(int(part))
-    return out
-
-
-def format_channels(chs: list[int]) -> str:
-    return "(@" + ",".join(str(c) for c in chs) + ")"
-
-
-def _num(text: str | None) -> float:
-    if text is None or not text.strip():
-        raise ScpiError(-109, "missing parameter")
-    try:
-        v = float(text)
-    except ValueError:
-        raise ScpiError(-104, f"data type error: {text!r} is not a number") from None
-    if not math.isfinite(v):
-        raise ScpiError(-222, f"data out of range: {text!r}")
-    return v
-
-
-def _int(text: str | None) -> int:
-    v = _num(text)
-    if v != int(v):
-        raise ScpiError(-104, f"data type error: {text!r} is not an integer")
-    return int(v)
-
-
-def _bool(text: str | None) -> bool:
-    if text is None:
-        raise ScpiError(-109, "missing parameter")
-    t = text.strip().upper()
-    if t in ("ON", "1"):
-        return True
-    if t in ("OFF", "0"):
-        return False
-    raise ScpiError(-104, f"data type error: {text!r} is not ON/OFF/1/0")
-
-
-def fmt(v: float) -> str:
-    """A float as SCPI text, exact (shortest repr that round-trips)."""
-    return repr(float(v))
-
+_log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # The bench
@@ -500,14 +418,14 @@ class SimInstrument:
         self.name = name
         self.bench = bench
         self.serial = serial
-        self.errors: deque[ScpiError] = deque(maxlen=32)
+        self.errors = ErrorQueue()
         self._table: list[tuple[re.Pattern[str], Handler]] = [
             (self._compile(spec), handler) for spec, handler in self.commands()
         ]
 
     @staticmethod
     def _compile(spec: str) -> re.Pattern[str]:
-        return re.compile(rf":?{_header(spec)}(\?)?(?:\s+(.*))?", re.IGNORECASE | re.DOTALL)
+        return re.compile(rf":?{header_pattern(spec)}(\?)?(?:\s+(.*))?", re.IGNORECASE | re.DOTALL)
 
     def commands(self) -> list[tuple[str, Handler]]:
         return []
@@ -517,6 +435,11 @@ class SimInstrument:
 
     def reset(self) -> None:
         """``*RST``."""
+
+    def report(self, error: ScpiError) -> None:
+        """Queue ``error`` (a line the server refused before it reached :meth:`execute`)."""
+        with self.bench.lock:
+            self.errors.push(error)
 
     def execute(self, line: str) -> str | None:
         """Execute one received line; the reply (without terminator) or None."""
@@ -529,7 +452,11 @@ class SimInstrument:
                 try:
                     r = self._one(cmd)
                 except ScpiError as err:
-                    self.errors.append(err)
+                    self.errors.push(err)
+                    continue
+                except Exception as exc:  # a bug of the simulation, not the client's mistake
+                    _log.exception("%s: %r failed", self.name, cmd[:80])
+                    self.errors.push(ScpiError(-300, f"internal error {type(exc).__name__}"))
                     continue
                 if r is not None:
                     replies.append(r)
@@ -548,10 +475,7 @@ class SimInstrument:
         if up == "*OPC?":
             return "1"
         if re.fullmatch(r":?SYST(EM)?:ERR(OR)?(:NEXT)?\?", up):
-            if not self.errors:
-                return '0,"No error"'
-            e = self.errors.popleft()
-            return f'{e.code},"{e.message}"'
+            return self.errors.pop()
         for pattern, handler in self._table:
             m = pattern.fullmatch(cmd)
             if m is not None:
@@ -559,7 +483,7 @@ class SimInstrument:
                 query = groups[-2] is not None
                 arg = groups[-1]
                 return handler(m, query, arg)
-        raise ScpiError(-113, f"undefined header {cmd.split()[0]!r}")
+        raise ScpiError(-113, repr(cmd.split()[0][:40]))
 
     def stale_reply(self, line: str) -> str | None:
         """For a 'stuck' fault: the reply this instrument would repeat instead of answering
@@ -593,10 +517,7 @@ class SourceInstrument(SimInstrument):
         ]
 
     def _ch(self, m: re.Match[str]) -> int:
-        ch = int(m.group(1))
-        if not 1 <= ch <= len(self.bench.func):
-            raise ScpiError(-114, f"channel {ch} does not exist")
-        return ch - 1
+        return suffix(m.group(1), len(self.bench.func), "channel")
 
     def reset(self) -> None:
         b, c = self.bench, self.bench.config.source
@@ -621,9 +542,9 @@ class SourceInstrument(SimInstrument):
         f = (arg or "").strip().upper()
         f = {"VOLTAGE": "VOLT", "CURRENT": "CURR"}.get(f, f)
         if f not in ("VOLT", "CURR"):
-            raise ScpiError(-224, f"illegal parameter value {arg!r} (VOLT or CURR)")
+            raise ScpiError(-224, f"{arg!r} is not VOLT or CURR")
         if f != b.func[ch] and b.output[ch]:
-            raise ScpiError(-221, "settings conflict: switch the output off to change function")
+            raise ScpiError(-221, "switch the output off to change function")
         b.func[ch] = f
         return None
 
@@ -632,9 +553,9 @@ class SourceInstrument(SimInstrument):
         ch = self._ch(m)
         if query:
             return fmt(arr[ch])
-        v = _num(arg)
+        v = number(arg)
         if abs(v) > hw:
-            raise ScpiError(-222, f"data out of range: {v:g} {unit} beyond +-{hw:g} {unit}")
+            raise ScpiError(-222, f"{v:g} {unit} beyond +-{hw:g} {unit}")
         arr[ch] = v
         self.bench.changed()
         return None
@@ -652,9 +573,9 @@ class SourceInstrument(SimInstrument):
         ch = self._ch(m)
         if query:
             return fmt(arr[ch])
-        v = _num(arg)
+        v = number(arg)
         if not 0 < v <= hw:
-            raise ScpiError(-222, f"data out of range: limit {v:g} not in (0, {hw:g}]")
+            raise ScpiError(-222, f"limit {v:g} not in (0, {hw:g}]")
         arr[ch] = v
         self.bench.changed()
         return None
@@ -672,7 +593,7 @@ class SourceInstrument(SimInstrument):
         b = self.bench
         if query:
             return "1" if b.output[ch] else "0"
-        on = _bool(arg)
+        on = boolean(arg)
         if on and b.func[ch] == "VOLT" and b.src_node[ch] is not None:
             for other in range(len(b.func)):
                 if (
@@ -683,8 +604,7 @@ class SourceInstrument(SimInstrument):
                 ):
                     raise ScpiError(
                         -221,
-                        f"settings conflict: channel {other + 1} already holds node "
-                        f"{b.src_node[ch]}",
+                        f"channel {other + 1} already holds node {b.src_node[ch]}",
                     )
         if on != b.output[ch]:
             b.output[ch] = on
@@ -725,24 +645,22 @@ class DMMInstrument(SimInstrument):
     def reset(self) -> None:
         self.scan_list = []
 
-    def _check_channels(self, chs: list[int]) -> None:
+    def _channels(self, arg: str | None) -> list[int]:
+        """The multiplexer channels of a channel list: at most as many as the card has."""
         d = self.bench.config.dmm
-        for c in chs:
-            if not d.first_channel <= c < d.first_channel + d.mux_channels:
-                raise ScpiError(-222, f"multiplexer channel {c} does not exist")
+        last = d.first_channel + d.mux_channels - 1
+        return channel_list(arg, d.first_channel, last, d.mux_channels)
 
     def _scan(self, m: re.Match[str], query: bool, arg: str | None) -> str | None:
         if query:
             return format_channels(self.scan_list)
-        chs = channel_list(arg or "")
-        self._check_channels(chs)
-        self.scan_list = chs
+        self.scan_list = self._channels(arg)
         return None
 
     def _read(self, m: re.Match[str], query: bool, arg: str | None) -> str:
         _need_query(query)
         if not self.scan_list:
-            raise ScpiError(-221, "settings conflict: empty scan list (ROUT:SCAN first)")
+            raise ScpiError(-221, "empty scan list (ROUT:SCAN first)")
         first, vals = self.bench.scan(self.scan_list)
         reply = ",".join([str(first), *(fmt(v) for v in vals)])
         self.last_scan_reply = reply
@@ -750,10 +668,9 @@ class DMMInstrument(SimInstrument):
 
     def _meas(self, m: re.Match[str], query: bool, arg: str | None) -> str:
         _need_query(query)
-        chs = channel_list(arg or "")
+        chs = self._channels(arg)
         if len(chs) != 1:
             raise ScpiError(-221, "MEAS:VOLT? takes exactly one channel")
-        self._check_channels(chs)
         _, vals = self.bench.scan(chs)
         return fmt(vals[0])
 
@@ -786,13 +703,10 @@ class PotBank(SimInstrument):
     def _check_tap(self, k: int) -> None:
         top = self.bench.config.pots.law.n_taps - 1
         if not 0 <= k <= top:
-            raise ScpiError(-222, f"data out of range: tap {k} not in 0..{top}")
+            raise ScpiError(-222, f"tap {k} not in 0..{top}")
 
     def _ch(self, m: re.Match[str]) -> int:
-        ch = int(m.group(1))
-        if not 1 <= ch <= self.bench.taps.size:
-            raise ScpiError(-114, f"device {ch} does not exist")
-        return ch - 1
+        return suffix(m.group(1), int(self.bench.taps.size), "device")
 
     def _count(self, m: re.Match[str], query: bool, arg: str | None) -> str:
         _need_query(query)
@@ -806,7 +720,7 @@ class PotBank(SimInstrument):
         ch = self._ch(m)
         if query:
             return str(int(self.bench.taps[ch]))
-        k = _int(arg)
+        k = integer(arg)
         self._check_tap(k)
         if k != self.bench.taps[ch]:
             self.bench.taps[ch] = k
@@ -820,7 +734,7 @@ class PotBank(SimInstrument):
         parts = (arg or "").split(",")
         if len(parts) != b.taps.size:
             raise ScpiError(-109, f"expected {b.taps.size} taps, got {len(parts)}")
-        taps = [_int(p) for p in parts]
+        taps = [integer(p) for p in parts]
         for k in taps:
             self._check_tap(k)
         new = np.asarray(taps, dtype=np.int64)
@@ -854,11 +768,8 @@ class SwitchMatrix(SimInstrument):
         self.bench.changed()
 
     def _relays(self, arg: str | None) -> list[int]:
-        rs = channel_list(arg or "")
-        for r in rs:
-            if not 1 <= r <= len(self.bench.relays):
-                raise ScpiError(-222, f"relay {r} does not exist")
-        return [r - 1 for r in rs]
+        n = len(self.bench.relays)
+        return [r - 1 for r in channel_list(arg, 1, n, n)]
 
     def _count(self, m: re.Match[str], query: bool, arg: str | None) -> str:
         _need_query(query)
