@@ -4,6 +4,11 @@ Every function takes plain numpy data (see :mod:`physlearn.report`, which reads 
 returns a :class:`matplotlib.figure.Figure`, or None when there is nothing to draw; ``save``
 writes it as a PNG with the Agg renderer. matplotlib is imported inside the functions, so importing
 this module is cheap.
+
+Text that comes from configs and stores (run and sweep names, variant names, axis values, field
+paths, parameter names, units) is shown as typed: every title, axis label, legend entry and
+categorical tick label is drawn without mathtext or TeX (:data:`PLAIN_TEXT`). With mathtext, a
+sweep value ``$x^2$`` was typeset, and an unknown command inside ``$...$`` made the report fail.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +27,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 ROLE_COLOURS = {"input": "#1f77b4", "output": "#d62728", "hidden": "#7f7f7f"}
+#: Text properties that show a string as typed: no mathtext (``$...$``), no TeX.
+PLAIN_TEXT = MappingProxyType({"parse_math": False, "usetex": False})
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -30,6 +38,20 @@ def new_figure(width: float, height: float) -> Figure:
 
     fig = Figure(figsize=(width, height), dpi=100, layout="constrained")
     FigureCanvasAgg(fig)
+    return fig
+
+
+def as_typed(fig: Figure) -> Figure:
+    """Show every axes title, axis label and legend entry of ``fig`` as typed (see the module
+    docstring). Tick labels keep mathtext (log axes format theirs with it); categorical tick
+    labels and the figure title are made with :data:`PLAIN_TEXT` where they are set."""
+    for ax in fig.axes:
+        texts = [ax.title, ax.xaxis.label, ax.yaxis.label]
+        legend = ax.get_legend()
+        if legend is not None:
+            texts += legend.get_texts()
+        for t in texts:
+            t.update(dict(PLAIN_TEXT))
     return fig
 
 
@@ -118,8 +140,8 @@ def training_curves(s: dict[str, np.ndarray], title: str) -> Figure | None:
         ax = axes[k]
         ax.plot(np.arange(1, lr.size + 1), lr, color="C4")
         ax.set(xlabel="optimiser step", ylabel="learning rate", title="learning-rate schedule")
-    fig.suptitle(title, fontsize=10)
-    return fig
+    fig.suptitle(title, fontsize=10, **PLAIN_TEXT)
+    return as_typed(fig)
 
 
 def gradient_fidelity(s: dict[str, np.ndarray], title: str) -> Figure | None:
@@ -139,8 +161,8 @@ def gradient_fidelity(s: dict[str, np.ndarray], title: str) -> Figure | None:
         ax.set(xlabel="optimiser step", ylabel=name, title=f"gradient {name}")
     if _finite(rel) and (rel[np.isfinite(rel)] > 0).all():
         a2.set_yscale("log")
-    fig.suptitle(f"{title}: estimate vs exact gradient", fontsize=10)
-    return fig
+    fig.suptitle(f"{title}: estimate vs exact gradient", fontsize=10, **PLAIN_TEXT)
+    return as_typed(fig)
 
 
 @dataclass
@@ -183,8 +205,8 @@ def parameter_histograms(groups: Sequence[ParamSeries], title: str) -> Figure | 
             _log_if_positive(a2, q.ravel())
             a2.legend(fontsize=8)
         a2.set(xlabel="optimiser step", ylabel=f"{g.name} ({g.unit})", title="spread over steps")
-    fig.suptitle(f"{title}: parameters", fontsize=10)
-    return fig
+    fig.suptitle(f"{title}: parameters", fontsize=10, **PLAIN_TEXT)
+    return as_typed(fig)
 
 
 def graph_values(
@@ -256,8 +278,8 @@ def graph_values(
             for r in present
         ]
         axes[0].legend(handles=handles, fontsize=7, loc="lower left", frameon=False)
-    fig.suptitle(f"{title}: {name} on the graph", fontsize=10)
-    return fig
+    fig.suptitle(f"{title}: {name} on the graph", fontsize=10, **PLAIN_TEXT)
+    return as_typed(fig)
 
 
 def edge_paths(pos: np.ndarray, edges: np.ndarray, max_work: int = 5_000_000) -> list[np.ndarray]:
@@ -313,8 +335,8 @@ def equilibrium_diagnostics(
             ax.set_yscale("log")
         ax.set(xlabel="optimiser step", ylabel=f"largest residual ({unit})", title="residual")
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: equilibria", fontsize=10)
-    return fig
+    fig.suptitle(f"{title}: equilibria", fontsize=10, **PLAIN_TEXT)
+    return as_typed(fig)
 
 
 def _phase(phases: Sequence[str], k: int) -> str:
@@ -380,7 +402,7 @@ def sweep_axes(panels: Sequence[AxisPanel], metric: str, title: str) -> Figure |
             if (v > 0).all() and v.max() / v.min() > 30:
                 ax.set_xscale("log")
             if v.size <= 8:
-                ax.set_xticks(v, p.categories, fontsize=8)
+                ax.set_xticks(v, p.categories, fontsize=8, **PLAIN_TEXT)
         else:
             ax.set_xlim(-0.5, len(p.categories) - 0.5)
             ax.set_xticks(np.arange(len(p.categories)))
@@ -389,6 +411,7 @@ def sweep_axes(panels: Sequence[AxisPanel], metric: str, title: str) -> Figure |
                 rotation=30 if len(p.categories) > 3 else 0,
                 ha="right" if len(p.categories) > 3 else "center",
                 fontsize=8,
+                **PLAIN_TEXT,
             )
         counts = sum(cnt for _, _, cnt in p.series.values())
         for i in np.flatnonzero(np.asarray(counts) == 0):  # every run there failed or is missing
@@ -410,8 +433,8 @@ def sweep_axes(panels: Sequence[AxisPanel], metric: str, title: str) -> Figure |
             ax.legend(fontsize=7)
     for ax in axes[n:]:
         ax.set_axis_off()
-    fig.suptitle(f"{title}: final {metric}, mean ± std over seeds", fontsize=10)
-    return fig
+    fig.suptitle(f"{title}: final {metric}, mean ± std over seeds", fontsize=10, **PLAIN_TEXT)
+    return as_typed(fig)
 
 
 def sweep_curves(
@@ -436,5 +459,5 @@ def sweep_curves(
         elif metric.endswith("loss"):
             _log_if_positive(ax, *[c.mean for c in cs])
         ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: mean ± std over seeds", fontsize=10)
-    return fig
+    fig.suptitle(f"{title}: mean ± std over seeds", fontsize=10, **PLAIN_TEXT)
+    return as_typed(fig)

@@ -488,41 +488,68 @@ def _group_curves(groups: Sequence[_Group], metric: str) -> list[F.SweepCurve]:
     return out
 
 
+def sweep_figures(store: str | Path) -> dict[str, Figure]:
+    """The figures a report of the sweep store at ``store`` draws, by file name (for use in
+    notebooks and tests; :func:`make_report` writes them). Raises StoreError for anything
+    but a sweep store."""
+    from physlearn.store import StoreError
+    from physlearn.sweep import read_sweep_attrs
+
+    path = Path(store)
+    attrs = read_sweep_attrs(path)
+    if attrs is None:
+        raise StoreError(f"{path} is not a physlearn sweep store")
+    axes = [str(a) for a in attrs.get("axes", [])]
+    runs = read_sweep_runs(path, attrs)
+    name = str(attrs.get("name", path.name))
+    drawn = _sweep_figures(runs, group_runs(runs, axes), axes, _metric_names(runs), name)
+    return {file: fig for file, fig, _ in drawn if fig is not None}
+
+
+def _sweep_figures(
+    runs: Sequence[_SweepRun],
+    groups: Sequence[_Group],
+    axes: Sequence[str],
+    metrics: Sequence[str],
+    name: str,
+) -> list[tuple[str, Figure | None, str]]:
+    """(file, figure or None, caption) of every sweep figure."""
+    primary = metrics[0] if metrics else "loss"
+    curve_metrics = [m for m in ("test_accuracy", "test_loss", "loss") if m in metrics]
+    curves: dict[str, Sequence[F.SweepCurve]] = {m: _group_curves(groups, m) for m in curve_metrics}
+    more = (
+        f" (first {MAX_CURVES} of {len(groups)} configurations)" if len(groups) > MAX_CURVES else ""
+    )
+    xlabels = {
+        "test_accuracy": "optimiser step (evaluation)",
+        "test_loss": "optimiser step (evaluation)",
+        "loss": "optimiser step (moving mean of the batch loss)",
+    }
+    return [
+        (
+            "sweep_axes.png",
+            F.sweep_axes(_axis_panels(runs, axes, primary), primary, name),
+            f"Final {primary} against each swept axis: mean ± std over seeds (successful runs); "
+            "one series per combination of the other axes, or all pooled when there are many.",
+        ),
+        (
+            "sweep_curves.png",
+            F.sweep_curves(curves, xlabels, name),
+            f"Learning curves per configuration: mean and ±std band over seeds{more}.",
+        ),
+    ]
+
+
 def _sweep_report(path: Path, attrs: dict[str, Any], out_dir: Path) -> Report:
     name = str(attrs.get("name", path.name))
     axes = [str(a) for a in attrs.get("axes", [])]
     runs = read_sweep_runs(path, attrs)
     groups = group_runs(runs, axes)
     metrics = _metric_names(runs)
-    primary = metrics[0] if metrics else "loss"
     table = sweep_table(groups, axes, metrics)
     figs: list[_Figure] = []
-    _add(
-        figs,
-        "sweep_axes.png",
-        F.sweep_axes(_axis_panels(runs, axes, primary), primary, name),
-        f"Final {primary} against each swept axis: mean ± std over seeds (successful runs); "
-        "one series per combination of the other axes, or all pooled when there are many.",
-    )
-    curve_metrics = [m for m in ("test_accuracy", "test_loss", "loss") if m in metrics]
-    curves: dict[str, Sequence[F.SweepCurve]] = {m: _group_curves(groups, m) for m in curve_metrics}
-    more = (
-        f" (first {MAX_CURVES} of {len(groups)} configurations)" if len(groups) > MAX_CURVES else ""
-    )
-    _add(
-        figs,
-        "sweep_curves.png",
-        F.sweep_curves(
-            curves,
-            {
-                "test_accuracy": "optimiser step (evaluation)",
-                "test_loss": "optimiser step (evaluation)",
-                "loss": "optimiser step (moving mean of the batch loss)",
-            },
-            name,
-        ),
-        f"Learning curves per configuration: mean and ±std band over seeds{more}.",
-    )
+    for file, fig, caption in _sweep_figures(runs, groups, axes, metrics, name):
+        _add(figs, file, fig, caption)
 
     counts: dict[str, int] = {}
     for r in runs:

@@ -30,8 +30,10 @@ Run ids and the store
 A run's id is a pure function of its axis values, e.g. ``skip__beta-0.0001__sizes.1-16__seed-3``
 (variant name, then ``<axis>-<value>`` per grid axis with the shortest unambiguous suffix of its
 path, ``rand<i>-<hash>`` per random sample, ``seed-<s>``). Values that do not print losslessly as
-a file-safe word (mappings, lists, long strings) appear as a short hash. The config's ``name``
-is set to the run id. The sweep store (default ``sweeps/<name>.zarr``, relative to the working
+a file-safe word (mappings, lists, long strings) appear as a short hash. A run id is one path
+component of letters, digits and ``. _ + = -``, not starting with ``.`` (a variant name must be
+one: ``..`` or ``a/b`` is refused when the file is validated). The config's ``name`` is set to
+the run id. The sweep store (default ``sweeps/<name>.zarr``, relative to the working
 directory like ``store.root``) is a Zarr group whose attributes hold the spec and the run
 table; each run is a normal run store at ``<store>/<run_id>`` that ``physlearn inspect``,
 ``resume`` and ``report`` accept.
@@ -44,6 +46,13 @@ without a store are started. A ``fail`` run (recorded with ``exit_status=fail`` 
 ``error``) is reported and skipped, unless ``--retry-failed``: then it is resumed from its
 committed steps, like ``physlearn resume``. A run whose stored config differs from the sweep's
 expansion (the sweep file or its base was edited) is refused before anything runs.
+
+One driver at a time writes a sweep store: it holds the store's writer lock
+(:mod:`physlearn.storelock`) for the whole sweep, and a second driver exits 2 naming the holder.
+A sweep deletes nothing it cannot prove it made: every run store it creates records the sweep
+store's ``guid`` and its run id (its ``sweep`` attribute); a directory under a run's name that
+is not a run store is refused (exit 2), never replaced; and only an unlocked construction
+leftover ``.<run_id>.creating-<hex>`` carrying this sweep's identity is removed.
 
 Execution
 ---------
@@ -80,7 +89,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, field_validator, model_validator
 
 from physlearn.config import (
     ConfigError,
@@ -98,12 +107,18 @@ if TYPE_CHECKING:
 SWEEP_KIND = "physlearn-sweep"
 SAFE_WORD = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 MAX_ID_LENGTH = 150
+#: A run id: one path component, never ``.``/``..`` nor hidden (inside a sweep store, hidden
+#: entries are the lock file and run stores still being created), from a portable character set.
+RUN_ID = re.compile(rf"^[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{{0,{MAX_ID_LENGTH - 1}}}$")
+MAX_VARIANT_LENGTH = 64
 
 DottedPath = Annotated[
     str,
     StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$"),
 ]
-FileSafeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]+$", max_length=64)]
+FileSafeName = Annotated[
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_+=-][A-Za-z0-9._+=-]*$", max_length=64)
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -210,8 +225,10 @@ class SweepSpec(StrictModel):
     set: dict[DottedPath, Any] = Field(
         default_factory=dict, description="overrides applied to every run"
     )
-    variants: dict[FileSafeName, Variant] = Field(
-        default_factory=dict, description="named patches (an axis of the sweep)"
+    variants: dict[str, Variant] = Field(
+        default_factory=dict,
+        description="named patches (an axis of the sweep); a name is 1-64 letters, digits and "
+        ". _ + = -, not starting with '.' (it begins the run ids, the runs' directory names)",
     )
     grid: dict[DottedPath, list[Any]] = Field(
         default_factory=dict, description="config field (dotted path) -> list of values"
@@ -223,6 +240,18 @@ class SweepSpec(StrictModel):
     store: str | None = Field(
         None, description="sweep store path (default sweeps/<name>.zarr, relative to the cwd)"
     )
+
+    @field_validator("variants")
+    @classmethod
+    def _variant_names(cls, variants: dict[str, Variant]) -> dict[str, Variant]:
+        for vname in variants:
+            if len(vname) > MAX_VARIANT_LENGTH or not RUN_ID.match(vname):
+                raise ValueError(
+                    f"{vname!r} is not a valid variant name: it names the runs' directories, so "
+                    f"use 1-{MAX_VARIANT_LENGTH} letters, digits and . _ + = - (not starting "
+                    "with '.')"
+                )
+        return variants
 
     @model_validator(mode="after")
     def _consistent(self) -> SweepSpec:
@@ -406,6 +435,9 @@ def expand(spec: SweepSpec, folder: Path, source: Path | None = None) -> Sweep:
         if len(run_id) > MAX_ID_LENGTH:
             run_id = f"{run_id[: MAX_ID_LENGTH - 10]}-{_digest(parts, 8)}"
         described = _describe(axes, seed)
+        if not RUN_ID.match(run_id):  # the spec's checks make every id safe; never build a path
+            errors.append(f"run {run_id!r} ({described}): not a safe directory name")
+            continue
         if run_id in ids:
             errors.append(
                 f"run {run_id!r}: the axis values {described} and {ids[run_id]} give the same "
@@ -498,11 +530,15 @@ def _describe(axes: dict[str, Any], seed: int | None) -> str:
 # The worker task
 
 
-def run_task(config: dict[str, Any], path: str) -> dict[str, Any]:
+def run_task(
+    config: dict[str, Any], path: str, owner: dict[str, str] | None = None
+) -> dict[str, Any]:
     """Run (or resume) one experiment at ``path``: a pure function of its arguments, so Dask can
     ship it to any worker. Never raises for a failing run: returns its outcome
     (``status``, ``action``, ``committed_steps``, ``metrics``, ``guid``, ``error``,
-    ``traceback``); the run store records ``exit_status=fail`` and ``error`` itself."""
+    ``traceback``); the run store records ``exit_status=fail`` and ``error`` itself. A new run
+    store records ``owner`` (the sweep's guid and the run id) as its ``sweep`` attribute: what
+    proves that the sweep made it (see :func:`_remove_own_run`)."""
     from physlearn.orchestrator import resume_run, start_run
 
     p = Path(path)
@@ -512,7 +548,8 @@ def run_task(config: dict[str, Any], path: str) -> dict[str, Any]:
         if action == "resumed":
             res = resume_run(p)
         else:
-            res = start_run(parse_config(config, f"run {p.name!r}"), p)
+            extra = {"sweep": owner} if owner is not None else None
+            res = start_run(parse_config(config, f"run {p.name!r}"), p, extra_attrs=extra)
         out.update(status=res.status, metrics=res.metrics)
     except Exception as exc:
         out.update(
@@ -610,16 +647,6 @@ def read_sweep_attrs(path: str | Path) -> dict[str, Any] | None:
     return attrs if attrs.get("kind") == SWEEP_KIND else None
 
 
-def _driver_alive(attrs: dict[str, Any]) -> int | None:
-    from physlearn.store import _pid_alive
-
-    d = attrs.get("driver") or {}
-    pid = int(d.get("pid", -1))
-    if d.get("host") == socket.gethostname() and pid != os.getpid() and _pid_alive(pid):
-        return pid
-    return None
-
-
 def plan(sweep: Sweep, root: Path, retry_failed: bool = False) -> list[RunRecord]:
     """Decide what to do with every run; reads the store, writes nothing. Raises ConfigError
     when the store is not this sweep's or a stored run was made from a different config."""
@@ -627,23 +654,22 @@ def plan(sweep: Sweep, root: Path, retry_failed: bool = False) -> list[RunRecord
     from physlearn.store import RunStore, StoreError
 
     old_rows: dict[str, dict[str, Any]] = {}
-    if root.exists():
-        attrs = read_sweep_attrs(root)
-        if attrs is None:
-            raise ConfigError(f"{root} exists and is not a physlearn sweep store")
-        pid = _driver_alive(attrs)
-        if pid is not None:
-            raise ConfigError(f"{root} is being run by process {pid}; wait for it or stop it")
+    if _check_root(root, locked=False):
+        attrs = read_sweep_attrs(root) or {}
         old_rows = {r["run_id"]: r for r in attrs.get("runs", [])}
     records: list[RunRecord] = []
     for run in sweep.runs:
         rec = RunRecord(run.run_id, run.axes, run.seed, total_steps=run.config.total_steps())
         gpath = root / run.run_id
         try:
-            store = RunStore.open(gpath) if gpath.exists() else None
+            store = RunStore.open(gpath) if gpath.exists() or gpath.is_symlink() else None
+            if gpath.is_symlink():
+                raise StoreError(f"{gpath} is a symbolic link")
         except StoreError:
-            store = None  # a group whose creation never completed: started afresh
-            rec.action = "start"
+            raise ConfigError(
+                f"{gpath} exists and is not a run of this sweep; move it away (a sweep deletes "
+                "nothing it cannot prove it made)"
+            ) from None
         if store is not None:
             stored = parse_config(store.attrs["config"], f"{gpath} (stored config)")
             diff = _config_diff(stored.model_dump(mode="json"), run.config_dict())
@@ -812,7 +838,10 @@ def run_sweep(
     ``workers=0`` runs in this process without Dask; otherwise a LocalCluster of ``workers``
     processes (default: one per CPU) or the scheduler at ``scheduler``. Raises ConfigError
     before writing anything when the store cannot hold this sweep. KeyboardInterrupt cancels
-    the remaining runs (the store keeps every committed step) and propagates."""
+    the remaining runs (the store keeps every committed step) and propagates.
+
+    The driver holds the sweep store's writer lock (:mod:`physlearn.storelock`) throughout: a
+    second driver of the same store raises ConfigError naming the holder, before it writes."""
     if workers is not None and workers < 0:
         raise ConfigError(f"--workers {workers}: give a number >= 0")
     if scheduler is not None and workers is not None:
@@ -822,8 +851,10 @@ def run_sweep(
     root = sweep.store_path(out)
     timings: dict[str, float] = {}
     with ExitStack() as stack:
+        stack.enter_context(_driver_lock(root))
         local: _ClusterStart | None = None
-        if scheduler is None and workers != 0 and sweep.runs and not root.exists():
+        new_store = read_sweep_attrs(root) is None
+        if scheduler is None and workers != 0 and sweep.runs and new_store:
             # a new store: every run is to start, so the cluster's size is known before planning
             local = _ClusterStart(_n_workers(workers, len(sweep.runs)), timings)
             stack.callback(local.close)
@@ -844,27 +875,88 @@ def run_sweep(
             _write_table(group, records)
             if todo and local is not None:
                 client = local.client()
-            _execute(group, root, todo, records, client, progress, on_result, result)
+            guid = str(group.attrs["guid"])
+            _execute(group, root, todo, records, client, progress, on_result, result, guid)
         finally:
             _release(group, records)
     return result
 
 
+@contextmanager
+def _driver_lock(root: Path) -> Iterator[None]:
+    """Hold the writer lock of the sweep store at ``root`` (creating its directory when there is
+    none) for the ``with`` block. Raises ConfigError when another driver holds it (naming it), or
+    when ``root`` is something else: nothing is written into a directory that is not a sweep
+    store, or one being created."""
+    from physlearn.storelock import StoreLock, StoreLockedError
+
+    _check_root(root, locked=False)
+    lock = StoreLock(root, "sweep driver")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock.acquire()
+    except StoreLockedError as exc:
+        raise ConfigError(str(exc)) from None
+    except OSError as exc:
+        raise ConfigError(f"{root}: cannot create or lock the sweep store ({exc})") from None
+    try:
+        _check_root(root, locked=True)  # what it is now that no other driver can change it
+        yield
+    finally:
+        lock.release()
+
+
+def _check_root(root: Path, locked: bool) -> bool:
+    """Whether ``root`` is a sweep store (False: there is none yet -- no directory, or one that
+    holds only the lock file of a driver that stopped before creating the store). Raises
+    ConfigError for anything else. Unlocked, a directory with a lock file and no readable
+    metadata passes: another driver may be creating the store right now, and its lock decides."""
+    from physlearn.storelock import LOCK_NAME
+
+    if not root.exists() and not root.is_symlink():
+        return False
+    if root.is_dir():
+        if read_sweep_attrs(root) is not None:
+            return True
+        entries = {e.name for e in root.iterdir()}
+        if entries <= {LOCK_NAME}:
+            return False
+        if not locked and LOCK_NAME in entries and _metadata(root) is None:
+            return False
+    raise ConfigError(f"{root} exists and is not a physlearn sweep store; choose another --out")
+
+
+def _metadata(root: Path) -> dict[str, Any] | None:
+    """The parsed ``zarr.json`` of ``root``, or None when it is missing or unreadable."""
+    try:
+        meta = json.loads((root / "zarr.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return meta if isinstance(meta, dict) else None
+
+
 def _create_or_claim(root: Path, sweep: Sweep) -> Any:
+    """The sweep store's group, created when new (with a ``guid``: the sweep's identity, which
+    every run store it creates records). Call with the driver lock held."""
+    import uuid
+
     import zarr
 
     from physlearn import __version__
 
-    if root.exists():
-        group = _open_root(root)
+    if read_sweep_attrs(root) is None:  # the driver lock made the (empty) directory
+        attrs: dict[str, Any] = {"kind": SWEEP_KIND, "created": _now(), "guid": uuid.uuid4().hex}
+        group = zarr.open_group(str(root), mode="a", zarr_format=3, attributes=attrs)
     else:
-        root.parent.mkdir(parents=True, exist_ok=True)
-        group = zarr.open_group(str(root), mode="w-", zarr_format=3)
-        group.update_attributes({"kind": SWEEP_KIND, "created": _now()})
-    for run in sweep.runs:  # a group whose creation never completed is started afresh
-        gpath = root / run.run_id
-        if gpath.exists() and not _is_run(gpath):
-            shutil.rmtree(gpath)
+        group = _open_root(root)
+        if "guid" not in group.attrs:  # a store made before sweeps had an identity
+            group.update_attributes({"guid": uuid.uuid4().hex})
+    guid = str(group.attrs["guid"])
+    ids = {run.run_id for run in sweep.runs}
+    for entry in root.iterdir():  # run stores whose creation a crash interrupted
+        rid, sep, _ = entry.name[1:].partition(".creating-")
+        if entry.name.startswith(".") and sep and rid in ids:
+            _remove_own_run(root, entry.name, rid, guid)
     group.update_attributes(
         {
             "name": sweep.spec.name,
@@ -879,13 +971,42 @@ def _create_or_claim(root: Path, sweep: Sweep) -> Any:
     return group
 
 
-def _is_run(path: Path) -> bool:
+def _owned(path: Path, run_id: str, guid: str) -> bool:
+    """Whether ``path`` is a run store that this sweep (``guid``) created as ``run_id``."""
     from physlearn.store import RunStore, StoreError
 
     try:
-        RunStore.open(path)
+        attrs = RunStore.open(path).attrs
     except StoreError:
         return False
+    return attrs.get("sweep") == {"guid": guid, "run_id": run_id}
+
+
+def _remove_own_run(root: Path, name: str, run_id: str, guid: str) -> bool:
+    """Remove ``root/name`` only when it is provably a run group this sweep created: a real
+    directory (no link) directly inside ``root``, a run store whose ``sweep`` attribute names
+    this sweep's ``guid`` and ``run_id``, and not locked by a writer (its lock is taken before
+    removing). Returns whether it was removed; anything else is left as it is."""
+    from physlearn.storelock import StoreLock, StoreLockedError
+
+    if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+        return False
+    path = root / name
+    if path.is_symlink() or not path.is_dir():
+        return False
+    if path.resolve().parent != root.resolve() or not _owned(path, run_id, guid):
+        return False
+    lock = StoreLock(path, "sweep driver removing an unfinished run")
+    try:
+        lock.acquire()
+    except (StoreLockedError, OSError):
+        return False
+    try:
+        if not _owned(path, run_id, guid):  # changed before the lock was ours
+            return False
+        shutil.rmtree(path)
+    finally:
+        lock.release()
     return True
 
 
@@ -911,6 +1032,7 @@ def _execute(
     progress: bool,
     on_result: Callable[[RunRecord], None] | None,
     result: SweepResult,
+    guid: str,
 ) -> None:
     from tqdm import tqdm
 
@@ -945,12 +1067,13 @@ def _execute(
         if client is None:
             for run, rec in todo:
                 rec.status = "running"
-                out = run_task(run.config_dict(), str(root / run.run_id))
+                owner = {"guid": guid, "run_id": run.run_id}
+                out = run_task(run.config_dict(), str(root / run.run_id), owner)
                 finish(rec, out)
                 if out["status"] == "abort":
                     raise KeyboardInterrupt
         else:
-            _execute_dask(client, root, todo, finish)
+            _execute_dask(client, root, todo, finish, guid)
     except KeyboardInterrupt:
         result.interrupted = True
         for _, rec in todo:
@@ -966,6 +1089,7 @@ def _execute_dask(
     root: Path,
     todo: list[tuple[PlannedRun, RunRecord]],
     finish: Callable[[RunRecord, dict[str, Any]], None],
+    guid: str,
 ) -> None:
     import uuid
 
@@ -979,6 +1103,7 @@ def _execute_dask(
             run_task,
             run.config_dict(),
             str((root / run.run_id).resolve()),
+            {"guid": guid, "run_id": run.run_id},
             key=f"physlearn-run-{run.run_id}-{uuid.uuid4().hex[:8]}",
             pure=False,
             retries=0,
@@ -1031,10 +1156,14 @@ def sweep_command(
     sweep = load_sweep(sweep_file)
     root = sweep.store_path(out)
     if dry_run:
+        from physlearn.storelock import holder, is_locked
+
         records = plan(sweep, root, retry_failed)
         print(f"sweep {sweep.spec.name}: {len(records)} valid runs -> {root}")
         for rec in records:
             print(f"  {rec.action:6s} {rec.run_id}  [{rec.status}]")
+        if is_locked(root):
+            print(f"  note: the store is being run now ({holder(root)})")
         return 0
     n = len(sweep.runs)
     print(f"sweep {sweep.spec.name}: {n} runs -> {root}", flush=True)

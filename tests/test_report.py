@@ -122,7 +122,7 @@ def test_report_of_something_else_is_a_user_error(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert main(["report", str(tmp_path / "nothing.zarr")]) == 2
-    assert "no zarr.json" in capsys.readouterr().err
+    assert "nothing.zarr does not exist" in capsys.readouterr().err
     assert not (tmp_path / "nothing.zarr.report").exists()
 
 
