@@ -225,3 +225,26 @@ def test_dry_run_names_a_running_driver(tmp_path: Path, capsys: pytest.CaptureFi
     printed = capsys.readouterr().out
     assert "start  seed-1  [pending]" in printed
     assert "being run now (sweep driver by pid" in printed
+
+
+def test_only_this_sweeps_unlocked_construction_leftovers_are_removed(tmp_path: Path) -> None:
+    import shutil
+
+    two, out = _two_seed_store(tmp_path)
+    guid = str((read_sweep_attrs(out) or {})["guid"])
+    ours = out / ".seed-1.creating-ours"  # a run store of this sweep, killed before its rename
+    shutil.copytree(out / "seed-0", ours)
+    RunStore.open(ours, mode="r+").update_attrs(sweep={"guid": guid, "run_id": "seed-1"})
+    other = out / ".seed-1.creating-other"  # the same, but made by another sweep
+    shutil.copytree(ours, other)
+    RunStore.open(other, mode="r+").update_attrs(sweep={"guid": "elsewhere", "run_id": "seed-1"})
+    stranger = out / ".seed-1.creating-stranger"  # not a run store at all
+    stranger.mkdir()
+    (stranger / "keep.txt").write_text("precious")
+    locked = out / ".seed-1.creating-locked"  # ours, but a writer holds it
+    shutil.copytree(ours, locked)
+    with StoreLock(locked, "a test holding it"):
+        assert main(["sweep", str(two), "--out", str(out), "--workers", "0"]) == 0
+    assert not ours.exists()
+    assert other.is_dir() and locked.is_dir() and (stranger / "keep.txt").read_text() == "precious"
+    assert RunStore.open(out / "seed-1").status() == "success"
