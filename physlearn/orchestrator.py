@@ -11,6 +11,7 @@ Ctrl-C twice: stop inside the step, commit the steps already complete, leave the
 
 from __future__ import annotations
 
+import errno
 import math
 import signal
 import sys
@@ -51,7 +52,7 @@ from physlearn.losses import Loss, get_loss
 from physlearn.memory import retain_freed_memory
 from physlearn.optim import Optimizer, lr_factor, project
 from physlearn.recorder import ArrayMeta, Recorder
-from physlearn.store import Checkpoint, RunStore, to_jsonable
+from physlearn.store import Checkpoint, DiskFullError, RunStore, to_jsonable
 from physlearn.system import ExactGradient, Graph, Params, PhysicalSystem
 from physlearn.task import Task, evaluate_loss, step_rng
 
@@ -542,7 +543,11 @@ class Campaign:
         return status
 
     def _safe_flush(self) -> None:
-        """Commit the steps already complete; never let a second failure hide the first."""
+        """Commit the steps already complete; never let a second failure hide the first.
+        Nothing is committed after a commit failed (the recorder refuses): its records are lost,
+        so later ones would land at the wrong steps."""
+        if self.recorder.failed is not None:
+            return
         try:
             self.flush()
             self.recorder.drain()
@@ -765,13 +770,17 @@ def start_run(
     extra_attrs: dict[str, Any] | None = None,
 ) -> RunResult:
     """Create a store and train. Raises ConfigError (before creating anything) for bad input.
-    ``extra_attrs`` are stored with the run's attributes (a sweep records itself there)."""
+    ``extra_attrs`` are stored with the run's attributes (a sweep records itself there).
+    The store appears under its name complete or not at all, and this process holds its
+    writer lock until the run ends."""
     system = build_system(config)
     path = Path(out) if out is not None else default_run_path(config)
     try:
         store = create_store(config, system, path, extra_attrs)
-    except BaseException:
+    except BaseException as exc:
         system.close()  # snapshot() may have connected to instruments
+        if _disk_full(exc) is not None:
+            raise DiskFullError(_disk_full_message(exc, path, None)) from None
         raise
     return _drive(config, system, store, progress, handle_signals, on_step)
 
@@ -782,17 +791,27 @@ def resume_run(
     handle_signals: bool = False,
     on_step: Callable[[int], None] | None = None,
 ) -> RunResult:
-    store = RunStore.open(path, mode="r+")
-    status = store.status()
-    if status == "running":
-        raise ConfigError(f"{path} is still being written by process {store.attrs.get('pid')}")
-    config = parse_config(store.attrs["config"], f"{path} (stored config)")
-    if status == "success":
-        return RunResult(Path(path), "success", store.committed(), _last_metrics(store))
-    system = build_system(config)
-    store.truncate_to_committed()
-    store.reopen_for_resume()
-    return _drive(config, system, store, progress, handle_signals, on_step)
+    """Continue a run from its last commit. Takes the store's writer lock first (another
+    writer: StoreLockedError naming it) and verifies the checkpoint and the last commit against
+    their checksums (damage: StoreError naming the array and steps) before anything is used."""
+    store = RunStore.open(path, mode="r+", writer="physlearn resume")
+    try:
+        config = parse_config(store.attrs["config"], f"{path} (stored config)")
+        if store.attrs.get("exit_status") == "success":
+            return RunResult(Path(path), "success", store.committed(), _last_metrics(store))
+        store.verify(full=False)
+        system = build_system(config)
+        try:
+            store.truncate_to_committed()
+            store.reopen_for_resume()
+        except BaseException as exc:
+            system.close()
+            if _disk_full(exc) is not None:
+                raise DiskFullError(_disk_full_message(exc, store.path, store)) from None
+            raise
+        return _drive(config, system, store, progress, handle_signals, on_step)
+    finally:
+        store.release()
 
 
 def _drive(
@@ -803,21 +822,59 @@ def _drive(
     handle_signals: bool,
     on_step: Callable[[int], None] | None,
 ) -> RunResult:
-    retain_freed_memory()
-    campaign = Campaign(config, system, store)
-    status = "fail"
     try:
-        with _signals(campaign.flag, handle_signals), system:
-            start = campaign.initialise()
-            status = campaign.run(start, progress, on_step)
-    except BaseException as exc:
+        retain_freed_memory()
+        campaign = Campaign(config, system, store)
+        status = "fail"
+        try:
+            with _signals(campaign.flag, handle_signals), system:
+                start = campaign.initialise()
+                status = campaign.run(start, progress, on_step)
+            store.finish(status)
+        except BaseException as exc:
+            _record_failure(store, exc)
+            if _disk_full(exc) is not None:
+                raise DiskFullError(_disk_full_message(exc, store.path, store)) from None
+            raise
+        return RunResult(store.path, status, store.committed(), _last_metrics(store))
+    finally:
+        store.release()
+
+
+def _record_failure(store: RunStore, exc: BaseException) -> None:
+    """Mark the run failed (or aborted) with its error; on a full disk this write may fail too,
+    and then the store stays as its last commit left it (status ``interrupted``)."""
+    try:
         store.finish(
             "fail" if not isinstance(exc, KeyboardInterrupt) else "abort",
             error=f"{type(exc).__name__}: {exc}",
         )
-        raise
-    store.finish(status)
-    return RunResult(store.path, status, store.committed(), _last_metrics(store))
+    except OSError as again:
+        if _disk_full(again) is None:
+            raise
+
+
+def _disk_full(exc: BaseException) -> OSError | None:
+    """The out-of-space (or quota) error behind ``exc``, if any."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+def _disk_full_message(exc: BaseException, path: Path, store: RunStore | None) -> str:
+    """One line: what filled up, how many steps are committed, how to continue."""
+    err = _disk_full(exc)
+    what = "disk quota exceeded" if err is not None and err.errno == errno.EDQUOT else "disk full"
+    if store is None:
+        return f"{what}: no room to create {path}; free space and run again"
+    return (
+        f"{what}: no room left on the filesystem holding {path} ({err.filename if err else ''}); "
+        f"{store.committed()} steps are committed and intact: free space, then "
+        f"`physlearn resume {path}` continues"
+    )
 
 
 def _last_metrics(store: RunStore) -> dict[str, float]:

@@ -42,6 +42,9 @@ class Recorder:
         self._committed_steps = store.committed("step")
         self.buffered_bytes = 0
         self._existing: set[str] | None = None  # the store's arrays (listed on the first write)
+        #: the error of a commit that failed; nothing is committed after it (its records are
+        #: lost, so later records would be appended at the wrong steps)
+        self.failed: BaseException | None = None
 
     @property
     def committed_steps(self) -> int:
@@ -78,6 +81,8 @@ class Recorder:
         steps); returns once the previous commit is complete."""
         if not self.counts["step"] and not self.counts["eval"]:
             return
+        if self.failed is not None:
+            raise RuntimeError("an earlier commit failed; nothing more is committed")
         rows, counts, self.rows = self.rows, dict(self.counts), {}
         self.counts = {"step": 0, "eval": 0}
         self.buffered_bytes = 0
@@ -96,7 +101,11 @@ class Recorder:
         """Block until the commit in flight is on disk; re-raise its error."""
         if self._pending is not None:
             pending, self._pending = self._pending, None
-            pending.result()
+            try:
+                pending.result()
+            except BaseException as exc:
+                self.failed = exc
+                raise
 
     def drain(self) -> None:
         """Finish the commit in flight and stop the writer thread."""

@@ -18,22 +18,33 @@ Layout
   ``edge_group``. Arrays, not run attributes: every commit rewrites the run attributes, and a
   10 000-node layout would make each commit re-encode half a megabyte of JSON.
 
+* ``integrity``: per-commit checksums (:mod:`physlearn.integrity`); the run attribute
+  ``integrity_commits`` counts the committed records. Stores made before it have neither.
+
 Crash safety
 ------------
-A commit writes the data of the new records (Zarr resizes first, so a crash can leave a
-fill-value tail), then the checkpoint into the slot *not* in use, then -- last -- the attributes
-naming the new ``committed_steps`` and slot. zarr's local store replaces files atomically, so a
-reader or a resume trusts exactly ``committed_steps`` records and the slot named beside them.
+A store is built in a hidden sibling directory (``.<name>.creating-<hex>``) and renamed to its
+name when complete, so a crash during creation leaves nothing under the name. A commit writes
+the data of the new records (Zarr resizes first, so a crash can leave a fill-value tail), the
+checkpoint into the slot *not* in use and the commit's checksum record, then -- last -- the
+attributes naming the new ``committed_steps`` and slot. zarr's local store replaces files
+atomically, so a reader or a resume trusts exactly ``committed_steps`` records and the slot named
+beside them. One process writes a store at a time: it holds the store's
+:class:`~physlearn.storelock.StoreLock` from creation or resume until it ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import os
+import re
+import shutil
 import socket
 import time
 import uuid
+import warnings
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +52,8 @@ from typing import Any
 
 import numpy as np
 
+from physlearn import integrity
+from physlearn.storelock import LOCK_NAME, StoreLock, StoreLockedError, is_locked
 from physlearn.system import FloatArray, Params
 
 APPEND_DIMS = ("step", "eval")
@@ -75,10 +88,22 @@ class StoreError(RuntimeError):
     """The store is not a physlearn run, or is damaged; the message says what is wrong."""
 
 
+class DiskFullError(RuntimeError):
+    """The disk (or quota) holding a store filled up during a run; the message says where, how
+    many steps are committed and how to continue."""
+
+
+#: A store under construction: ``.<final name>.creating-<hex>`` beside its final name.
+CREATING = ".creating-"
+#: A left-over construction directory older than this (and not locked) is removed.
+STALE_BUILD_SECONDS = 60.0
+
+
 class RunStore:
-    def __init__(self, path: Path, group: Any) -> None:
+    def __init__(self, path: Path, group: Any, lock: StoreLock | None = None) -> None:
         self.path = path
         self.group = group
+        self.lock = lock  # held while this process writes the store
         # open handles: zarr re-reads and parses an array's metadata on every lookup by name
         self._arrays: dict[str, Any] = {}
         self._slots: dict[str, Any] = {}
@@ -103,40 +128,57 @@ class RunStore:
         import zarr
 
         p = Path(path)
-        if p.exists():
+        if p.exists() or p.is_symlink():
             raise StoreError(f"{p} already exists; choose another --out or resume it")
-        g = zarr.open_group(str(p), mode="w-", zarr_format=3)
-        for name, (values, units) in coords.items():
-            values = np.asarray(values)
-            dtype: Any = str if values.dtype.kind in "UO" else values.dtype
-            a = g.create_array(
-                name,
-                shape=values.shape,
-                dtype=dtype,
-                dimension_names=[name],
-                attributes={"units": units, "long_name": name},
+        _remove_stale_builds(p)
+        tmp = p.parent / f".{p.name}{CREATING}{uuid.uuid4().hex[:12]}"
+        tmp.mkdir()
+        lock = StoreLock(tmp, "physlearn run")
+        try:
+            lock.acquire()  # held across the rename: the lock file moves with the directory
+            # "a": the directory is ours and new, but already holds the lock file
+            g = zarr.open_group(str(tmp), mode="a", zarr_format=3)
+            _populate(g, coords, checkpoint_shapes, graph)
+            g.update_attributes(
+                {
+                    **attrs,
+                    "guid": str(uuid.uuid4()),
+                    "run_timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                    "committed_steps": 0,
+                    "committed_evals": 0,
+                    "integrity_commits": 0,
+                    "checkpoint_slot": "",
+                    "pid": os.getpid(),
+                    "host": socket.gethostname(),
+                }
             )
-            a[...] = values
-        ck = g.create_group("checkpoint")
-        for slot in ("a", "b"):
-            sg = ck.create_group(slot)
-            for key, shape in checkpoint_shapes.items():
-                sg.create_array(key.replace("/", "__"), shape=shape, dtype="f8", compressors=None)
-        if graph is not None:
-            _write_graph(g.create_group("graph"), graph)
-        g.update_attributes(
-            {
-                **attrs,
-                "guid": str(uuid.uuid4()),
-                "run_timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "committed_steps": 0,
-                "committed_evals": 0,
-                "checkpoint_slot": "",
-                "pid": os.getpid(),
-                "host": socket.gethostname(),
-            }
-        )
-        return cls(p, g)
+            _publish(tmp, p)
+        except BaseException:
+            lock.release()
+            shutil.rmtree(tmp, ignore_errors=True)  # our own directory, made above
+            raise
+        lock.path = p
+        return cls(p, zarr.open_group(str(p), mode="r+", zarr_format=3), lock)
+
+    def release(self) -> None:
+        """Give back the writer lock (if this process holds it)."""
+        if self.lock is not None:
+            self.lock.release()
+            self.lock = None
+
+    # -- integrity ---------------------------------------------------------------------------
+    def verify(self, full: bool = True) -> str:
+        """Check the store against its checksums (:func:`physlearn.integrity.verify_group`);
+        return a one-line verdict, or raise StoreError naming the first damaged array and
+        step range."""
+        damage = integrity.verify_group(self.group, full)
+        if damage is None:
+            return f"{self.path}: carries no checksums (made before physlearn recorded them)"
+        if damage:
+            raise StoreError(f"{self.path} is damaged: {integrity.summarise(damage)}")
+        what = "verified" if full else "checkpoint and last commit verified"
+        n = self.committed("step")
+        return f"{self.path}: {what} ({n} steps, {self.committed('eval')} evaluations)"
 
     def create_array(
         self,
@@ -173,19 +215,36 @@ class RunStore:
         self._arrays[name] = a
 
     @classmethod
-    def open(cls, path: str | Path, mode: str = "r") -> RunStore:
+    def open(cls, path: str | Path, mode: str = "r", writer: str | None = None) -> RunStore:
+        """Open a run group; ``writer`` (a purpose, e.g. ``"physlearn resume"``) first takes
+        its writer lock, raising StoreLockedError (naming the holder) if another process has it.
+        """
         import zarr
 
         p = Path(path)
+        if not p.exists():
+            raise StoreError(
+                f"{p} does not exist (a run killed while its store was being created leaves "
+                f"nothing: start it again with `physlearn run CONFIG --out {p}`)"
+            )
         if not (p / "zarr.json").is_file():
             raise StoreError(f"{p} is not a Zarr group (no zarr.json)")
+        lock = StoreLock(p, writer) if writer else None
         try:
+            if lock is not None:
+                _acquire(lock)
             g = zarr.open_group(str(p), mode=mode, zarr_format=3)  # type: ignore[arg-type]
+            if "committed_steps" not in g.attrs or "config" not in g.attrs:
+                raise StoreError(f"{p} is a Zarr group but not a physlearn run")
+        except (StoreError, StoreLockedError):
+            if lock is not None:
+                lock.release()
+            raise
         except Exception as exc:  # zarr raises several types for damaged metadata
+            if lock is not None:
+                lock.release()
             raise StoreError(f"{p}: cannot open the Zarr group ({exc})") from exc
-        if "committed_steps" not in g.attrs or "config" not in g.attrs:
-            raise StoreError(f"{p} is a Zarr group but not a physlearn run")
-        return cls(p, g)
+        return cls(p, g, lock)
 
     def graph_layout(self) -> dict[str, Any] | None:
         """The system's graph as :meth:`physlearn.system.Graph.graph_layout` gives it (None when
@@ -213,12 +272,11 @@ class RunStore:
         self.group.update_attributes(values)
 
     def status(self) -> str:
-        a = self.group.attrs
-        if "exit_status" in a:
-            return str(a["exit_status"])
-        if a.get("host") == socket.gethostname() and _pid_alive(int(a.get("pid", -1))):
+        """``running`` while a process holds the writer lock (this one included), else the
+        recorded exit status, else ``interrupted`` (its writer died)."""
+        if is_locked(self.path):
             return "running"
-        return "interrupted"
+        return str(self.group.attrs.get("exit_status", "interrupted"))
 
     def array(self, name: str) -> Any:
         if name not in self._arrays:
@@ -226,15 +284,24 @@ class RunStore:
         return self._arrays[name]
 
     def array_names(self) -> list[str]:
-        return sorted(k for k, _ in self.group.arrays())
+        with warnings.catch_warnings():
+            # zarr warns about every file it does not know while listing (the writer lock)
+            warnings.filterwarnings("ignore", message=f"Object at {re.escape(LOCK_NAME)}")
+            return sorted(k for k, _ in self.group.arrays())
 
     def read(self, name: str) -> np.ndarray:
         """An appendable array up to its committed length (or a coordinate, whole)."""
-        a = self.array(name)
-        dims = a.metadata.dimension_names or ()
-        if dims and dims[0] in APPEND_DIMS:
-            return np.asarray(a[: self.committed(dims[0])])
-        return np.asarray(a[...])
+        try:
+            a = self.array(name)
+            dims = a.metadata.dimension_names or ()
+            if dims and dims[0] in APPEND_DIMS:
+                return np.asarray(a[: self.committed(dims[0])])
+            return np.asarray(a[...])
+        except Exception as exc:  # zarr and numcodecs raise many types for a damaged chunk
+            raise StoreError(
+                f"{self.path}: array {name!r} cannot be read ({integrity.short(exc)}); "
+                f"`physlearn inspect {self.path} --verify` checks the whole store"
+            ) from None
 
     # -- commits -----------------------------------------------------------------------------
     def commit(
@@ -248,6 +315,15 @@ class RunStore:
         ``checkpoint``; ``counts`` gives the number of new records per append dim and ``attrs``
         extra run attributes written with the commit marker."""
         start = {d: self.committed(d) for d in APPEND_DIMS}
+        slot = "b" if self.group.attrs.get("checkpoint_slot") == "a" else "a"
+        logged = "integrity_commits" in self.group.attrs  # a store made before checksums: none
+        rec = integrity.CommitRecord(
+            int(self.group.attrs.get("integrity_commits", 0)),
+            start["step"] + counts.get("step", 0),
+            start["eval"] + counts.get("eval", 0),
+            slot,
+            checkpoint.step,
+        )
         jobs = []
         for name, data in records.items():
             a = self.array(name)
@@ -256,23 +332,35 @@ class RunStore:
             if data.shape[0] != n:
                 raise ValueError(f"{name}: {data.shape[0]} records, expected {n}")
             if n:
+                data = np.asarray(data, dtype=a.dtype)  # the checksum of the values stored
                 jobs.append(_append(a.async_array, start[dim], data))
-        slot = "b" if self.group.attrs.get("checkpoint_slot") == "a" else "a"
-        jobs += self._checkpoint_jobs(slot, checkpoint)
-        # Every array's resize + write (and the checkpoint slot) concurrently on zarr's I/O loop;
-        # the commit marker below is written only after all of them completed.
+                if logged:
+                    rec.rows[name] = (dim, start[dim], start[dim] + n, integrity.digest(data))
+        jobs += self._checkpoint_jobs(slot, checkpoint, rec.checkpoint)
+        marker: dict[str, Any] = {}
+        if logged:
+            jobs.append(integrity.append_record(self._log().async_array, rec))
+            marker["integrity_commits"] = rec.index + 1
+        # Every array's resize + write (and the checkpoint slot and the checksum record)
+        # concurrently on zarr's I/O loop; the commit marker is written after all completed.
         _run_all(jobs)
         self._slot(slot).update_attributes({"step": checkpoint.step})
         # one metadata write: zarr's attrs.update() would write zarr.json once per key, and a
         # kill between keys would tear the commit marker
         self.group.update_attributes(
             {
-                "committed_steps": start["step"] + counts.get("step", 0),
-                "committed_evals": start["eval"] + counts.get("eval", 0),
+                "committed_steps": rec.steps,
+                "committed_evals": rec.evals,
                 "checkpoint_slot": slot,
+                **marker,
                 **(attrs or {}),
             }
         )
+
+    def _log(self) -> Any:
+        if "__log__" not in self._arrays:
+            self._arrays["__log__"] = self.group[integrity.GROUP][integrity.LOG]
+        return self._arrays["__log__"]
 
     def _slot(self, slot: str) -> Any:
         if slot not in self._slots:
@@ -285,15 +373,21 @@ class RunStore:
             self._slot_arrays[slot, name] = self._slot(slot)[name]
         return self._slot_arrays[slot, name]
 
-    def _checkpoint_jobs(self, slot: str, ck: Checkpoint) -> list[Coroutine[Any, Any, None]]:
+    def _checkpoint_jobs(
+        self, slot: str, ck: Checkpoint, crcs: dict[str, int]
+    ) -> list[Coroutine[Any, Any, None]]:
+        """Writes of the checkpoint's entries into ``slot``; their checksums go into ``crcs``
+        (by slot array name)."""
         entries = {f"shadow/{k}": v for k, v in ck.shadow.items()}
         entries |= {f"held/{k}": v for k, v in ck.held.items()}
         entries |= {f"opt/{k}": v for k, v in ck.optimizer.items()}
         entries |= {f"carry/{k}": v for k, v in ck.carry.items()}
-        jobs: list[Coroutine[Any, Any, None]] = [
-            self._slot_array(slot, key).async_array.setitem(Ellipsis, np.asarray(value))
-            for key, value in entries.items()
-        ]
+        jobs: list[Coroutine[Any, Any, None]] = []
+        for key, value in entries.items():
+            a = self._slot_array(slot, key)
+            stored = np.broadcast_to(np.asarray(value, dtype=a.dtype), a.shape)
+            crcs[key.replace("/", "__")] = integrity.digest(stored)
+            jobs.append(a.async_array.setitem(Ellipsis, stored))
         return jobs
 
     def checkpoint_entries(self) -> set[str]:
@@ -332,6 +426,10 @@ class RunStore:
                 n = self.committed(dims[0])
                 if a.shape[0] != n:
                     a.resize((n, *a.shape[1:]))
+        if "integrity_commits" in self.group.attrs:
+            n = int(self.group.attrs["integrity_commits"])
+            if self._log().shape[0] != n:
+                self._log().resize((n,))
 
     def finish(self, status: str, **extra: Any) -> None:
         self.group.update_attributes(
@@ -353,10 +451,89 @@ class RunStore:
         self.group.attrs.put(attrs)
 
 
-def _write_graph(group: Any, layout: dict[str, Any]) -> None:
+def _populate(
+    g: Any,
+    coords: dict[str, tuple[np.ndarray, str]],
+    checkpoint_shapes: dict[str, tuple[int, ...]],
+    graph: dict[str, Any] | None,
+) -> None:
+    """Write a new store's coordinates, checkpoint slots, graph and checksum log."""
+    created: dict[str, int] = {}
+    for name, (values, units) in coords.items():
+        values = np.asarray(values)
+        dtype: Any = str if values.dtype.kind in "UO" else values.dtype
+        a = g.create_array(
+            name,
+            shape=values.shape,
+            dtype=dtype,
+            dimension_names=[name],
+            attributes={"units": units, "long_name": name},
+        )
+        a[...] = values
+        created[name] = integrity.digest(values)
+    ck = g.create_group("checkpoint")
+    for slot in ("a", "b"):
+        sg = ck.create_group(slot)
+        for key, shape in checkpoint_shapes.items():
+            sg.create_array(key.replace("/", "__"), shape=shape, dtype="f8", compressors=None)
+    if graph is not None:
+        created |= _write_graph(g.create_group("graph"), graph)
+    integrity.create_log(g, created)
+
+
+def _publish(tmp: Path, final: Path) -> None:
+    """Rename the finished store to its name (refusing a name taken meanwhile) and make the
+    rename durable."""
+    try:
+        os.rename(tmp, final)
+    except OSError as exc:
+        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
+            raise StoreError(f"{final} already exists; choose another --out or resume it") from None
+        raise
+    fd = os.open(final.parent, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_builds(final: Path) -> None:
+    """Remove construction directories of ``final`` left by a killed process: only
+    ``.<name>.creating-<hex>`` directories (not links) that no process has locked and that
+    have not changed for STALE_BUILD_SECONDS."""
+    pattern = re.compile(re.escape(f".{final.name}{CREATING}") + r"[0-9a-f]{12}")
+    try:
+        entries = list(os.scandir(final.parent))
+    except OSError:
+        return
+    for entry in entries:
+        if not pattern.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
+            continue
+        try:
+            stale = time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_BUILD_SECONDS
+        except OSError:
+            continue
+        if stale and not is_locked(entry.path):
+            shutil.rmtree(entry.path, ignore_errors=True)
+
+
+def _acquire(lock: StoreLock) -> None:
+    """Take ``lock``; a store whose lock file cannot be made is the user's to fix."""
+    try:
+        lock.acquire()
+    except OSError as exc:
+        raise StoreError(
+            f"{lock.path}: cannot take the writer lock ({exc.strerror}); "
+            "is the store on a read-only or lock-less filesystem?"
+        ) from None
+
+
+def _write_graph(group: Any, layout: dict[str, Any]) -> dict[str, int]:
+    """Write the graph arrays; return their checksums by path in the run group."""
     pos = np.asarray(layout["positions"], dtype=np.float64).reshape(-1, 2)
     edges = np.asarray(layout["edges"], dtype=np.int64).reshape(-1, 2)
     roles = np.asarray([str(r) for r in layout["node_roles"]], dtype=str)
+    crcs: dict[str, int] = {}
     for name, values, dims, long_name in (
         ("positions", pos, ["node", "xy"], "node position in the drawing plane"),
         ("edges", edges, ["edge", "end"], "node indices at the two ends of each edge"),
@@ -372,7 +549,9 @@ def _write_graph(group: Any, layout: dict[str, Any]) -> None:
         )
         if values.size:
             a[...] = values
+        crcs[f"graph/{name}"] = integrity.digest(values)
     group.update_attributes({"edge_group": str(layout["edge_group"])})
+    return crcs
 
 
 async def _append(array: Any, start: int, data: np.ndarray) -> None:
@@ -387,18 +566,6 @@ def _run_all(jobs: list[Coroutine[Any, Any, None]]) -> None:
         await asyncio.gather(*jobs)
 
     sync(gather())
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def to_jsonable(obj: Any) -> Any:
