@@ -1,7 +1,7 @@
 """A resistor network on the bench, trained through a qcodes station (``system: kind: station``).
 
-Physics and sign conventions are those of :mod:`physlearn.simulators.resistor` (PHYSICS.md,
-"Resistor networks"):
+Physics and sign conventions are those of :mod:`physlearn.simulators.resistor` (see
+``docs/physics.md``, §Bench (station) and virtual lab, and §Resistor networks):
 
 * node voltages V (volts) are *measured* by a meter scanning every node through a multiplexer;
 * edge e carries a digital potentiometer of conductance g_e (S), the trainable group

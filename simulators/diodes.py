@@ -2,7 +2,8 @@
 
 Every element is a two-terminal *resistive* element, described by its current-voltage law and its
 co-content (the integral of current over voltage, in watts), the element's share of the network
-energy E minimised at equilibrium (see ``PHYSICS.md``, "Resistor networks"). Sign convention: a
+energy E minimised at equilibrium (see ``docs/physics.md``, §Non-linear resistor networks).
+Sign convention: a
 diode from *anode* a to *cathode* c sees the branch voltage v = V_a - V_c (V); its current i (A)
 flows from anode to cathode through the diode (out of the anode node, into the cathode node).
 

@@ -2,8 +2,8 @@
 equilibrium propagation (Kendall et al. arXiv:2006.01981; Scellier, ICML 2024; Dillavou et al.,
 PNAS 2024). Element laws and their units are in :mod:`physlearn.simulators.diodes`.
 
-Physics and sign conventions (``PHYSICS.md``, "Resistor networks")
-------------------------------------------------------------------
+Physics and sign conventions (see ``docs/physics.md``, §Non-linear resistor networks)
+-------------------------------------------------------------------------------------
 * Nodes carry voltages V (volts). *Source* nodes are ideal voltage sources: the graph's input
   nodes (one per input channel, V), an optional ground (0 V, see
   :func:`~physlearn.simulators.graphs.with_extra_input`) and *bias* sources (fixed voltages, e.g.

@@ -1,6 +1,6 @@
 """Quantum learning machines: a spin-1/2 Hamiltonian in its ground (or thermal) state.
 
-The machine (Wanjura & Marquardt arXiv:2406.06482; PHYSICS.md, quantum EP) has
+The machine (Wanjura & Marquardt arXiv:2406.06482; see ``docs/physics.md``, §Quantum EP) has
 
     H(x, theta, nu) = H0 + sum_i x_i B_i + H_theta(theta) + sum_k nu_k O_k,
 

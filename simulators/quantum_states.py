@@ -1,6 +1,7 @@
 """Ground states, thermal states and static linear response of a sparse Hamiltonian.
 
-Energies are in the unit of the Hamiltonian (hbar = 1). Conventions (PHYSICS.md, quantum EP):
+Energies are in the unit of the Hamiltonian (hbar = 1). Conventions (see ``docs/physics.md``,
+§Quantum EP):
 
 * Ground state: sparse Lanczos. A cold solve asks for the two lowest eigenvalues and refuses a
   ground state degenerate within ``gap_tol`` (:class:`DegenerateGroundStateError`); a warm solve

@@ -1,6 +1,6 @@
 """Linear resistor networks trained by equilibrium propagation (Kendall et al. arXiv:2006.01981).
 
-Physics and sign conventions (see ``PHYSICS.md``, "Resistor networks"):
+Physics and sign conventions (see ``docs/physics.md``, §Resistor networks):
 
 * Nodes carry voltages V (volts); edge e = (i, j) has a conductance g_e > 0 (siemens), the
   trainable parameter group ``"conductance"``, shape ``(n_edges,)``, dims ``("edge",)``.

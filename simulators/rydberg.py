@@ -27,7 +27,8 @@ from physlearn.simulators.quantum import HamiltonianModel, QuantumSystem
 from physlearn.simulators.quantum_states import SolverOptions
 from physlearn.system import FloatArray, ParameterGroup, Params
 
-#: C6/hbar in rad us^-1 um^6 for the nS Rydberg states of 87Rb (PHYSICS.md).
+#: C6/hbar in rad us^-1 um^6 for the nS Rydberg states of 87Rb (see docs/physics.md, §Rydberg
+#: arrays).
 C6_RAD_US_UM6: dict[int, float] = {60: 865_723.02, 70: 5_420_158.53}
 TWO_PI = 2.0 * math.pi
 

@@ -1,8 +1,8 @@
 """Coupled phase oscillators (the XY model) behind the :class:`~physlearn.system.PhysicalSystem`
 contract (Wang, Wanjura & Marquardt, arXiv:2402.08579 and arXiv:2601.21945).
 
-Physics (``/work/shared/PHYSICS.md``, XY section; energy dimensionless, unit ``"1"``; angles in
-rad)::
+Physics (see ``docs/physics.md``, §XY oscillators; energy dimensionless, unit ``"1"``; angles
+in rad)::
 
     E(phi) = - sum_{(i,j) in edges} W_ij cos(phi_i - phi_j) - sum_i h_i cos(phi_i - psi_i)
 

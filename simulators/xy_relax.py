@@ -4,8 +4,8 @@ Everything here is physics on arrays, vectorised over a batch of ``B`` independe
 one network (samples x restarts) and over its edges; :mod:`physlearn.simulators.xy` wraps it
 into a :class:`~physlearn.system.PhysicalSystem`.
 
-Conventions (``/work/shared/PHYSICS.md``, XY section)
-----------------------------------------------------
+Conventions (see ``docs/physics.md``, §XY oscillators)
+------------------------------------------------------
 * Phases ``phi`` ``(B, n)`` in rad. Energy (dimensionless, unit ``"1"``)::
 
       E(phi) = - sum_e W_e cos(phi_i - phi_j) - sum_k h_k cos(phi_k - psi_k)
