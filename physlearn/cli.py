@@ -223,6 +223,42 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_systems(args: argparse.Namespace) -> int:
+    """List the installed systems (``physlearn.systems`` entry points): kind, config class,
+    distribution, summary. A broken entry point is reported after the others, one line each
+    naming it and its distribution, and the exit code is 2."""
+    from physlearn import registry
+
+    rows: list[dict[str, str]] = []
+    broken: list[str] = []
+    for kind in registry.kinds():
+        try:
+            entry = registry.entry(kind)
+            cls = entry.load()
+        except registry.SystemRegistryError as exc:
+            broken.append(str(exc))
+            continue
+        rows.append(
+            {
+                "kind": kind,
+                "config": f"{cls.__module__}:{cls.__qualname__}",
+                "distribution": entry.distribution,
+                "description": registry.description(cls),
+            }
+        )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        head = {"kind": "KIND", "config": "CONFIG", "distribution": "DISTRIBUTION"}
+        widths = {k: max(len(r[k]) for r in [head, *rows]) for k in head}
+        for r in [head, *rows]:
+            cells = [r[k].ljust(widths[k]) for k in head]
+            print("  ".join([*cells, r.get("description", "DESCRIPTION")]))
+    for message in broken:
+        print(f"physlearn: error: {message}", file=sys.stderr)
+    return USER_ERROR if broken else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="physlearn",
@@ -315,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
 
     add("schema", cmd_schema, "Print the JSON schema of experiment configs (for editors).")
+
+    sp = add("systems", cmd_systems, "List the installed systems (system.kind) and their origin.")
+    sp.add_argument("--json", action="store_true", help="print one JSON list")
     return p
 
 

@@ -1,8 +1,9 @@
 """Experiment configuration: YAML validated by pydantic.
 
-A config names one system (a discriminated union on ``system.kind``), the task (dataset, encoding,
-loss), the estimator, the optimiser, the schedule, the store and diagnostics. Unknown keys are
-refused; every field documents itself (``physlearn schema`` exports the JSON schema).
+A config names one system (``system.kind``: any installed kind, see :mod:`physlearn.registry`;
+that kind's config class validates the rest of the section), the task (dataset, encoding, loss),
+the estimator, the optimiser, the schedule, the store and diagnostics. Unknown keys are refused;
+every field documents itself (``physlearn schema`` exports the JSON schema).
 
 :func:`load_config` turns every user mistake -- a missing file, a YAML syntax error, an unknown key,
 a wrong type, an out-of-range value, an unknown system kind, inconsistent sizes -- into a
@@ -14,41 +15,91 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import Field, ValidationError, model_validator
-
-from physlearn.configbase import MAX_BATCH_VALUES, MAX_STEPS, StrictModel
-from physlearn.datasets import DatasetConfig
-from physlearn.drivers.config import StationConfig
-from physlearn.losses import LOSSES
-from physlearn.simulators.nonlinear_config import DiodeResistorConfig
-from physlearn.simulators.quantum_config import (
-    ElasticConfig,
-    IonsConfig,
-    QuantumConfig,
-    RydbergConfig,
+from pydantic import (
+    Field,
+    GetCoreSchemaHandler,
+    GetJsonSchemaHandler,
+    ValidationError,
+    model_validator,
 )
-from physlearn.simulators.resistor_config import ResistorConfig
-from physlearn.simulators.xy_config import XYConfig
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import PydanticCustomError, core_schema
+
+from physlearn import registry
+from physlearn.configbase import MAX_BATCH_VALUES, MAX_STEPS, StrictModel, SystemConfigBase
+from physlearn.datasets import DatasetConfig
+from physlearn.losses import LOSSES
 from physlearn.yamlload import YAMLInputError, load_yaml_file, load_yaml_text
-
-SystemConfig = Annotated[
-    ResistorConfig
-    | DiodeResistorConfig
-    | QuantumConfig
-    | RydbergConfig
-    | IonsConfig
-    | ElasticConfig
-    | XYConfig
-    | StationConfig,
-    Field(discriminator="kind"),
-]
-
 
 M = TypeVar("M", bound=StrictModel)
 
 
 class ConfigError(ValueError):
     """A config the user must fix; the message names the field and the problem."""
+
+
+# --------------------------------------------------------------------------------------------
+# System: the installed kinds (physlearn.registry), each validated by its own config class
+
+
+def _validate_system(value: Any) -> SystemConfigBase:
+    """The ``system`` section as its kind's config class. Only that kind's entry point is
+    loaded, so a broken plugin affects its own kind only; the kind's class reports the
+    section's errors under their own field paths (``system.graph.sizes``)."""
+    if isinstance(value, SystemConfigBase):
+        value = value.model_dump()  # re-checked by its kind's class, like any mapping
+    if not isinstance(value, dict):
+        raise PydanticCustomError(
+            "model_type",
+            "expected a mapping with a 'kind', got {got}",
+            {"got": type(value).__name__},
+        )
+    kind = value.get("kind")
+    if not isinstance(kind, str):
+        raise PydanticCustomError(
+            "union_tag_not_found",
+            "missing 'kind': name an installed system ({installed})",
+            {"installed": ", ".join(registry.kinds())},
+        )
+    try:
+        cls = registry.config_class(kind)
+    except registry.UnknownSystemKind:
+        expected = ", ".join(repr(k) for k in registry.kinds())
+        raise PydanticCustomError(
+            "union_tag_invalid",
+            "unknown kind {tag!r}; expected one of {expected_tags}",
+            {"tag": kind, "expected_tags": expected},
+        ) from None
+    except registry.SystemRegistryError as exc:
+        raise PydanticCustomError("system_plugin", "{reason}", {"reason": str(exc)}) from None
+    return cls.model_validate(value)
+
+
+class _InstalledSystem:
+    """Pydantic hooks of the ``system`` field: validation by :func:`_validate_system`, and as
+    JSON schema the discriminated union (on ``kind``) of every installed kind's config."""
+
+    def __get_pydantic_core_schema__(
+        self, source: Any, handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        return core_schema.no_info_plain_validator_function(_validate_system)
+
+    def __get_pydantic_json_schema__(
+        self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        choices: dict[str | int, core_schema.CoreSchema] = {
+            kind: cls.__pydantic_core_schema__ for kind, cls in registry.config_classes().items()
+        }
+        return handler(core_schema.tagged_union_schema(choices, discriminator="kind"))
+
+
+#: The ``system`` section: a :class:`SystemConfigBase`, of the concrete class the registry
+#: holds for its ``kind``.
+SystemConfig = Annotated[
+    SystemConfigBase,
+    _InstalledSystem(),
+    Field(description="The machine; `kind` names an installed system (`physlearn systems`)."),
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -434,4 +485,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 
 
 def json_schema() -> dict[str, Any]:
-    return ExperimentConfig.model_json_schema()
+    """The JSON schema of experiment configs, ``system`` being the union of every installed
+    kind; a broken system entry point is a :class:`ConfigError` naming it."""
+    try:
+        return ExperimentConfig.model_json_schema()
+    except registry.SystemRegistryError as exc:
+        raise ConfigError(str(exc)) from None

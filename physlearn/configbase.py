@@ -47,8 +47,13 @@ class SystemConfigBase(StrictModel):
 
     Subclasses add ``kind: Literal["<name>"]`` (the discriminator) and their fields, and implement
     :meth:`build` with lazy imports, so that validating a config never imports heavy modules or
-    touches hardware.
+    touches hardware. A ``physlearn.systems`` entry point named ``<name>`` registers the subclass
+    (:mod:`physlearn.registry`).
     """
+
+    #: Narrowed by every subclass to ``Literal["<name>"]``; declared here so that code holding
+    #: any system's config can read it.
+    kind: str
 
     @abstractmethod
     def input_size(self) -> int:

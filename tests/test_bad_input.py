@@ -290,11 +290,11 @@ def station_raw(tmp_path: Path) -> dict[str, Any]:
 STATION_CASES: dict[str, tuple[Edit, str]] = {
     "compliance inf": (
         lambda r: r["system"]["inputs"]["compliance"].update(value=math.inf),
-        "system.station.inputs.compliance.value",
+        "system.inputs.compliance.value",
     ),
     "billion channels": (
         lambda r: r["system"]["probes"].update(channels="{101..1000000100}"),
-        "system.station.probes.channels",
+        "system.probes.channels",
     ),
 }
 
