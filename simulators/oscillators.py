@@ -36,6 +36,7 @@ from physlearn.system import (
     Params,
     PhysicalSystem,
     Port,
+    check_parameters,
 )
 
 
@@ -150,15 +151,7 @@ class ElasticNetwork(PhysicalSystem):
         }
 
     def set_parameters(self, params: Params) -> Params:
-        for g in self._groups:
-            v = np.asarray(params[g.name], dtype=np.float64)
-            if v.shape != g.shape:
-                raise ValueError(f"parameter group {g.name!r}: shape {v.shape} != {g.shape}")
-            if v.size and (v.min() < g.lower or v.max() > g.upper):
-                raise ValueError(
-                    f"parameter group {g.name!r}: values outside [{g.lower:g}, {g.upper:g}]"
-                )
-        self._params = {g.name: np.array(params[g.name], float) for g in self._groups}
+        self._params = check_parameters(self._groups, params)
         return self.get_parameters()
 
     def get_parameters(self) -> Params:

@@ -304,7 +304,7 @@ class XYNetwork(PhysicalSystem):
         what is held. Out-of-bounds values raise ``ValueError`` (never clipped)."""
         missing = [g for g in self.trainable if g not in params]
         if missing:
-            raise KeyError(f"set_parameters needs every trainable group; missing {missing}")
+            raise ValueError(f"set_parameters needs every trainable group; missing {missing}")
         self._check_and_store(params)
         return self.get_parameters()
 

@@ -119,13 +119,7 @@ def build(system: dict[str, Any], seed: int = 0) -> PhysicalSystem:
 
 
 #: Real bugs the kit found, left for their owners to fix (strict: the mark must go then).
-KNOWN_BUGS = {
-    ("xy", "set_parameters"): "XYNetwork.set_parameters raises KeyError, not the contract's "
-    "ValueError, for a missing group (simulators/xy.py)",
-    ("elastic", "set_parameters"): "ElasticNetwork.set_parameters holds NaN springs (its bounds "
-    "test v.min() < lower is False for NaN) and raises KeyError for a missing group "
-    "(simulators/oscillators.py)",
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _cases() -> Iterator[Any]:

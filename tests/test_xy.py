@@ -605,7 +605,7 @@ def test_contract_shapes_protocols_and_parameter_checks() -> None:
     bad["coupling"][0] = 11.0
     with pytest.raises(ValueError, match="outside the bounds"):
         net.set_parameters(bad)
-    with pytest.raises(KeyError, match="missing"):
+    with pytest.raises(ValueError, match="missing"):
         net.set_parameters({"coupling": p["coupling"]})
     with pytest.raises(ValueError, match="complex"):
         net.equilibrate(x, Nudge(0.1j, target=eq.outputs), eq.state)
