@@ -871,9 +871,8 @@ def _disk_full_message(exc: BaseException, path: Path, store: RunStore | None) -
     if store is None:
         return f"{what}: no room to create {path}; free space and run again"
     return (
-        f"{what}: no room left on the filesystem holding {path} ({err.filename if err else ''}); "
-        f"{store.committed()} steps are committed and intact: free space, then "
-        f"`physlearn resume {path}` continues"
+        f"{what}: no room left on the filesystem holding {path}; {store.committed()} steps are "
+        f"committed and intact: free space, then `physlearn resume {path}` continues"
     )
 
 

@@ -562,10 +562,14 @@ async def _append(array: Any, start: int, data: np.ndarray) -> None:
 def _run_all(jobs: list[Coroutine[Any, Any, None]]) -> None:
     from zarr.core.sync import sync
 
-    async def gather() -> None:
-        await asyncio.gather(*jobs)
+    async def gather() -> list[Any]:
+        # every job runs to its end even when one fails: no write may still be in flight when
+        # the error is handled (and asyncio would complain about abandoned tasks at exit)
+        return await asyncio.gather(*jobs, return_exceptions=True)
 
-    sync(gather())
+    for result in sync(gather()):
+        if isinstance(result, BaseException):
+            raise result
 
 
 def to_jsonable(obj: Any) -> Any:

@@ -54,7 +54,7 @@ class StoreLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = _describe(_read_holder(fd))
+            holder = _describe(_current_holder(fd))
             os.close(fd)
             raise StoreLockedError(
                 f"{self.path} is locked by another writer ({holder}); wait for it to finish "
@@ -117,6 +117,32 @@ def holder(path: str | Path) -> str:
         return _describe(_read_holder(fd))
     finally:
         os.close(fd)
+
+
+def _current_holder(fd: int, patience: float = 0.5) -> dict[str, object]:
+    """The holder's record; a holder that has just taken the lock writes its record a moment
+    later, so an empty record, or one naming a process of this host that no longer exists (the
+    previous holder), is read again for up to ``patience`` seconds."""
+    deadline = time.monotonic() + patience
+    while True:
+        info = _read_holder(fd)
+        if (info and not _dead_here(info)) or time.monotonic() > deadline:
+            return info
+        time.sleep(0.01)
+
+
+def _dead_here(info: dict[str, object]) -> bool:
+    """Whether ``info`` names a process of this host that has exited."""
+    pid = info.get("pid")
+    if info.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 def _read_holder(fd: int) -> dict[str, object]:
