@@ -36,11 +36,9 @@ beside them. One process writes a store at a time: it holds the store's
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 import re
-import shutil
 import socket
 import time
 import uuid
@@ -52,7 +50,7 @@ from typing import Any
 
 import numpy as np
 
-from physlearn import integrity
+from physlearn import integrity, storebuild
 from physlearn.storelock import LOCK_NAME, StoreLock, StoreLockedError, is_locked
 from physlearn.system import FloatArray, Params
 
@@ -93,12 +91,6 @@ class DiskFullError(RuntimeError):
     many steps are committed and how to continue."""
 
 
-#: A store under construction: ``.<final name>.creating-<hex>`` beside its final name.
-CREATING = ".creating-"
-#: A left-over construction directory older than this (and not locked) is removed.
-STALE_BUILD_SECONDS = 60.0
-
-
 class RunStore:
     def __init__(self, path: Path, group: Any, lock: StoreLock | None = None) -> None:
         self.path = path
@@ -128,36 +120,21 @@ class RunStore:
         import zarr
 
         p = Path(path)
-        if p.exists() or p.is_symlink():
-            raise StoreError(f"{p} already exists; choose another --out or resume it")
-        _remove_stale_builds(p)
-        tmp = p.parent / f".{p.name}{CREATING}{uuid.uuid4().hex[:12]}"
-        tmp.mkdir()
-        lock = StoreLock(tmp, "physlearn run")
+        run_attrs = {
+            **attrs,
+            "guid": str(uuid.uuid4()),
+            "run_timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "committed_steps": 0,
+            "committed_evals": 0,
+            "integrity_commits": 0,
+            "checkpoint_slot": "",
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+        }
         try:
-            lock.acquire()  # held across the rename: the lock file moves with the directory
-            # "a": the directory is ours and new, but already holds the lock file
-            g = zarr.open_group(str(tmp), mode="a", zarr_format=3)
-            _populate(g, coords, checkpoint_shapes, graph)
-            g.update_attributes(
-                {
-                    **attrs,
-                    "guid": str(uuid.uuid4()),
-                    "run_timestamp": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                    "committed_steps": 0,
-                    "committed_evals": 0,
-                    "integrity_commits": 0,
-                    "checkpoint_slot": "",
-                    "pid": os.getpid(),
-                    "host": socket.gethostname(),
-                }
-            )
-            _publish(tmp, p)
-        except BaseException:
-            lock.release()
-            shutil.rmtree(tmp, ignore_errors=True)  # our own directory, made above
-            raise
-        lock.path = p
+            lock = storebuild.build(p, coords, checkpoint_shapes, run_attrs, graph)
+        except FileExistsError:
+            raise StoreError(f"{p} already exists; choose another --out or resume it") from None
         return cls(p, zarr.open_group(str(p), mode="r+", zarr_format=3), lock)
 
     def release(self) -> None:
@@ -451,72 +428,6 @@ class RunStore:
         self.group.attrs.put(attrs)
 
 
-def _populate(
-    g: Any,
-    coords: dict[str, tuple[np.ndarray, str]],
-    checkpoint_shapes: dict[str, tuple[int, ...]],
-    graph: dict[str, Any] | None,
-) -> None:
-    """Write a new store's coordinates, checkpoint slots, graph and checksum log."""
-    created: dict[str, int] = {}
-    for name, (values, units) in coords.items():
-        values = np.asarray(values)
-        dtype: Any = str if values.dtype.kind in "UO" else values.dtype
-        a = g.create_array(
-            name,
-            shape=values.shape,
-            dtype=dtype,
-            dimension_names=[name],
-            attributes={"units": units, "long_name": name},
-        )
-        a[...] = values
-        created[name] = integrity.digest(values)
-    ck = g.create_group("checkpoint")
-    for slot in ("a", "b"):
-        sg = ck.create_group(slot)
-        for key, shape in checkpoint_shapes.items():
-            sg.create_array(key.replace("/", "__"), shape=shape, dtype="f8", compressors=None)
-    if graph is not None:
-        created |= _write_graph(g.create_group("graph"), graph)
-    integrity.create_log(g, created)
-
-
-def _publish(tmp: Path, final: Path) -> None:
-    """Rename the finished store to its name (refusing a name taken meanwhile) and make the
-    rename durable."""
-    try:
-        os.rename(tmp, final)
-    except OSError as exc:
-        if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.EISDIR, errno.ENOTDIR):
-            raise StoreError(f"{final} already exists; choose another --out or resume it") from None
-        raise
-    fd = os.open(final.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _remove_stale_builds(final: Path) -> None:
-    """Remove construction directories of ``final`` left by a killed process: only
-    ``.<name>.creating-<hex>`` directories (not links) that no process has locked and that
-    have not changed for STALE_BUILD_SECONDS."""
-    pattern = re.compile(re.escape(f".{final.name}{CREATING}") + r"[0-9a-f]{12}")
-    try:
-        entries = list(os.scandir(final.parent))
-    except OSError:
-        return
-    for entry in entries:
-        if not pattern.fullmatch(entry.name) or not entry.is_dir(follow_symlinks=False):
-            continue
-        try:
-            stale = time.time() - entry.stat(follow_symlinks=False).st_mtime > STALE_BUILD_SECONDS
-        except OSError:
-            continue
-        if stale and not is_locked(entry.path):
-            shutil.rmtree(entry.path, ignore_errors=True)
-
-
 def _acquire(lock: StoreLock) -> None:
     """Take ``lock``; a store whose lock file cannot be made is the user's to fix."""
     try:
@@ -526,32 +437,6 @@ def _acquire(lock: StoreLock) -> None:
             f"{lock.path}: cannot take the writer lock ({exc.strerror}); "
             "is the store on a read-only or lock-less filesystem?"
         ) from None
-
-
-def _write_graph(group: Any, layout: dict[str, Any]) -> dict[str, int]:
-    """Write the graph arrays; return their checksums by path in the run group."""
-    pos = np.asarray(layout["positions"], dtype=np.float64).reshape(-1, 2)
-    edges = np.asarray(layout["edges"], dtype=np.int64).reshape(-1, 2)
-    roles = np.asarray([str(r) for r in layout["node_roles"]], dtype=str)
-    crcs: dict[str, int] = {}
-    for name, values, dims, long_name in (
-        ("positions", pos, ["node", "xy"], "node position in the drawing plane"),
-        ("edges", edges, ["edge", "end"], "node indices at the two ends of each edge"),
-        ("node_roles", roles, ["node"], "role of each node (input, output, hidden, ...)"),
-    ):
-        dtype: Any = str if values.dtype.kind == "U" else values.dtype
-        a = group.create_array(
-            name,
-            shape=values.shape,
-            dtype=dtype,
-            dimension_names=dims,
-            attributes={"units": "1", "long_name": long_name},
-        )
-        if values.size:
-            a[...] = values
-        crcs[f"graph/{name}"] = integrity.digest(values)
-    group.update_attributes({"edge_group": str(layout["edge_group"])})
-    return crcs
 
 
 async def _append(array: Any, start: int, data: np.ndarray) -> None:
