@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import venv
@@ -39,6 +40,24 @@ def _source_modules() -> set[str]:
     return names - {"physlearn"}
 
 
+def _source_copy(dest: Path) -> Path:
+    """The files git would ship (tracked, or new and not ignored) copied to ``dest``: a build
+    there sees neither ignored leftovers (a stale ``build/`` would put deleted modules into the
+    wheel) nor anything outside the tree."""
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for rel in filter(None, listed.split("\0")):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    return dest
+
+
 def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME")}
     return subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
@@ -47,9 +66,9 @@ def _run(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
 @pytest.mark.slow
 def test_wheel_installs_every_module_and_trains_the_quickstart(tmp_path: Path) -> None:
     wheels = tmp_path / "wheels"
-    built = _run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), str(REPO)], tmp_path
-    )
+    source = _source_copy(tmp_path / "source")
+    build = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-w", str(wheels), str(source)]
+    built = _run(build, tmp_path)
     assert built.returncode == 0, built.stderr[-2000:]
     (wheel,) = wheels.glob("physlearn-*.whl")
 
