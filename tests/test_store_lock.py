@@ -103,4 +103,5 @@ def test_the_writer_holds_the_lock_until_the_run_ends(
     start_run(parse_config(quick_raw), path, on_step=on_step)
     assert seen and set(seen) == {"running"}
     assert RunStore.open(path).status() == "success"
-    assert StoreLock(path).acquire().held  # released: anyone may take it now
+    with StoreLock(path) as lock:  # released: anyone may take it now
+        assert lock.held
