@@ -38,11 +38,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import re
 import socket
 import time
 import uuid
-import warnings
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,7 +49,7 @@ from typing import Any
 import numpy as np
 
 from physlearn import integrity, storebuild
-from physlearn.storelock import LOCK_NAME, StoreLock, StoreLockedError, is_locked
+from physlearn.storelock import StoreLock, StoreLockedError, is_locked
 from physlearn.system import FloatArray, Params
 
 APPEND_DIMS = ("step", "eval")
@@ -261,10 +259,7 @@ class RunStore:
         return self._arrays[name]
 
     def array_names(self) -> list[str]:
-        with warnings.catch_warnings():
-            # zarr warns about every file it does not know while listing (the writer lock)
-            warnings.filterwarnings("ignore", message=f"Object at {re.escape(LOCK_NAME)}")
-            return sorted(k for k, _ in self.group.arrays())
+        return sorted(k for k, _ in self.group.arrays())
 
     def read(self, name: str) -> np.ndarray:
         """An appendable array up to its committed length (or a coordinate, whole)."""

@@ -1,9 +1,11 @@
 """An exclusive, OS-level writer lock for a run or sweep store.
 
 One process at a time may write a store. The lock is ``fcntl.flock`` on the file
-``<store>/.physlearn.lock``: the kernel releases it when the holder exits or dies (SIGKILL
+``<store>/.physlearn/writer.lock``: the kernel releases it when the holder exits or dies (SIGKILL
 included), so a crashed writer never leaves a stale lock and no PID check is needed. The holder
 writes its pid, host and start time into the file so that a refused process can name it.
+``.physlearn`` is an empty Zarr group, so readers that list the store (xarray, zarr) see a group
+they skip rather than an object they warn about.
 
 Filesystems: ``flock`` is exclusive between processes on one host for every local filesystem.
 On NFS, Linux emulates ``flock`` with POSIX byte-range locks, which the NFS lock manager
@@ -22,7 +24,30 @@ import time
 from pathlib import Path
 from types import TracebackType
 
-LOCK_NAME = ".physlearn.lock"
+#: The Zarr group, inside a store, that holds its lock file.
+LOCK_DIR = ".physlearn"
+LOCK_FILE = "writer.lock"
+_GROUP_METADATA = {
+    "zarr_format": 3,
+    "node_type": "group",
+    "attributes": {"description": "physlearn's writer lock (writer.lock); holds no data"},
+}
+
+
+def lock_path(store: str | Path) -> Path:
+    """The lock file of the store at ``store``."""
+    return Path(store) / LOCK_DIR / LOCK_FILE
+
+
+def _prepare(store: Path) -> Path:
+    """Make the lock group of ``store`` if it is missing; return the lock file's path."""
+    group = store / LOCK_DIR
+    if not (group / "zarr.json").is_file():
+        group.mkdir(exist_ok=True)
+        tmp = group / f"zarr.json.{os.getpid()}.tmp"
+        tmp.write_text(json.dumps(_GROUP_METADATA))
+        os.replace(tmp, group / "zarr.json")
+    return group / LOCK_FILE
 
 
 class StoreLockedError(RuntimeError):
@@ -49,8 +74,7 @@ class StoreLock:
     def acquire(self) -> StoreLock:
         if self._fd is not None:
             return self
-        lock_file = self.path / LOCK_NAME
-        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(_prepare(self.path), os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -93,9 +117,8 @@ class StoreLock:
 
 def is_locked(path: str | Path) -> bool:
     """Whether some process holds the writer lock of the store at ``path`` right now."""
-    lock_file = Path(path) / LOCK_NAME
     try:
-        fd = os.open(lock_file, os.O_RDONLY)
+        fd = os.open(lock_path(path), os.O_RDONLY)
     except OSError:
         return False
     try:
@@ -110,7 +133,7 @@ def is_locked(path: str | Path) -> bool:
 def holder(path: str | Path) -> str:
     """A one-line description of who holds (or last held) the lock of the store at ``path``."""
     try:
-        fd = os.open(Path(path) / LOCK_NAME, os.O_RDONLY)
+        fd = os.open(lock_path(path), os.O_RDONLY)
     except OSError:
         return "no lock file"
     try:

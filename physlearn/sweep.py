@@ -908,10 +908,10 @@ def _driver_lock(root: Path) -> Iterator[None]:
 
 def _check_root(root: Path, locked: bool) -> bool:
     """Whether ``root`` is a sweep store (False: there is none yet -- no directory, or one that
-    holds only the lock file of a driver that stopped before creating the store). Raises
-    ConfigError for anything else. Unlocked, a directory with a lock file and no readable
+    holds only the lock group of a driver that stopped before creating the store). Raises
+    ConfigError for anything else. Unlocked, a directory with a lock group and no readable
     metadata passes: another driver may be creating the store right now, and its lock decides."""
-    from physlearn.storelock import LOCK_NAME
+    from physlearn.storelock import LOCK_DIR
 
     if not root.exists() and not root.is_symlink():
         return False
@@ -919,9 +919,9 @@ def _check_root(root: Path, locked: bool) -> bool:
         if read_sweep_attrs(root) is not None:
             return True
         entries = {e.name for e in root.iterdir()}
-        if entries <= {LOCK_NAME}:
+        if entries <= {LOCK_DIR}:
             return False
-        if not locked and LOCK_NAME in entries and _metadata(root) is None:
+        if not locked and LOCK_DIR in entries and _metadata(root) is None:
             return False
     raise ConfigError(f"{root} exists and is not a physlearn sweep store; choose another --out")
 

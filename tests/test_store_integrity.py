@@ -62,7 +62,7 @@ def chunk_files(store: Path) -> list[str]:
     return sorted(
         str(p.relative_to(store))
         for p in store.rglob("*")
-        if p.is_file() and p.name not in ("zarr.json", ".physlearn.lock")
+        if p.is_file() and p.name != "zarr.json" and ".physlearn" not in p.parts
     )
 
 
