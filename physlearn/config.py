@@ -390,11 +390,31 @@ class ExperimentConfig(StrictModel):
 # Loading
 
 
-def _format_validation(err: ValidationError) -> str:
+def _user_path(raw: Any, loc: tuple[int | str, ...]) -> str:
+    """``loc`` as the dotted path the user writes: pydantic puts a tagged union's tag into the
+    path (``estimator.ep.beta`` for ``estimator: {kind: ep, beta: ...}``); the tag is dropped
+    where it is not a key of the input but the value of its ``kind``/``type``/``dist``."""
+    parts: list[str] = []
+    node = raw
+    for part in loc:
+        if isinstance(node, dict):
+            tags = {node.get(k) for k in ("kind", "type", "dist")} - {None}
+            if part not in node and part in tags:
+                continue
+            node = node.get(part)
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            node = node[part]
+        else:
+            node = None
+        parts.append(str(part))
+    return ".".join(parts)
+
+
+def _format_validation(err: ValidationError, raw: Any) -> str:
     """Every problem as ``field.path: reason``, joined on one line (the CLI prints one line)."""
     lines = []
     for e in err.errors():
-        loc = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        loc = _user_path(raw, e["loc"]) or "(top level)"
         msg = e["msg"].removeprefix("Value error, ")
         if e["type"] == "extra_forbidden":
             msg = "unknown key (not a field of this section)"
@@ -453,7 +473,9 @@ def validate_model(model: type[M], raw: Any, source: str, what: str) -> M:
     try:
         return model.model_validate(raw)
     except ValidationError as err:
-        raise ConfigError(f"{source} is not a valid {what}: {_format_validation(err)}") from None
+        raise ConfigError(
+            f"{source} is not a valid {what}: {_format_validation(err, raw)}"
+        ) from None
 
 
 def parse_config(raw: Any, source: str = "config") -> ExperimentConfig:

@@ -63,10 +63,10 @@ def _lattice(rows: int, cols: int) -> Edit:
 
 BAD_VALUES: dict[str, tuple[Edit, str]] = {
     "epochs inf": (_epochs_inf, "schedule.epochs"),
-    "beta inf": (_set("estimator.beta", math.inf), "estimator.ep.beta"),
+    "beta inf": (_set("estimator.beta", math.inf), "estimator.beta:"),
     "lr nan": (_set("optimizer.lr", math.nan), "optimizer.lr"),
     "bias -inf": (_set("task.encoding.bias", [1.0, -math.inf]), "task.encoding.bias.1"),
-    "hidden layer 1e9": (_set("system.graph.sizes", [10, 10**9, 3]), "graph.layered.sizes.1"),
+    "hidden layer 1e9": (_set("system.graph.sizes", [10, 10**9, 3]), "system.graph.sizes.1:"),
     "layered edges": (_set("system.graph.sizes", [10, 900_000, 3]), "edges"),
     "lattice nodes": (_lattice(100_000, 100_000), "rows x cols"),
     "batch budget": (_set("system.graph.sizes", [10, 500_000, 3]), "schedule.batch_size"),
@@ -77,7 +77,7 @@ BAD_VALUES: dict[str, tuple[Edit, str]] = {
     ),
     "regression size": (
         _set("task.dataset", {"kind": "regression", "features": 4, "train_size": 10**9}),
-        "task.dataset.regression.train_size",
+        "task.dataset.train_size:",
     ),
 }
 
@@ -106,7 +106,7 @@ OTHER_SYSTEMS: dict[str, tuple[str, Edit, str]] = {
     "digits test_size": (
         "resistor_digits_deep.yaml",
         _set("task.dataset.test_size", 10**9),
-        "task.dataset.digits.test_size",
+        "task.dataset.test_size:",
     ),
 }
 

@@ -423,7 +423,7 @@ def test_system_errors_name_the_field_path_the_user_writes() -> None:
     with pytest.raises(ConfigError) as err:
         parse_config(raw, "q.yaml")
     message = str(err.value)
-    assert "system.graph.layered.sizes.1: " in message and "system.conductance.typo: " in message
+    assert "system.graph.sizes.1: " in message and "system.conductance.typo: " in message
     assert "system.resistor." not in message
 
 

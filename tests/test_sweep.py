@@ -163,7 +163,7 @@ def test_bad_sweep_from_the_command_line_has_no_traceback(tmp_path: Path) -> Non
     proc = run_cli("sweep", str(path), "--out", str(out))
     assert proc.returncode == 2, proc.stderr
     assert "run 'beta-0.0'" in proc.stderr
-    assert "estimator.ep.beta: Input should be greater than 0" in proc.stderr
+    assert "estimator.beta: Input should be greater than 0" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert not out.exists()
 
