@@ -4,7 +4,7 @@ of a step goes.
 The same task (iris, layered 10-16-3 resistor network, centred EP: 3 phases per pattern, batch
 16) is trained for ``--steps`` steps twice:
 
-* direct: :class:`~physlearn.simulators.resistor.LinearResistorNetwork` in-process (tap-grid
+* direct: :class:`~physlearn.simulators.resistor.linear.LinearResistorNetwork` in-process (tap-grid
   quantisation, no exact-gradient diagnostic);
 * virtual lab: ``configs/virtual_lab_resistor.yaml`` against ``physlearn lab serve`` running in
   its own process (as instruments are separate machines), through the qcodes drivers, pyvisa-py
@@ -63,11 +63,12 @@ import yaml
 
 import physlearn.orchestrator as orch
 from physlearn.config import parse_config
-from physlearn.drivers.station_system import StationSystem
-from physlearn.drivers.testing import bench_experiment, running_lab, write_station
-from physlearn.orchestrator import Campaign, start_run
-from physlearn.recorder import Recorder
-from physlearn.store import RunStore
+from physlearn.drivers.station.system import StationSystem
+from physlearn.drivers.virtual_lab.testing import bench_experiment, running_lab, write_station
+from physlearn.run.campaign import Campaign
+from physlearn.run.start import start_run
+from physlearn.run.records import Recorder
+from physlearn.store.run_store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any
 
 USER_ERROR = 2
-#: the lab server's default bounds (equal to physlearn.drivers.scpi_server's; repeated here so
-#: that building the parser imports nothing heavy)
+#: the lab server's default bounds (equal to physlearn.drivers.virtual_lab.server's; repeated
+#: here so that building the parser imports nothing heavy)
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 300.0
 MAX_LINE = 65536
@@ -109,8 +109,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import yaml
 
     from physlearn.config import ConfigError
-    from physlearn.drivers.lab_config import load_lab_config
-    from physlearn.drivers.scpi_server import LabServer
+    from physlearn.drivers.virtual_lab.config import load_lab_config
+    from physlearn.drivers.virtual_lab.server import LabServer
 
     cfg = load_lab_config(args.config)
     try:
@@ -139,7 +139,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.request_stop()
 
     # the server's refusals and idle closes, one line each, on stderr
-    log = logging.getLogger("physlearn.drivers.scpi_server")
+    log = logging.getLogger("physlearn.drivers.virtual_lab.server")
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(logging.Formatter("virtual lab: %(message)s"))
     log.addHandler(handler)
@@ -163,9 +163,9 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     import numpy as np
 
     from physlearn.config import ConfigError, load_config
-    from physlearn.drivers.config import StationConfig
-    from physlearn.drivers.station_system import StationSystem
-    from physlearn.orchestrator import build_system
+    from physlearn.drivers.station.config import StationConfig
+    from physlearn.drivers.station.system import StationSystem
+    from physlearn.run.start import build_system
 
     cfg = load_config(args.config, args.set)
     if not isinstance(cfg.system, StationConfig):

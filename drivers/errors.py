@@ -1,7 +1,7 @@
 """Errors raised at the bench. Light module: no qcodes, no pyvisa.
 
 Every message names the instrument (its station name) and, for a bad reply, what it said.
-The retry policy of :class:`~physlearn.drivers.station_system.StationSystem` depends on the type:
+The retry policy of :class:`~physlearn.drivers.station.system.StationSystem` depends on the type:
 
 * :class:`InstrumentIOError` (timeout, lost connection): close and reopen the VISA session, retry.
 * :class:`InstrumentReplyError` (garbled or unexpected reply), :class:`StaleReadingError`

@@ -89,11 +89,11 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from physlearn.config import load_config
-    from physlearn.orchestrator import start_run
+    from physlearn.run.start import start_run
 
     cfg = load_config(args.config, args.set)
     if args.dry_run:
-        from physlearn.drivers.dryrun import dry_run_command
+        from physlearn.drivers.station.dryrun import dry_run_command
 
         return dry_run_command(cfg, args.config)
     if args.out is not None:
@@ -106,7 +106,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from physlearn.orchestrator import resume_run
+    from physlearn.run.start import resume_run
 
     res = resume_run(args.store, progress=_progress_wanted(args), handle_signals=True)
     _print_result(res)
@@ -114,8 +114,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def inspect_summary(path: str) -> dict[str, Any]:
-    from physlearn.orchestrator import _last_metrics
-    from physlearn.store import RunStore
+    from physlearn.run.result import last_metrics
+    from physlearn.store.run_store import RunStore
 
     store = RunStore.open(path)
     a = store.attrs
@@ -132,14 +132,14 @@ def inspect_summary(path: str) -> dict[str, Any]:
         "run_timestamp": a.get("run_timestamp"),
         "completed_timestamp": a.get("completed_timestamp"),
         "error": a.get("error"),
-        "metrics": _last_metrics(store),
+        "metrics": last_metrics(store),
     }
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     verdict = None
     if args.verify:  # first: a damaged store is reported as such, not by a failing read
-        from physlearn.store import RunStore
+        from physlearn.store.run_store import RunStore
 
         verdict = RunStore.open(args.store).verify(full=True)  # damage: StoreError, exit 2
     summary = inspect_summary(args.store)
@@ -164,7 +164,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from physlearn.sweep import sweep_command
+    from physlearn.sweep.command import sweep_command
 
     if args.out is not None and not args.dry_run:
         check_output_path(args.out, "--out")
@@ -188,7 +188,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         )
     if args.out is not None:
         check_output_path(args.out, "--out")
-    from physlearn.report import report_command
+    from physlearn.report.command import report_command
 
     return report_command(args.store, args.out)
 
@@ -201,7 +201,7 @@ def cmd_lab(args: argparse.Namespace) -> int:
 
 def cmd_export_spice(args: argparse.Namespace) -> int:
     from physlearn.config import ConfigError
-    from physlearn.simulators.spice import export_from_config
+    from physlearn.simulators.resistor.spice import export_from_config
 
     try:
         deck = export_from_config(args.config, args.pattern, split=args.split, overrides=args.set)
@@ -359,8 +359,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     from physlearn.config import ConfigError
-    from physlearn.store import DiskFullError, StoreError
-    from physlearn.storelock import StoreLockedError
+    from physlearn.store.run_store import DiskFullError, StoreError
+    from physlearn.store.lock import StoreLockedError
     from physlearn.system import PhysicsError
 
     parser = build_parser()

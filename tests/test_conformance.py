@@ -12,8 +12,8 @@ import yaml
 from pydantic import TypeAdapter
 
 from physlearn.config import SystemConfig, parse_config
-from physlearn.simulators.graphs import layered
-from physlearn.simulators.resistor import LinearResistorNetwork
+from physlearn.simulators.graphs.generators import layered
+from physlearn.simulators.resistor.linear import LinearResistorNetwork
 from physlearn.system import Equilibrium, FloatArray, Nudge, Params, PhysicalSystem
 from physlearn.testing import CHECKS, SkipCheck, check_system, iter_checks
 
@@ -155,7 +155,7 @@ def station_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
     """Station systems against one noise-free virtual lab (ephemeral ports on 127.0.0.1)."""
     from qcodes.instrument import Instrument
 
-    from physlearn.drivers.testing import bench_experiment, running_lab, write_station
+    from physlearn.drivers.virtual_lab.testing import bench_experiment, running_lab, write_station
 
     raw = yaml.safe_load((CONFIGS / "virtual_lab_resistor.yaml").read_text())
     with running_lab(CONFIGS / "virtual_lab_bench.yaml", **QUIET) as lab:

@@ -18,9 +18,9 @@ from qcodes.instrument import Instrument
 
 from physlearn.cli import main
 from physlearn.config import load_config
-from physlearn.drivers.lab_config import load_lab_config
-from physlearn.drivers.virtual_lab import Bench
-from physlearn.orchestrator import build_system
+from physlearn.drivers.virtual_lab.bench import Bench
+from physlearn.drivers.virtual_lab.config import load_lab_config
+from physlearn.run.start import build_system
 
 from .conftest import CONFIGS, ROOT, run_cli
 
@@ -185,5 +185,8 @@ def test_calibration_measures_every_device_and_the_system_uses_it(tmp_path):
 def test_drivers_yaml_is_shipped_as_package_data():
     from importlib.resources import files
 
-    assert (files("physlearn.drivers") / "virtual_lab_sim.yaml").is_file()
-    assert Path(str(files("physlearn.drivers"))).resolve() == (ROOT / "drivers").resolve()
+    assert (files("physlearn.drivers.virtual_lab") / "virtual_lab_sim.yaml").is_file()
+    assert (
+        Path(str(files("physlearn.drivers.virtual_lab"))).resolve()
+        == (ROOT / "drivers" / "virtual_lab").resolve()
+    )

@@ -20,8 +20,8 @@ from qcodes.instrument import Instrument
 
 from physlearn.config import parse_config
 from physlearn.drivers.errors import EnvelopeViolation
-from physlearn.drivers.testing import bench_experiment, running_lab, write_station
-from physlearn.orchestrator import build_system
+from physlearn.drivers.virtual_lab.testing import bench_experiment, running_lab, write_station
+from physlearn.run.start import build_system
 from physlearn.system import Nudge
 
 from .conftest import CONFIGS

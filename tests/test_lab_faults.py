@@ -15,10 +15,10 @@ from qcodes.instrument import Instrument
 
 from physlearn.config import parse_config
 from physlearn.drivers.errors import ComplianceTrip, InstrumentFault
-from physlearn.drivers.lab_config import FaultSpec
-from physlearn.drivers.testing import bench_experiment, running_lab, write_station
-from physlearn.orchestrator import resume_run, start_run
-from physlearn.store import RunStore
+from physlearn.drivers.virtual_lab.config import FaultSpec
+from physlearn.drivers.virtual_lab.testing import bench_experiment, running_lab, write_station
+from physlearn.run.start import resume_run, start_run
+from physlearn.store.run_store import RunStore
 
 from .conftest import CONFIGS
 

@@ -53,9 +53,9 @@ def test_error_queue_is_readable_and_empty_after_a_query(resource):
 def test_vlab_source_refuses_out_of_envelope_values_and_ends_safe(address, resource):
     from qcodes.instrument import Instrument
 
-    from physlearn.drivers.config import Limits
-    from physlearn.drivers.instruments import VirtualLabSource
-    from physlearn.drivers.safety import RoleEnvelope, apply_to_parameter, hardware_range
+    from physlearn.drivers.instruments.source import VirtualLabSource
+    from physlearn.drivers.station.config import Limits
+    from physlearn.drivers.station.safety import RoleEnvelope, apply_to_parameter, hardware_range
 
     if ",VLAB-SRC" not in resource.query("*IDN?"):
         pytest.skip("not a VLAB-compatible source (physlearn lab serve)")

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from qcodes import validators as vals
 from qcodes.instrument import Instrument
 
-import physlearn.drivers.instruments as instruments
+import physlearn.drivers.instruments.source as instruments
 from physlearn.config import parse_config
 from physlearn.drivers.errors import (
     EnvelopeViolation,
@@ -31,15 +31,17 @@ from physlearn.drivers.errors import (
     InstrumentIOError,
     InstrumentReplyError,
 )
-from physlearn.drivers.instruments import VirtualLabDMM, VirtualLabPots, VirtualLabSource
-from physlearn.drivers.testing import bench_experiment, running_lab, write_station
-from physlearn.orchestrator import build_system
+from physlearn.drivers.instruments.dmm import VirtualLabDMM
+from physlearn.drivers.instruments.pots import VirtualLabPots
+from physlearn.drivers.instruments.source import VirtualLabSource
+from physlearn.drivers.virtual_lab.testing import bench_experiment, running_lab, write_station
+from physlearn.run.start import build_system
 from physlearn.system import Nudge
 
 from .conftest import CONFIGS
 from .test_lab_protocol import _lab_source
 
-SIM = "physlearn.drivers:virtual_lab_sim.yaml"
+SIM = "physlearn.drivers.virtual_lab:virtual_lab_sim.yaml"
 BENCH = CONFIGS / "virtual_lab_bench.yaml"
 QUIET = {"dmm": {"noise": 0.0, "resolution": 0.0}, "settling_tau": 0.0}
 
@@ -1077,7 +1079,7 @@ def test_a_batch_result_is_what_its_scans_say_assembled_early_or_not(tmp_path, m
     rng = np.random.default_rng(6)
     x = rng.uniform(-1.5, 1.5, (batch, 10))
     nudge = Nudge(beta=1e-4, error=rng.uniform(-5, 5, (batch, 3)))
-    from physlearn.drivers.station_system import StationSystem
+    from physlearn.drivers.station.system import StationSystem
 
     derive = StationSystem._derive_rows
     filled: list[tuple[int, int]] = []  # (first row, end) of every computation of rows
@@ -1138,7 +1140,7 @@ def test_the_nudged_phases_in_one_sweep_measure_what_one_call_each_measures(
     x = rng.uniform(-1.5, 1.5, (5, 10))
     eps = rng.uniform(-5, 5, (5, 3))
     phases = [Nudge(beta=1e-4, error=eps), Nudge(beta=-1e-4, error=eps)]
-    from physlearn.drivers.station_system import StationSystem
+    from physlearn.drivers.station.system import StationSystem
 
     wait = StationSystem._wait
     waits: list[float] = []  # every settling wait of a pattern, in order
@@ -1232,7 +1234,7 @@ def test_an_overload_found_while_the_next_phase_settles_stops_the_batch(tmp_path
 def test_a_driver_with_set_levels_only_gets_an_adapter():
     """A driver offering ``set_levels`` but no ``level_writer`` is written through it (every
     call reads the validators afresh: nothing to refresh)."""
-    from physlearn.drivers.station_system import _bulk_writer
+    from physlearn.drivers.station.system import _bulk_writer
 
     calls: list[tuple[list[str], list[float]]] = []
 
@@ -1253,7 +1255,7 @@ def test_a_driver_with_set_levels_only_gets_an_adapter():
 def test_the_settling_wait_is_never_shorter_than_asked(seconds):
     """The bench's settle wait (a sleep, then polling the clock for its last stretch) returns
     only once ``seconds`` have passed, and reports the time it waited."""
-    from physlearn.drivers.station_system import wait_at_least
+    from physlearn.drivers.station.system import wait_at_least
 
     for _ in range(20):
         t0 = time.perf_counter()
@@ -1274,7 +1276,7 @@ def test_work_inside_the_settling_wait_is_settling_until_the_deadline_only():
     system's own time, as the benchmark counts it)."""
     from types import SimpleNamespace
 
-    from physlearn.drivers.station_system import StationSystem, Timers
+    from physlearn.drivers.station.system import StationSystem, Timers
 
     fake: Any = SimpleNamespace(timers=Timers())
     ended: list[float] = []

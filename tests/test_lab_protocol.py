@@ -12,21 +12,20 @@ from qcodes import validators as vals
 from qcodes.instrument import Instrument
 
 from physlearn.drivers.errors import InstrumentReplyError
-from physlearn.drivers.instruments import (
-    VirtualLabDMM,
-    VirtualLabPots,
-    VirtualLabSource,
-    VirtualLabSwitch,
-)
-from physlearn.drivers.lab_config import parse_lab_config
-from physlearn.drivers.testing import running_lab
-from physlearn.drivers.virtual_lab import Bench, VirtualLab
-from physlearn.simulators.graphs import layered
-from physlearn.simulators.resistor import LinearResistorNetwork
+from physlearn.drivers.instruments.dmm import VirtualLabDMM
+from physlearn.drivers.instruments.pots import VirtualLabPots
+from physlearn.drivers.instruments.source import VirtualLabSource
+from physlearn.drivers.instruments.switch import VirtualLabSwitch
+from physlearn.drivers.virtual_lab.bench import Bench
+from physlearn.drivers.virtual_lab.config import parse_lab_config
+from physlearn.drivers.virtual_lab.lab import VirtualLab
+from physlearn.drivers.virtual_lab.testing import running_lab
+from physlearn.simulators.graphs.generators import layered
+from physlearn.simulators.resistor.linear import LinearResistorNetwork
 
 from .conftest import CONFIGS
 
-SIM = "physlearn.drivers:virtual_lab_sim.yaml"
+SIM = "physlearn.drivers.virtual_lab:virtual_lab_sim.yaml"
 BENCH = CONFIGS / "virtual_lab_bench.yaml"
 
 
@@ -268,7 +267,7 @@ def test_bulk_levels_follow_validator_changes_and_custom_validators():
 
 
 def test_lab_server_refuses_remote_addresses_without_the_flag():
-    from physlearn.drivers.scpi_server import LabServer
+    from physlearn.drivers.virtual_lab.server import LabServer
 
     cfg = parse_lab_config({"graph": {"type": "layered", "sizes": [2, 2, 1]}})
     with pytest.raises(ValueError, match="loopback"):
@@ -340,7 +339,7 @@ def test_settling_noise_resolution_spread_and_compliance():
     bench = Bench(cfg, clock=lambda: clock[0])
     lab = VirtualLab.__new__(VirtualLab)
     lab.config, lab.bench = cfg, bench
-    from physlearn.drivers.virtual_lab import DMMInstrument, PotBank, SourceInstrument
+    from physlearn.drivers.virtual_lab.lab import DMMInstrument, PotBank, SourceInstrument
 
     src = SourceInstrument("src", bench, "S")
     dmm = DMMInstrument("dmm", bench, "D")

@@ -9,9 +9,9 @@ import pytest
 from qcodes.instrument import Instrument
 
 from physlearn.config import parse_config
-from physlearn.drivers.station_system import StationSystem
-from physlearn.drivers.testing import running_lab, write_station
-from physlearn.orchestrator import build_system
+from physlearn.drivers.station.system import StationSystem
+from physlearn.drivers.virtual_lab.testing import running_lab, write_station
+from physlearn.run.start import build_system
 from physlearn.system import Nudge
 
 from .test_lab_envelope import (

@@ -26,16 +26,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from physlearn.drivers import cli as lab_cli
-from physlearn.drivers import scpi_server
-from physlearn.drivers.scpi_server import LabServer
-from physlearn.drivers.testing import lab_config
+from physlearn.drivers.virtual_lab import server as scpi_server
+from physlearn.drivers.virtual_lab.server import LabServer
+from physlearn.drivers.virtual_lab.testing import lab_config
 
 from .conftest import CONFIGS, ROOT
 
 BENCH = CONFIGS / "virtual_lab_bench.yaml"
 #: a hang guard, not a performance bound: every reply here takes milliseconds
 PATIENCE = 2.0
-LOGGER = "physlearn.drivers.scpi_server"
+LOGGER = "physlearn.drivers.virtual_lab.server"
 
 
 class Client:
@@ -414,8 +414,8 @@ def test_a_run_whose_connections_are_closed_when_idle_loses_nothing(tmp_path):
     from qcodes.instrument import Instrument
 
     from physlearn.config import parse_config
-    from physlearn.drivers.testing import write_station
-    from physlearn.orchestrator import start_run
+    from physlearn.drivers.virtual_lab.testing import write_station
+    from physlearn.run.start import start_run
 
     from .test_lab_faults import QUIET, _assert_same, experiment
 

@@ -13,9 +13,9 @@ import yaml
 from qcodes.instrument import Instrument
 
 from physlearn.config import parse_config
-from physlearn.drivers.testing import bench_experiment, running_lab, write_station
-from physlearn.orchestrator import start_run
-from physlearn.store import RunStore
+from physlearn.drivers.virtual_lab.testing import bench_experiment, running_lab, write_station
+from physlearn.run.start import start_run
+from physlearn.store.run_store import RunStore
 
 from .conftest import CONFIGS
 
@@ -112,7 +112,7 @@ def test_the_run_can_serve_its_own_lab_and_stops_it(tmp_path):
 
 
 def _nudge_system(tmp_path: Path, station: Path, nudge: dict[str, Any]) -> Any:
-    from physlearn.orchestrator import build_system
+    from physlearn.run.start import build_system
 
     raw = experiment(tmp_path, station)
     raw["system"]["nudge"] = nudge
@@ -135,8 +135,8 @@ def _source(channels: str, function: str) -> dict[str, Any]:
 def test_every_nudge_the_bench_realises_matches_the_simulator(tmp_path):
     """Current injection, target through nudge resistors (switch matrix) and clamping sources,
     each alternated with free phases, against the simulator's nudges on the same conductances."""
-    from physlearn.simulators.graphs import layered
-    from physlearn.simulators.resistor import LinearResistorNetwork
+    from physlearn.simulators.graphs.generators import layered
+    from physlearn.simulators.resistor.linear import LinearResistorNetwork
     from physlearn.system import Nudge
 
     rng = np.random.default_rng(1)
@@ -192,7 +192,7 @@ def test_equilibrium_waits_until_the_scans_are_stable(tmp_path):
     """A slow network (tau = 30 ms, long against a round trip even on a loaded machine):
     without waiting the first scan is caught mid-transient; with a tolerance the system scans
     until two scans agree, and says when it gave up."""
-    from physlearn.orchestrator import build_system
+    from physlearn.run.start import build_system
 
     x = np.linspace(-1.0, 1.0, 10)[None, :]
     with running_lab(BENCH, **{**QUIET, "settling_tau": 0.03}) as lab:

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from physlearn.drivers import tapmap as tapmap_module
-from physlearn.drivers.config import TapLaw
-from physlearn.drivers.tapmap import CALIBRATION_FORMAT, TapMap
+from physlearn.drivers.station import tapmap as tapmap_module
+from physlearn.drivers.station.config import TapLaw
+from physlearn.drivers.station.tapmap import CALIBRATION_FORMAT, TapMap
 
 
 @st.composite

@@ -1,6 +1,6 @@
 """Conductance of each potentiometer as a function of its tap, and the inverse.
 
-Either the nominal :class:`~physlearn.drivers.config.TapLaw` (every device alike) or a
+Either the nominal :class:`~physlearn.drivers.station.config.TapLaw` (every device alike) or a
 calibration table measured by ``physlearn lab calibrate`` (per device, the conductance at a set
 of taps, interpolated linearly in between). Calibration JSON::
 
@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from physlearn.drivers.config import TapLaw
+from physlearn.drivers.station.config import TapLaw
 from physlearn.system import FloatArray
 
 CALIBRATION_FORMAT = "physlearn-tap-calibration/1"

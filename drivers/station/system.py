@@ -1,6 +1,6 @@
 """A resistor network on the bench, trained through a qcodes station (``system: kind: station``).
 
-Physics and sign conventions are those of :mod:`physlearn.simulators.resistor` (see
+Physics and sign conventions are those of :mod:`physlearn.simulators.resistor.linear` (see
 ``docs/physics.md``, §Bench (station) and virtual lab, and §Resistor networks):
 
 * node voltages V (volts) are *measured* by a meter scanning every node through a multiplexer;
@@ -59,7 +59,8 @@ caches) when they offer them, and so does a weight update's write and read-back
 (``write_taps_read_back``: the taps parameter's set and get, in one exchange).
 
 Every value of a transaction is checked against the safety envelope before its first write
-(:mod:`physlearn.drivers.safety`); qcodes validators, steps and inter-delays enforce it again.
+(:mod:`physlearn.drivers.station.safety`); qcodes validators, steps and inter-delays enforce it
+again.
 
 Faults: a timeout or lost connection closes and reopens the VISA sessions, re-reads every level
 the system drives (so that ramps start from the truth) and redoes the transaction; a garbled
@@ -88,13 +89,11 @@ import re
 import time
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager, ExitStack
-from dataclasses import dataclass, field
 from functools import partial
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from physlearn.drivers.config import SourceRole, StationConfig, SwitchRole, expand_names
 from physlearn.drivers.errors import (
     ComplianceTrip,
     EnvelopeViolation,
@@ -106,7 +105,22 @@ from physlearn.drivers.errors import (
     SafeStateError,
     StaleReadingError,
 )
-from physlearn.drivers.safety import (
+from physlearn.drivers.station.config import SourceRole, StationConfig, expand_names
+from physlearn.drivers.station.phases import (
+    Timers,
+    _bulk_writer,
+    _BulkWriter,
+    _PendingScan,
+    _PhaseLevels,
+    _PreparedPhase,
+    _Preparing,
+    _root,
+    _Rows,
+    _Source,
+    _Switches,
+    wait_at_least,
+)
+from physlearn.drivers.station.safety import (
     RoleEnvelope,
     apply_tap_limits,
     apply_to_parameter,
@@ -114,7 +128,7 @@ from physlearn.drivers.safety import (
     hardware_range,
     shield_interrupts,
 )
-from physlearn.drivers.tapmap import TapMap
+from physlearn.drivers.station.tapmap import TapMap
 from physlearn.system import (
     Equilibrium,
     FloatArray,
@@ -129,223 +143,14 @@ from physlearn.system import (
 
 if TYPE_CHECKING:
     from physlearn.config import ExperimentConfig
-    from physlearn.drivers.scpi_server import LabServer
+    from physlearn.drivers.station.dryrun import Check
+    from physlearn.drivers.virtual_lab.server import LabServer
 
 GROUP = "conductance"
 T = TypeVar("T")
 
-#: The last stretch of a wait that :func:`wait_at_least` spends polling the clock instead of
-#: asleep (s): about what a Linux sleep of a few hundred microseconds overshoots (timer slack
-#: and wake-up latency, 60-150 us on an idle machine).
-SPIN_SECONDS = 2e-4
-
-
-def wait_at_least(seconds: float, since: float | None = None) -> float:
-    """Wait until ``seconds`` have passed since ``since`` (a ``time.perf_counter()`` reading;
-    default: now) -- the bench settling -- and return the time since then, never less.
-
-    Sleeps until ``SPIN_SECONDS`` before the deadline, then polls the clock. A plain sleep of
-    ``settle_time = 3e-4`` s returns after about 4e-4 s, so every phase would wait a third longer
-    than configured; the poll ends the wait within a microsecond or two of the deadline, at the
-    cost of at most ``SPIN_SECONDS`` of busy CPU per wait (a Ctrl-C still interrupts it). The
-    core is also awake when the scan that follows is sent, instead of waking from idle. On a
-    loaded machine the sleep can overshoot the whole wait: the network only settles further.
-    """
-    t0 = time.perf_counter() if since is None else since
-    asleep = seconds - SPIN_SECONDS - (time.perf_counter() - t0)
-    if asleep > 0:
-        time.sleep(asleep)
-    waited = time.perf_counter() - t0
-    while waited < seconds:  # on the difference itself: t0 + seconds could round below it
-        waited = time.perf_counter() - t0
-    return waited
-
-
-@dataclass
-class Timers:
-    """Wall-clock seconds by activity (for benchmarks): ``instrument`` = inside qcodes/VISA
-    calls, ``settle`` = waiting for the physics, ``visa_closed`` = VISA read/write time of the
-    instruments already closed (see :meth:`StationSystem.visa_seconds`); counts of phases,
-    scans, retries, reconnects."""
-
-    instrument: float = 0.0
-    settle: float = 0.0
-    visa_closed: float = 0.0
-    phases: int = 0
-    scans: int = 0
-    retries: int = 0
-    reconnects: int = 0
-
-
-@dataclass
-class Check:
-    """One line of a dry-run report."""
-
-    ok: bool
-    what: str
-    detail: str = ""
-
-
-@dataclass
-class _Source:
-    """A bound source role: qcodes parameters per channel."""
-
-    name: str
-    cfg: SourceRole
-    env: RoleEnvelope
-    levels: list[Any] = field(default_factory=list)
-    outputs: list[Any] | None = None
-    compliance: list[Any] | None = None
-    settings: list[dict[str, Any]] = field(default_factory=list)
-    trip: Any = None
-    roots: list[Any] = field(default_factory=list)
-    #: level last written per channel (a fast skip of unchanged levels; NaN = unknown)
-    last: list[float] = field(default_factory=list)
-    #: the instrument's bulk level writer (``level_writer(levels)``, or its ``set_levels``)
-    #: when every channel is on one instrument that offers it and the role does not ramp with
-    #: an inter-delay; shared by every such role on the instrument when it can be
-    bulk: _BulkWriter | None = None
-    #: index of the role's first level among the levels of ``bulk``
-    offset: int = 0
-
-
-class _PhaseLevels:
-    """The changed levels of one phase not yet handed to their bulk writer (one writer at a
-    time: see :meth:`StationSystem._set_levels`). Local to the phase: a phase that fails drops
-    it, and nothing it still holds was handed to an instrument."""
-
-    __slots__ = ("writer", "root", "values", "index", "roles", "ids")
-
-    def __init__(self) -> None:
-        self.writer: _BulkWriter | None = None
-        self.root: Any = None
-        self.values: list[float] = []  # new levels, in the order written
-        self.index: list[int] = []  # their indices among the writer's levels
-        #: per role queued: the role, its changed channels and their new levels
-        self.roles: list[tuple[_Source, list[int], list[float]]] = []
-        self.ids: list[int] = []  # id() of each role queued
-
-
-@dataclass
-class _Switches:
-    name: str
-    cfg: SwitchRole
-    states: list[Any] = field(default_factory=list)
-    roots: list[Any] = field(default_factory=list)
-
-
-def _root(p: Any) -> Any:
-    return p.root_instrument
-
-
-class _BulkWriter(Protocol):
-    """Sets a source role's levels in one go (see ``VirtualLabSource.level_writer``)."""
-
-    def refresh(self) -> None: ...
-
-    def write(self, values: list[float], indices: list[int] | None = None) -> None: ...
-
-
-class _SetLevelsWriter:
-    """A :class:`_BulkWriter` over an instrument's ``set_levels(params, values)`` (which reads
-    the parameters' validators on every call: nothing to refresh)."""
-
-    def __init__(self, set_levels: Callable[[list[Any], list[float]], None], params: list[Any]):
-        self._set_levels = set_levels
-        self._params = params
-
-    def refresh(self) -> None:
-        pass
-
-    def write(self, values: list[float], indices: list[int] | None = None) -> None:
-        params = self._params if indices is None else [self._params[k] for k in indices]
-        self._set_levels(params, values)
-
-
-class _Preparing(_BulkWriter, Protocol):
-    """A bulk writer whose writes can be prepared ahead and sent later (see
-    ``LevelWriter.prepare`` and ``send`` in :mod:`physlearn.drivers.instruments`)."""
-
-    def prepare(self, values: list[float], indices: list[int] | None = None) -> Any: ...
-
-    def send(self, prepared: Any) -> bool: ...
-
-
 #: the errors a transaction retries (see the module docstring)
 _RETRIED = (InstrumentIOError, InstrumentReplyError, StaleReadingError)
-
-
-class _PreparedPhase:
-    """A phase's level writes, prepared while the phase before it settled
-    (:meth:`StationSystem._prepare_phase`): the writer's prepared write (None: the phase
-    changes no level), the roles and channels it sets, and the skip memory (``last``) of each
-    role it was prepared against."""
-
-    __slots__ = ("writer", "root", "levels", "roles", "lasts")
-
-    def __init__(
-        self,
-        writer: _Preparing,
-        root: Any,
-        levels: Any,
-        roles: list[tuple[_Source, list[int], list[float]]],
-        lasts: list[tuple[_Source, list[float]]],
-    ) -> None:
-        self.writer = writer
-        self.root = root
-        self.levels = levels
-        self.roles = roles
-        self.lasts = lasts
-
-
-class _Rows:
-    """The arrays of a batch's result, one row per phase: node voltages (V), outputs (V), edge
-    conjugates (V^2) and energy (W). ``scans[k]``: the scan whose readings row k of ``volts``
-    holds (None: none yet; :meth:`put`); ``derived``: the leading rows whose outputs,
-    conjugates and energy are computed from ``volts`` as it stands
-    (:meth:`StationSystem._derive_rows`)."""
-
-    __slots__ = ("volts", "outputs", "conj", "energy", "scans", "derived")
-
-    def __init__(self, batch: int, n_nodes: int, n_out: int, n_edges: int) -> None:
-        self.volts = np.empty((batch, n_nodes))
-        self.outputs = np.empty((batch, n_out))
-        self.conj = np.empty((batch, n_edges))
-        self.energy = np.empty(batch)
-        self.scans: list[list[float] | None] = [None] * batch
-        self.derived = 0
-
-    def put(self, k: int, scan: list[float]) -> None:
-        """Row k's readings: ``scan`` (V, a checked scan of every node)."""
-        self.volts[k] = scan
-        self.scans[k] = scan
-        if self.derived > k:
-            self.derived = k
-
-
-class _PendingScan:
-    """A scan read but not yet checked (its reply), and, once checked, the result: the
-    readings (V), or the error the check raised."""
-
-    __slots__ = ("reply", "result")
-
-    def __init__(self, reply: str) -> None:
-        self.reply = reply
-        self.result: list[float] | InstrumentError | None = None
-
-
-def _bulk_writer(root: Any, levels: list[Any]) -> _BulkWriter | None:
-    """The instrument's bulk writer of ``levels``: ``level_writer`` (prepared once per batch),
-    else ``set_levels``; None if it has neither or cannot write these levels in bulk."""
-    make = getattr(root, "level_writer", None)
-    if callable(make):
-        try:
-            writer: _BulkWriter = make(levels)
-        except ValueError:  # e.g. a level with a post_delay: set them one by one
-            return None
-        return writer
-    bulk = getattr(root, "set_levels", None)
-    return _SetLevelsWriter(bulk, levels) if callable(bulk) else None
 
 
 class StationSystem(PhysicalSystem):
@@ -487,8 +292,8 @@ class StationSystem(PhysicalSystem):
     def _start_lab(self) -> None:
         if self.config.lab is None or self.lab is not None:
             return
-        from physlearn.drivers.lab_config import load_lab_config
-        from physlearn.drivers.scpi_server import LabServer
+        from physlearn.drivers.virtual_lab.config import load_lab_config
+        from physlearn.drivers.virtual_lab.server import LabServer
 
         self.lab = LabServer(load_lab_config(self.config.lab.serve)).start()
         self.events.append(f"virtual lab serving {self.lab.addresses}")
@@ -1400,7 +1205,7 @@ class StationSystem(PhysicalSystem):
             return None
         if kind == "error" and self._sources["nudge.error"].bulk is not writer:
             return None
-        return writer  # type: ignore[return-value]
+        return writer
 
     def _prepare_phase(
         self, kind: str | None, u: list[float], levels: list[float] | None
@@ -1793,8 +1598,8 @@ class StationSystem(PhysicalSystem):
         """Measure every potentiometer's conductance (S) at ``points`` taps spread over
         ``tap_limits``, with every source in its safe state and each device measured isolated
         (``weights.channels`` x ``weights.measure``); the taps are restored afterwards. Returns
-        the calibration table (see :mod:`physlearn.drivers.tapmap`); connects and closes."""
-        from physlearn.drivers.tapmap import CALIBRATION_FORMAT
+        the calibration table (see :mod:`physlearn.drivers.station.tapmap`); connects and closes."""
+        from physlearn.drivers.station.tapmap import CALIBRATION_FORMAT
 
         w = self.config.weights
         if w.channels is None:
@@ -1837,7 +1642,7 @@ class StationSystem(PhysicalSystem):
     def dry_run(self, experiment: ExperimentConfig | None = None) -> list[Check]:
         """Check the station, identities and envelope without applying anything (only
         queries are sent). Returns the report; the system is disconnected afterwards."""
-        from physlearn.drivers.dryrun import station_checks
+        from physlearn.drivers.station.dryrun import station_checks
 
         try:
             return station_checks(self, experiment)

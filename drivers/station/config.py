@@ -19,7 +19,7 @@ section. The section names a qcodes Station YAML (instruments, addresses, driver
 
 Each source role carries its share of the **safety envelope** (:class:`Limits`): the allowed range
 of the level, the ramp step and the delay between ramp steps, the compliance, and the safe
-value. See :mod:`physlearn.drivers.safety`.
+value. See :mod:`physlearn.drivers.station.safety`.
 
 Names of channels expand brace ranges: ``"src.ch{01..10}"`` is ``src.ch01 ... src.ch10`` (the
 width of the first bound sets the zero padding). Paths (``station``, ``lab.serve``,
@@ -38,11 +38,11 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from physlearn.configbase import StrictModel, SystemConfigBase
-from physlearn.simulators.resistor_config import GraphConfig
+from physlearn.simulators.resistor.config import GraphConfig
 from physlearn.yamlload import YAMLInputError, load_yaml_file
 
 if TYPE_CHECKING:
-    from physlearn.drivers.station_system import StationSystem
+    from physlearn.drivers.station.system import StationSystem
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 
@@ -418,7 +418,7 @@ class LabServe(StrictModel):
     def _exists(cls, v: str) -> str:
         if not Path(v).expanduser().is_file():
             raise ValueError(f"virtual-lab file {v!r} does not exist")
-        from physlearn.drivers.lab_config import load_lab_config
+        from physlearn.drivers.virtual_lab.config import load_lab_config
 
         load_lab_config(v)
         return _resolve(v)
@@ -571,6 +571,6 @@ class StationConfig(SystemConfigBase):
         return self.graph.n_outputs()
 
     def build(self, seed: int) -> StationSystem:
-        from physlearn.drivers.station_system import StationSystem
+        from physlearn.drivers.station.system import StationSystem
 
         return StationSystem(self, seed=seed)

@@ -12,9 +12,10 @@ Example (``configs/virtual_lab.yaml``)::
     switch: {relays: [{source: 14, node: 26, conductance: 1.0e-4}, ...]}
     faults: {timeout: 0.0, drop: 0.0, garble: 0.0, stuck: 0.0}
 
-Node and edge numbering are those of :mod:`physlearn.simulators.graphs` (the same graph config as
-the simulator's). Source channels, relays and potentiometer channels count from 1; multiplexer
-channels from ``dmm.first_channel`` (101). Validation is pure pydantic (no numpy work, no I/O).
+Node and edge numbering are those of :mod:`physlearn.simulators.graphs.generators` (the same graph
+config as the simulator's). Source channels, relays and potentiometer channels count from 1;
+multiplexer channels from ``dmm.first_channel`` (101). Validation is pure pydantic (no numpy work,
+no I/O).
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from physlearn.configbase import StrictModel
-from physlearn.drivers.config import TapLaw, graph_counts
-from physlearn.simulators.resistor_config import GraphConfig
+from physlearn.drivers.station.config import TapLaw, graph_counts
+from physlearn.simulators.resistor.config import GraphConfig
 
 
 class SourceSpec(StrictModel):

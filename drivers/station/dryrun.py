@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import math
 import sys
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,14 +24,21 @@ from physlearn.drivers.errors import EnvelopeViolation
 
 if TYPE_CHECKING:
     from physlearn.config import ExperimentConfig
-    from physlearn.drivers.station_system import Check, StationSystem
+    from physlearn.drivers.station.system import StationSystem
 
 USER_ERROR = 2
 
 
-def _check(ok: bool, what: str, detail: str = "") -> Check:
-    from physlearn.drivers.station_system import Check
+@dataclass
+class Check:
+    """One line of a dry-run report."""
 
+    ok: bool
+    what: str
+    detail: str = ""
+
+
+def _check(ok: bool, what: str, detail: str = "") -> Check:
     return Check(ok, what, detail)
 
 
@@ -39,7 +47,7 @@ def station_checks(system: StationSystem, experiment: ExperimentConfig | None) -
     import yaml
     from qcodes.station import Station
 
-    from physlearn.drivers.safety import hardware_range
+    from physlearn.drivers.station.safety import hardware_range
 
     cfg = system.config
     out: list[Check] = []
@@ -201,7 +209,7 @@ def _input_range(experiment: ExperimentConfig, n_out: int) -> tuple[np.ndarray, 
 def experiment_checks(system: StationSystem, experiment: ExperimentConfig) -> list[Check]:
     """Inputs of the whole dataset and the worst-case nudge against the envelope."""
     from physlearn.estimators.ep import EquilibriumPropagation
-    from physlearn.orchestrator import build_estimator, objective_loss
+    from physlearn.run.campaign import build_estimator, objective_loss
 
     out: list[Check] = []
     x, t = _input_range(experiment, system.outputs.size)
@@ -309,8 +317,8 @@ def print_report(checks: list[Check], title: str, stream: Any = None) -> bool:
 
 def dry_run_command(config: ExperimentConfig, source: str) -> int:
     """Build the system and dry-run it; print the report; 0 if every check passed, else 2."""
-    from physlearn.drivers.station_system import StationSystem
-    from physlearn.orchestrator import build_system
+    from physlearn.drivers.station.system import StationSystem
+    from physlearn.run.start import build_system
 
     system = build_system(config)
     title = f"dry run of {source} ({config.system.kind} system; only queries are sent)"

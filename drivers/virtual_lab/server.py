@@ -31,10 +31,11 @@ server without limit):
 * ``max_line`` (default 65536 bytes): a longer line is discarded unexecuted and queues
   ``-363,"Input buffer overrun"``; the connection stays open.
 
-So at most ``max_connections * max_line`` bytes of input are buffered per instrument. Within a
-line, channel lists are checked before they are expanded and the error queue holds 32 entries
-(:mod:`physlearn.drivers.scpi`). Log lines go to the ``physlearn.drivers.scpi_server`` logger
-(refusals at WARNING, idle closes at INFO; ``physlearn lab serve`` prints both on stderr).
+So at most ``max_connections * max_line`` bytes of input are buffered per instrument. Within a line,
+channel lists are checked before they are expanded and the error queue holds 32 entries
+(:mod:`physlearn.drivers.virtual_lab.scpi`). Log lines go to the
+``physlearn.drivers.virtual_lab.server`` logger (refusals at WARNING, idle closes at INFO;
+``physlearn lab serve`` prints both on stderr).
 """
 
 from __future__ import annotations
@@ -52,9 +53,9 @@ from typing import Any, Self
 
 import numpy as np
 
-from physlearn.drivers.lab_config import FaultSpec, LabConfig
-from physlearn.drivers.scpi import ScpiError
-from physlearn.drivers.virtual_lab import SimInstrument, VirtualLab
+from physlearn.drivers.virtual_lab.config import FaultSpec, LabConfig
+from physlearn.drivers.virtual_lab.lab import SimInstrument, VirtualLab
+from physlearn.drivers.virtual_lab.scpi import ScpiError
 
 LOOPBACK = "127.0.0.1"
 _JUNK = "#~?%&$!"

@@ -22,8 +22,8 @@ from typing import Any
 
 import yaml
 
-from physlearn.drivers.lab_config import LabConfig, load_lab_config, parse_lab_config
-from physlearn.drivers.scpi_server import LabServer
+from physlearn.drivers.virtual_lab.config import LabConfig, load_lab_config, parse_lab_config
+from physlearn.drivers.virtual_lab.server import LabServer
 
 
 def lab_config(source: str | Path | dict[str, Any] | LabConfig, **sections: Any) -> LabConfig:
