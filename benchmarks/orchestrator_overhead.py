@@ -24,7 +24,8 @@ import numpy as np
 from physlearn.config import parse_config
 from physlearn.estimators import measure
 from physlearn.memory import retain_freed_memory
-from physlearn.orchestrator import Campaign, build_system, create_store
+from physlearn.run.campaign import Campaign
+from physlearn.run.start import build_system, create_store
 from physlearn.system import Nudge
 
 

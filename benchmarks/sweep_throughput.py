@@ -35,7 +35,9 @@ from typing import Any
 
 import yaml
 
-from physlearn.sweep import RunRecord, load_sweep, parse_sweep, run_sweep
+from physlearn.sweep.execute import run_sweep
+from physlearn.sweep.expand import load_sweep, parse_sweep
+from physlearn.sweep.plan import RunRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 

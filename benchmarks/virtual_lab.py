@@ -61,13 +61,13 @@ from typing import Any
 
 import yaml
 
-import physlearn.orchestrator as orch
+import physlearn.run.start as orch
 from physlearn.config import parse_config
 from physlearn.drivers.station.system import StationSystem
 from physlearn.drivers.virtual_lab.testing import bench_experiment, running_lab, write_station
 from physlearn.run.campaign import Campaign
-from physlearn.run.start import start_run
 from physlearn.run.records import Recorder
+from physlearn.run.start import start_run
 from physlearn.store.run_store import RunStore
 
 ROOT = Path(__file__).resolve().parents[1]

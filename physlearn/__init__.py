@@ -1,7 +1,8 @@
 """physlearn: train physical learning machines with equilibrium propagation.
 
-The contract every machine implements is :class:`physlearn.system.PhysicalSystem`; the campaign
-loop is :mod:`physlearn.orchestrator`; runs are Zarr v3 groups (:mod:`physlearn.store`).
+The contract every machine implements is :class:`physlearn.system.PhysicalSystem`; a run is
+driven by :mod:`physlearn.run` and logged to a Zarr v3 group (:mod:`physlearn.store`); many runs
+are a sweep (:mod:`physlearn.sweep`); :mod:`physlearn.report` draws them.
 """
 
 from importlib.metadata import PackageNotFoundError, version

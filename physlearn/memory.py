@@ -12,10 +12,12 @@ maximum (32 MiB), so blocks up to that size come from the heap and freed ones ar
 next step while still mapped. The process keeps its peak heap (it does not grow beyond the peak
 a step needs); a long campaign's resident size is that peak.
 
-The setting is process-wide (the allocator has no other scope). The orchestrator applies it when
-it starts driving a campaign (``physlearn run``, ``resume``, every sweep run in a Dask worker);
-benchmarks apply it before measuring either side. On a C library without ``mallopt`` (macOS,
-musl) it does nothing.
+The setting is process-wide (the allocator has no other scope) and cannot be undone, so it is
+opt-in: ``physlearn run``, ``resume`` and ``sweep --retain-freed-memory`` (``retain_freed_memory=
+True`` in :func:`physlearn.run.start.start_run`, ``resume_run`` and
+:func:`physlearn.sweep.execute.run_sweep`) apply it before driving a campaign, in the worker of a
+sweep run too; benchmarks apply it before measuring either side. On a C library without
+``mallopt`` (macOS, musl) it does nothing.
 """
 
 from __future__ import annotations

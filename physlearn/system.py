@@ -2,7 +2,7 @@
 
 Every machine physlearn trains -- a simulated resistor network, an XY oscillator lattice, a
 Rydberg-array emulator, a bench of instruments behind qcodes -- implements :class:`PhysicalSystem`.
-The estimators (:mod:`physlearn.estimators`) and the orchestrator (:mod:`physlearn.orchestrator`)
+The estimators (:mod:`physlearn.estimators`) and the campaign (:mod:`physlearn.run.campaign`)
 only ever talk to this interface.
 
 Writing a new system

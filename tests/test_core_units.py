@@ -202,7 +202,8 @@ def test_campaign_prepares_each_steps_batch_and_generator_as_the_step_alone_woul
     any order (a resume starts in the middle; the overhead benchmark runs past the end), each
     step gets exactly task.batch_indices and an untouched step_rng, also when it runs again."""
     from physlearn.config import parse_config
-    from physlearn.orchestrator import Campaign, build_system, create_store
+    from physlearn.run.campaign import Campaign
+    from physlearn.run.start import build_system, create_store
     from physlearn.task import step_rng
 
     cfg = parse_config(quick_raw)

@@ -15,9 +15,9 @@ from physlearn.estimators import (
     measure_many,
 )
 from physlearn.losses import get_loss
-from physlearn.orchestrator import gradient_fidelity
-from physlearn.simulators.graphs import layered
-from physlearn.simulators.resistor import LinearResistorNetwork
+from physlearn.run.campaign import gradient_fidelity
+from physlearn.simulators.graphs.generators import layered
+from physlearn.simulators.resistor.linear import LinearResistorNetwork
 from physlearn.system import Nudge
 
 

@@ -13,8 +13,8 @@ import zarr
 from threadpoolctl import threadpool_limits
 
 from physlearn.config import ConfigError, parse_config
-from physlearn.orchestrator import start_run
-from physlearn.simulators.quantum_datasets import (
+from physlearn.run.start import start_run
+from physlearn.simulators.quantum.datasets import (
     ClusterIsingPhasesConfig,
     cluster_ising_string_order,
 )
@@ -87,7 +87,7 @@ def test_a_degenerate_ground_state_fails_the_run_cleanly(tmp_path: Path) -> None
     """Deep in the ferromagnet (weak field, strong Ising coupling) the two ordered states split by
     ~4e-9, below gap_tol, so EP's free phase is ill-defined. The run fails with the solver's
     message and no traceback, and its store records the failure."""
-    from physlearn.store import RunStore
+    from physlearn.store.run_store import RunStore
     from tests.conftest import run_cli
 
     cfg = CONFIGS / "quantum_phase_exploration.yaml"

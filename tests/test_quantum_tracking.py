@@ -21,15 +21,16 @@ from threadpoolctl import threadpool_limits
 from physlearn.config import parse_config
 from physlearn.estimators import EquilibriumPropagation, centred
 from physlearn.losses import get_loss
-from physlearn.orchestrator import Campaign, resume_run, start_run
-from physlearn.simulators.pauli import PauliBasis
-from physlearn.simulators.quantum import HamiltonianModel, QuantumCarry, QuantumSystem
-from physlearn.simulators.quantum_states import (
+from physlearn.run.campaign import Campaign
+from physlearn.run.start import resume_run, start_run
+from physlearn.simulators.quantum.pauli import PauliBasis
+from physlearn.simulators.quantum.states import (
     DegenerateGroundStateError,
     SolverOptions,
     ground_state,
 )
-from physlearn.store import RunStore
+from physlearn.simulators.quantum.system import HamiltonianModel, QuantumCarry, QuantumSystem
+from physlearn.store.run_store import RunStore
 from physlearn.system import ParameterGroup
 
 from .conftest import CONFIGS

@@ -14,10 +14,11 @@ import yaml
 
 from physlearn.cli import main
 from physlearn.config import parse_config
-from physlearn.orchestrator import start_run
-from physlearn.report import default_out, make_report
-from physlearn.store import RunStore
-from physlearn.sweep import load_sweep, run_sweep
+from physlearn.report.command import default_out, make_report
+from physlearn.run.start import start_run
+from physlearn.store.run_store import RunStore
+from physlearn.sweep.execute import run_sweep
+from physlearn.sweep.expand import load_sweep
 from tests.conftest import load_yaml
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -9,7 +9,8 @@ import pytest
 import yaml
 
 from physlearn.cli import main
-from physlearn.sweep import load_sweep, run_sweep
+from physlearn.sweep.execute import run_sweep
+from physlearn.sweep.expand import load_sweep
 from tests.test_report import check_report, tiny_raw
 
 # typeset by mathtext; an unknown command (a parse error); specials outside and inside $...$
@@ -44,7 +45,7 @@ def test_a_report_with_mathtext_in_axis_values_is_written(
 def test_axis_values_are_drawn_as_typed(sweep_store: Path) -> None:
     from matplotlib.text import Text
 
-    from physlearn.report import sweep_figures
+    from physlearn.report.sweep_report import sweep_figures
 
     figs = sweep_figures(sweep_store)
     axes_fig, curves_fig = figs["sweep_axes.png"], figs["sweep_curves.png"]

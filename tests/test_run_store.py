@@ -15,8 +15,8 @@ import pytest
 
 from physlearn.cli import main
 from physlearn.config import parse_config
-from physlearn.orchestrator import resume_run, start_run
-from physlearn.store import RunStore
+from physlearn.run.start import resume_run, start_run
+from physlearn.store.run_store import RunStore
 
 from .conftest import ROOT
 
@@ -184,20 +184,20 @@ def test_ctrl_c_twice_leaves_a_resumable_store(quick_raw, write_config, tmp_path
 def test_run_stopped_between_last_step_and_its_evaluation_resumes_exactly(
     quick_raw, tmp_path, monkeypatch
 ):
-    from physlearn import orchestrator
+    from physlearn.run import campaign
 
     cfg = parse_config(quick_raw)
     ref = tmp_path / "ref.zarr"
     start_run(cfg, ref)
 
-    real = orchestrator.Campaign.evaluate
+    real = campaign.Campaign.evaluate
 
     def failing(self, updates):  # the instrument dies during the final evaluation
         if updates == self.total:
             raise RuntimeError("instrument lost during evaluation")
         return real(self, updates)
 
-    monkeypatch.setattr(orchestrator.Campaign, "evaluate", failing)
+    monkeypatch.setattr(campaign.Campaign, "evaluate", failing)
     out = tmp_path / "stopped.zarr"
     with pytest.raises(RuntimeError, match="instrument lost"):
         start_run(cfg, out)
@@ -205,7 +205,7 @@ def test_run_stopped_between_last_step_and_its_evaluation_resumes_exactly(
     assert store.attrs["exit_status"] == "fail"
     assert store.committed() == 24  # every complete step kept
     assert int(store.read("eval_step")[-1]) == 16
-    monkeypatch.setattr(orchestrator.Campaign, "evaluate", real)
+    monkeypatch.setattr(campaign.Campaign, "evaluate", real)
     res = resume_run(out)
     assert res.status == "success"
     _assert_same_run(ref, out)

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from physlearn.cli import main
-from physlearn.store import RunStore
-from physlearn.storelock import StoreLock
+from physlearn.store.lock import StoreLock
+from physlearn.store.run_store import RunStore
 
 from .conftest import ROOT
 
@@ -25,7 +25,7 @@ from .conftest import ROOT
 CREATE = """
 import sys
 import numpy as np
-from physlearn.store import RunStore
+from physlearn.store.run_store import RunStore
 shapes = {f"held/g{i}": (3,) for i in range(400)}
 RunStore.create(sys.argv[1], {"phase": (np.array(["free"]), "1")}, shapes, {"config": {}})
 """

@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from physlearn.config import parse_config
-from physlearn.orchestrator import start_run
-from physlearn.store import RunStore
+from physlearn.run.start import start_run
+from physlearn.store.run_store import RunStore
 
 from .conftest import run_cli
 from .test_run_store import _assert_same_run

@@ -19,8 +19,8 @@ from hypothesis import strategies as st
 
 from physlearn.cli import main
 from physlearn.config import parse_config
-from physlearn.orchestrator import start_run
-from physlearn.store import RunStore
+from physlearn.run.start import start_run
+from physlearn.store.run_store import RunStore
 
 from .conftest import load_yaml
 from .test_run_store import _assert_same_run

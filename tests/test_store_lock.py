@@ -17,9 +17,9 @@ import pytest
 
 from physlearn.cli import main
 from physlearn.config import parse_config
-from physlearn.orchestrator import start_run
-from physlearn.store import RunStore
-from physlearn.storelock import StoreLock
+from physlearn.run.start import start_run
+from physlearn.store.lock import StoreLock
+from physlearn.store.run_store import RunStore
 
 from .conftest import ROOT
 from .test_run_store import _assert_same_run, _spawn_run, _wait_committed

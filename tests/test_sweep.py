@@ -16,8 +16,10 @@ import pytest
 import yaml
 
 from physlearn.cli import main
-from physlearn.store import RunStore
-from physlearn.sweep import load_sweep, read_sweep_attrs, run_sweep
+from physlearn.store.run_store import RunStore
+from physlearn.sweep.execute import run_sweep
+from physlearn.sweep.expand import load_sweep
+from physlearn.sweep.plan import read_sweep_attrs
 from tests.conftest import ROOT, load_yaml, run_cli
 
 TARGET_NUDGE_ERROR = "a target nudge realises 'mse', not the loss 'cross_entropy'"
@@ -170,7 +172,7 @@ def test_bad_sweep_from_the_command_line_has_no_traceback(tmp_path: Path) -> Non
 
 def test_imports_stay_lazy() -> None:
     code = (
-        "import sys, physlearn.cli, physlearn.sweep, physlearn.report; "
+        "import sys, physlearn.cli, physlearn.sweep.command, physlearn.report.command; "
         "print(sorted(m for m in ('dask', 'distributed', 'matplotlib') if m in sys.modules))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
@@ -238,7 +240,7 @@ def test_physlearns_local_cluster_turns_dask_bookkeeping_down() -> None:
     import dask.config
     import distributed  # noqa: F401  (registers the distributed.* defaults)
 
-    from physlearn.sweep import _QUIET_DASK, _local_cluster
+    from physlearn.sweep.execute import _QUIET_DASK, _local_cluster
 
     before = {k: dask.config.get(k) for k in _QUIET_DASK}
     cluster, client = _local_cluster(1)

@@ -17,9 +17,11 @@ from hypothesis import strategies as st
 
 from physlearn.cli import main
 from physlearn.config import ConfigError
-from physlearn.store import RunStore
-from physlearn.storelock import StoreLock
-from physlearn.sweep import load_sweep, parse_sweep, read_sweep_attrs, run_sweep
+from physlearn.store.lock import StoreLock
+from physlearn.store.run_store import RunStore
+from physlearn.sweep.execute import run_sweep
+from physlearn.sweep.expand import load_sweep, parse_sweep
+from physlearn.sweep.plan import read_sweep_attrs
 from tests.conftest import ROOT
 from tests.test_sweep import tiny_base, write_sweep
 
@@ -129,7 +131,7 @@ def test_runs_carry_the_sweeps_identity(tmp_path: Path) -> None:
 
 
 def test_the_guarded_remover_removes_only_this_sweeps_unlocked_children(tmp_path: Path) -> None:
-    from physlearn.sweep import _remove_own_run
+    from physlearn.sweep.plan import _remove_own_run
 
     two, out = _two_seed_store(tmp_path)
     guid = str((read_sweep_attrs(out) or {})["guid"])

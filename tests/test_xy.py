@@ -25,10 +25,15 @@ from pydantic import ValidationError
 from physlearn.config import parse_config
 from physlearn.estimators import EquilibriumPropagation, ThermalCovariance, centred, one_sided
 from physlearn.losses import get_loss
-from physlearn.simulators.graphs import Graph, all_to_all, from_edge_list, lattice, layered
-from physlearn.simulators.xy import GROUPS, XYNetwork, xy_conjugates, xy_energy
-from physlearn.simulators.xy_config import XYConfig
-from physlearn.simulators.xy_relax import (
+from physlearn.simulators.graphs.generators import (
+    Graph,
+    all_to_all,
+    from_edge_list,
+    lattice,
+    layered,
+)
+from physlearn.simulators.xy.config import XYConfig
+from physlearn.simulators.xy.relax import (
     LangevinSettings,
     Nudging,
     RelaxSettings,
@@ -36,6 +41,7 @@ from physlearn.simulators.xy_relax import (
     XYTopology,
     wrap,
 )
+from physlearn.simulators.xy.system import GROUPS, XYNetwork, xy_conjugates, xy_energy
 from physlearn.system import ExactGradient, Nudge
 from physlearn.system import Graph as GraphProtocol
 
@@ -662,7 +668,7 @@ def test_shipped_xy_configs_validate() -> None:
 
 
 def test_xor_on_a_3x3_lattice_end_to_end(tmp_path: Path) -> None:
-    from physlearn.orchestrator import start_run
+    from physlearn.run.start import start_run
 
     raw = yaml.safe_load((ROOT / "configs" / "xy_xor_lattice.yaml").read_text())
     raw["store"] = {"root": str(tmp_path)}

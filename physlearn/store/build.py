@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from physlearn import integrity
-from physlearn.storelock import StoreLock, is_locked
+from physlearn.store import integrity
+from physlearn.store.lock import StoreLock, is_locked
 
 #: A store under construction: ``.<final name>.creating-<12 hex digits>`` beside its name.
 CREATING = ".creating-"

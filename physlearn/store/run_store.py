@@ -18,7 +18,7 @@ Layout
   ``edge_group``. Arrays, not run attributes: every commit rewrites the run attributes, and a
   10 000-node layout would make each commit re-encode half a megabyte of JSON.
 
-* ``integrity``: per-commit checksums (:mod:`physlearn.integrity`); the run attribute
+* ``integrity``: per-commit checksums (:mod:`physlearn.store.integrity`); the run attribute
   ``integrity_commits`` counts the committed records. Stores made before it have neither.
 
 Crash safety
@@ -30,7 +30,7 @@ checkpoint into the slot *not* in use and the commit's checksum record, then -- 
 attributes naming the new ``committed_steps`` and slot. zarr's local store replaces files
 atomically, so a reader or a resume trusts exactly ``committed_steps`` records and the slot named
 beside them. One process writes a store at a time: it holds the store's
-:class:`~physlearn.storelock.StoreLock` from creation or resume until it ends.
+:class:`~physlearn.store.lock.StoreLock` from creation or resume until it ends.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ from typing import Any
 
 import numpy as np
 
-from physlearn import integrity, storebuild
-from physlearn.storelock import StoreLock, StoreLockedError, is_locked
+from physlearn.store import build, integrity
+from physlearn.store.lock import StoreLock, StoreLockedError, is_locked
 from physlearn.system import FloatArray, Params
 
 APPEND_DIMS = ("step", "eval")
@@ -130,7 +130,7 @@ class RunStore:
             "host": socket.gethostname(),
         }
         try:
-            lock = storebuild.build(p, coords, checkpoint_shapes, run_attrs, graph)
+            lock = build.build(p, coords, checkpoint_shapes, run_attrs, graph)
         except FileExistsError:
             raise StoreError(f"{p} already exists; choose another --out or resume it") from None
         return cls(p, zarr.open_group(str(p), mode="r+", zarr_format=3), lock)
@@ -143,7 +143,7 @@ class RunStore:
 
     # -- integrity ---------------------------------------------------------------------------
     def verify(self, full: bool = True) -> str:
-        """Check the store against its checksums (:func:`physlearn.integrity.verify_group`);
+        """Check the store against its checksums (:func:`physlearn.store.integrity.verify_group`);
         return a one-line verdict, or raise StoreError naming the first damaged array and
         step range."""
         damage = integrity.verify_group(self.group, full)

@@ -1,6 +1,7 @@
 """Figures of runs and sweeps, drawn with matplotlib's object API (no pyplot, no global state).
 
-Every function takes plain numpy data (see :mod:`physlearn.report`, which reads the stores) and
+Every function takes plain numpy data (see :mod:`physlearn.report.run_report` and
+:mod:`physlearn.report.sweep_report`, which read the stores) and
 returns a :class:`matplotlib.figure.Figure`, or None when there is nothing to draw; ``save``
 writes it as a PNG with the Agg renderer. matplotlib is imported inside the functions, so importing
 this module is cheap.
