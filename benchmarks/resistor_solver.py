@@ -4,7 +4,7 @@ One EP step's physics on a square lattice of N nodes (inputs on the whole first 
 outputs spread along the last row), batch B: the free phase plus two target-nudged phases
 (centred EP, +-beta).
 
-* ours: :class:`~physlearn.simulators.resistor.LinearResistorNetwork` -- a fresh SuperLU
+* ours: :class:`~physlearn.simulators.resistor.linear.LinearResistorNetwork` -- a fresh SuperLU
   factorisation of the free-node Laplacian (timed: parameters are rewritten before each
   repeat), one multi-RHS solve for the batch, nudges by a k x k low-rank (Woodbury) correction.
 * baseline: what a naive code does -- per phase build the dense free-node Laplacian (with beta on
@@ -30,8 +30,8 @@ import time
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from physlearn.simulators.graphs import lattice
-from physlearn.simulators.resistor import LinearResistorNetwork
+from physlearn.simulators.graphs.generators import lattice
+from physlearn.simulators.resistor.linear import LinearResistorNetwork
 from physlearn.system import FloatArray, Nudge
 
 

@@ -43,11 +43,12 @@ from typing import Any
 
 import numpy as np
 
-from physlearn.simulators import spice
-from physlearn.simulators.diodes import DiodeModel
-from physlearn.simulators.graphs import Graph, lattice
-from physlearn.simulators.nonlinear import NonlinearResistorNetwork, clipping_diodes
-from physlearn.simulators.resistor import LinearResistorNetwork, ResistorState
+from physlearn.simulators.graphs.generators import Graph, lattice
+from physlearn.simulators.resistor import spice
+from physlearn.simulators.resistor.circuit import clipping_diodes
+from physlearn.simulators.resistor.elements import DiodeModel
+from physlearn.simulators.resistor.linear import LinearResistorNetwork, ResistorState
+from physlearn.simulators.resistor.nonlinear import NonlinearResistorNetwork
 
 
 def _children_cpu() -> float:

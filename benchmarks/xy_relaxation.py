@@ -44,8 +44,8 @@ import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
 from scipy.integrate import solve_ivp  # noqa: E402
 
-from physlearn.simulators.xy import XYNetwork  # noqa: E402
-from physlearn.simulators.xy_config import XYConfig  # noqa: E402
+from physlearn.simulators.xy.config import XYConfig  # noqa: E402
+from physlearn.simulators.xy.system import XYNetwork  # noqa: E402
 
 
 @dataclass

@@ -7,7 +7,7 @@
 * ``regression``: synthetic y = tanh(x A) + noise, x ~ U[-1, 1]^d.
 * ``none``: one empty pattern, for unsupervised tasks (e.g. quantum phase exploration).
 * ``cluster_ising_phases``: (h1, h2) points of the cluster-Ising chain labelled SPT or not by
-  exact diagonalisation (:mod:`physlearn.simulators.quantum_datasets`).
+  exact diagonalisation (:mod:`physlearn.simulators.quantum.datasets`).
 
 Every split is a deterministic function of the experiment seed.
 """
@@ -21,7 +21,7 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from physlearn.configbase import MAX_BATCH_VALUES, MAX_NODES, StrictModel
-from physlearn.simulators.quantum_datasets import ClusterIsingPhasesConfig
+from physlearn.simulators.quantum.datasets import ClusterIsingPhasesConfig
 from physlearn.system import FloatArray
 
 

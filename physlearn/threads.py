@@ -2,7 +2,7 @@
 
 SuperLU's supernodal kernels and small dense solves call BLAS on tiny blocks; a multi-threaded
 OpenBLAS turns these into thread hand-offs that are pure overhead (see
-:mod:`physlearn.simulators.resistor`). :class:`BlasThreads` sets the loaded BLAS libraries to
+:mod:`physlearn.simulators.resistor.linear`). :class:`BlasThreads` sets the loaded BLAS libraries to
 ``n`` threads for the duration of a ``with`` block and restores them afterwards. The limit is
 process-wide while it holds (BLAS has no per-thread setting).
 

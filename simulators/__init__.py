@@ -1,16 +1,15 @@
-"""Physics-backed :class:`physlearn.system.PhysicalSystem` implementations.
+"""Physics-backed :class:`physlearn.system.PhysicalSystem` implementations, one subpackage per
+machine family (installed as ``physlearn.simulators``; conventions in ``docs/physics.md``).
 
-Installed as ``physlearn.simulators``: resistor networks (:mod:`physlearn.simulators.resistor`),
-graph generators shared by the network simulators (:mod:`physlearn.simulators.graphs`), and
-further systems (XY oscillators, quantum emulators) added by their owners.
+* :mod:`~physlearn.simulators.graphs` -- graph generators and graph configs shared by the
+  network simulators (and by the instrument station).
+* :mod:`~physlearn.simulators.resistor` -- linear and non-linear (diode, transistor) resistor
+  networks, their element laws and the SPICE cross-check.
+* :mod:`~physlearn.simulators.xy` -- coupled phase oscillators (XY model).
+* :mod:`~physlearn.simulators.quantum` -- spin-1/2 machines from Pauli strings, Rydberg arrays,
+  trapped ions, finite shots, sensors and the cluster-Ising dataset.
+* :mod:`~physlearn.simulators.harmonic` -- the quantum harmonic (elastic) network.
 
-Quantum machines (trained with quantum EP, error nudges ``beta sum_k eps_k O_k``):
-:mod:`~physlearn.simulators.pauli` (Pauli strings as bit masks, sparse Hamiltonians),
-:mod:`~physlearn.simulators.quantum_states` (Lanczos ground states with warm starts and a gap
-check, Gibbs states, linear response), :mod:`~physlearn.simulators.quantum_shots` (finite-shot
-measurement), :mod:`~physlearn.simulators.quantum` (the generic :class:`QuantumSystem`),
-:mod:`~physlearn.simulators.rydberg`, :mod:`~physlearn.simulators.ions`,
-:mod:`~physlearn.simulators.oscillators` (quantum elastic network),
-:mod:`~physlearn.simulators.quantum_config` (their configs) and
-:mod:`~physlearn.simulators.quantum_datasets` (cluster-Ising phase labels).
+Each family keeps its config classes (the ``system.kind`` entry points) in a light ``config``
+module that imports its simulator lazily.
 """

@@ -24,17 +24,22 @@ from pydantic import ValidationError
 from physlearn.config import parse_config
 from physlearn.estimators import EquilibriumPropagation, centred, one_sided
 from physlearn.losses import MSE
-from physlearn.simulators.diodes import DiodeKind, DiodeModel, TransistorModel, thermal_voltage
-from physlearn.simulators.graphs import Graph, from_edge_list
-from physlearn.simulators.nonlinear import (
+from physlearn.simulators.graphs.generators import Graph, from_edge_list
+from physlearn.simulators.resistor.circuit import (
     Backend,
     Element,
-    NonlinearResistorNetwork,
     clipping_diodes,
     deep_diode_network,
 )
-from physlearn.simulators.nonlinear_config import DiodeResistorConfig
-from physlearn.simulators.resistor import LinearResistorNetwork
+from physlearn.simulators.resistor.config import DiodeResistorConfig
+from physlearn.simulators.resistor.elements import (
+    DiodeKind,
+    DiodeModel,
+    TransistorModel,
+    thermal_voltage,
+)
+from physlearn.simulators.resistor.linear import LinearResistorNetwork
+from physlearn.simulators.resistor.nonlinear import NonlinearResistorNetwork
 from physlearn.system import ExactGradient, Nudge
 
 FAST = settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])

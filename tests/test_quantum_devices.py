@@ -15,16 +15,16 @@ from threadpoolctl import threadpool_limits
 
 from physlearn.estimators import EquilibriumPropagation, centred, one_sided
 from physlearn.losses import get_loss
-from physlearn.simulators.ions import IonChain, coupling_matrix
-from physlearn.simulators.oscillators import ElasticNetwork
-from physlearn.simulators.quantum_config import (
-    ElasticConfig,
+from physlearn.simulators.harmonic.config import ElasticConfig
+from physlearn.simulators.harmonic.elastic import ElasticNetwork
+from physlearn.simulators.quantum.config import (
     IonsConfig,
     QuantumConfig,
     RydbergConfig,
 )
-from physlearn.simulators.quantum_states import DegenerateGroundStateError
-from physlearn.simulators.rydberg import C6_RAD_US_UM6, RydbergArray, blockade_radius
+from physlearn.simulators.quantum.ions import IonChain, coupling_matrix
+from physlearn.simulators.quantum.rydberg import C6_RAD_US_UM6, RydbergArray, blockade_radius
+from physlearn.simulators.quantum.states import DegenerateGroundStateError
 
 TWO_PI = 2 * math.pi
 

@@ -23,21 +23,21 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
-import physlearn.simulators.quantum_states as qs
+import physlearn.simulators.quantum.states as qs
 from physlearn.estimators import EquilibriumPropagation, centred
 from physlearn.losses import get_loss
-from physlearn.simulators.pauli import PauliBasis
-from physlearn.simulators.quantum import (
-    HamiltonianModel,
-    QuantumState,
-    QuantumSystem,
-    _nudged_start,
-)
-from physlearn.simulators.quantum_states import (
+from physlearn.simulators.quantum.pauli import PauliBasis
+from physlearn.simulators.quantum.states import (
     DegenerateGroundStateError,
     SolverOptions,
     SumOperator,
     ground_state,
+)
+from physlearn.simulators.quantum.system import (
+    HamiltonianModel,
+    QuantumState,
+    QuantumSystem,
+    _nudged_start,
 )
 from physlearn.system import ParameterGroup
 
@@ -432,7 +432,7 @@ def test_the_nudged_solves_of_a_training_step_cost_less_than_cold_solves() -> No
     products for a state a cold solve finds in 84.)"""
     from physlearn.config import OptimizerConfig
     from physlearn.optim import Optimizer
-    from physlearn.simulators.quantum_config import QuantumConfig
+    from physlearn.simulators.quantum.config import QuantumConfig
 
     n = 15
     cfg = QuantumConfig.model_validate(

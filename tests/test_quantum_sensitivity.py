@@ -21,9 +21,9 @@ from threadpoolctl import threadpool_limits
 from physlearn.config import ConfigError, parse_config
 from physlearn.estimators import EquilibriumPropagation, centred
 from physlearn.losses import get_loss
-from physlearn.simulators.quantum import QuantumSystem
-from physlearn.simulators.quantum_config import IonsConfig, QuantumConfig, RydbergConfig
-from physlearn.simulators.quantum_sensitivity import SensitivitySystem
+from physlearn.simulators.quantum.config import IonsConfig, QuantumConfig, RydbergConfig
+from physlearn.simulators.quantum.sensitivity import SensitivitySystem
+from physlearn.simulators.quantum.system import QuantumSystem
 from physlearn.system import ExactGradient, Nudge
 from tests.test_quantum import gap_of, kron_matrix, random_labels, random_system
 

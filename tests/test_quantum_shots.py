@@ -10,9 +10,9 @@ from threadpoolctl import threadpool_limits
 
 from physlearn.estimators import EquilibriumPropagation, centred, one_sided
 from physlearn.losses import get_loss
-from physlearn.simulators.pauli import PauliBasis
-from physlearn.simulators.quantum import HamiltonianModel, QuantumSystem
-from physlearn.simulators.quantum_shots import MeasurementPlan
+from physlearn.simulators.quantum.pauli import PauliBasis
+from physlearn.simulators.quantum.shots import MeasurementPlan
+from physlearn.simulators.quantum.system import HamiltonianModel, QuantumSystem
 from physlearn.system import ParameterGroup
 
 
@@ -150,7 +150,7 @@ def test_thermal_shots_are_unbiased_estimates_of_gibbs_expectations() -> None:
 def test_the_basis_rotation_is_the_kronecker_product_of_the_qubit_rotations(n):
     """MeasurementPlan._rotate (a butterfly per rotated qubit) against the dense Kronecker
     product of the per-qubit rotations (qubit 0 the leftmost factor), on random states."""
-    from physlearn.simulators.quantum_shots import ROTATION
+    from physlearn.simulators.quantum.shots import ROTATION
 
     rng = np.random.default_rng(n)
     plan = MeasurementPlan(PauliBasis.from_labels(["Z0"], n), np.array([0]))

@@ -378,7 +378,12 @@ def test_validating_a_config_imports_only_its_own_system() -> None:
     )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
-    assert json.loads(res.stdout) == ["physlearn.simulators.resistor_config"]
+    assert json.loads(res.stdout) == [
+        "physlearn.simulators.graphs",
+        "physlearn.simulators.graphs.config",
+        "physlearn.simulators.resistor",
+        "physlearn.simulators.resistor.config",
+    ]
 
 
 def test_schema_describes_every_installed_kind() -> None:
@@ -411,7 +416,7 @@ def test_every_shipped_config_validates_and_round_trips(name: str) -> None:
 
 @pytest.mark.parametrize("name", ["sweep_architectures.yaml", "sweep_resistor_sizes.yaml"])
 def test_every_shipped_sweep_validates(name: str) -> None:
-    from physlearn.sweep import load_sweep
+    from physlearn.sweep.expand import load_sweep
 
     assert load_sweep(CONFIGS / name).runs
 

@@ -30,7 +30,7 @@ from physlearn.estimators import (
     one_sided,
 )
 from physlearn.losses import MSE
-from physlearn.simulators.graphs import (
+from physlearn.simulators.graphs.generators import (
     Graph,
     all_to_all,
     from_edge_list,
@@ -38,8 +38,8 @@ from physlearn.simulators.graphs import (
     layered,
     with_extra_input,
 )
-from physlearn.simulators.resistor import LinearResistorNetwork
-from physlearn.simulators.resistor_config import ResistorConfig
+from physlearn.simulators.resistor.config import ResistorConfig
+from physlearn.simulators.resistor.linear import LinearResistorNetwork
 from physlearn.system import ExactGradient, Nudge
 from physlearn.system import Graph as GraphProtocol
 

@@ -18,15 +18,12 @@ from typing import Any, cast
 import numpy as np
 import pytest
 
-from physlearn.simulators import spice
-from physlearn.simulators.diodes import DiodeModel
-from physlearn.simulators.graphs import from_edge_list, lattice, layered
-from physlearn.simulators.nonlinear import (
-    NonlinearResistorNetwork,
-    clipping_diodes,
-    deep_diode_network,
-)
-from physlearn.simulators.resistor import LinearResistorNetwork, ResistorState
+from physlearn.simulators.graphs.generators import from_edge_list, lattice, layered
+from physlearn.simulators.resistor import spice
+from physlearn.simulators.resistor.circuit import clipping_diodes, deep_diode_network
+from physlearn.simulators.resistor.elements import DiodeModel
+from physlearn.simulators.resistor.linear import LinearResistorNetwork, ResistorState
+from physlearn.simulators.resistor.nonlinear import NonlinearResistorNetwork
 from physlearn.system import Nudge
 
 RTOL = 1e-6

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from physlearn.configbase import StrictModel, SystemConfigBase
-from physlearn.simulators.resistor.config import GraphConfig
+from physlearn.simulators.graphs.config import GraphConfig
 from physlearn.yamlload import YAMLInputError, load_yaml_file
 
 if TYPE_CHECKING:

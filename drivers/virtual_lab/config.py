@@ -27,7 +27,7 @@ from pydantic import Field, model_validator
 
 from physlearn.configbase import StrictModel
 from physlearn.drivers.station.config import TapLaw, graph_counts
-from physlearn.simulators.resistor.config import GraphConfig
+from physlearn.simulators.graphs.config import GraphConfig
 
 
 class SourceSpec(StrictModel):

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from physlearn.simulators.pauli import PauliBasis
-from physlearn.simulators.quantum import HamiltonianModel, QuantumSystem
-from physlearn.simulators.quantum_states import SolverOptions
+from physlearn.simulators.quantum.pauli import PauliBasis
+from physlearn.simulators.quantum.states import SolverOptions
+from physlearn.simulators.quantum.system import HamiltonianModel, QuantumSystem
 from physlearn.system import FloatArray, ParameterGroup, Params
 
 #: C6/hbar in rad us^-1 um^6 for the nS Rydberg states of 87Rb (see docs/physics.md, §Rydberg

@@ -25,9 +25,9 @@ from typing import Literal
 
 import numpy as np
 
-from physlearn.simulators.pauli import PauliBasis
-from physlearn.simulators.quantum import HamiltonianModel, QuantumSystem
-from physlearn.simulators.quantum_states import SolverOptions
+from physlearn.simulators.quantum.pauli import PauliBasis
+from physlearn.simulators.quantum.states import SolverOptions
+from physlearn.simulators.quantum.system import HamiltonianModel, QuantumSystem
 from physlearn.system import FloatArray, ParameterGroup, Params
 
 

@@ -1,9 +1,25 @@
-"""Config of the non-linear resistor-network simulator (``system: kind: diode_resistor``).
+"""Configs of the resistor-network simulators: ``system: kind: resistor`` (linear,
+:class:`~physlearn.simulators.resistor.linear.LinearResistorNetwork`) and
+``system: kind: diode_resistor`` (non-linear,
+:class:`~physlearn.simulators.resistor.nonlinear.NonlinearResistorNetwork`). The graphs
+(``system.graph``) are in :mod:`physlearn.simulators.graphs.config`.
 
-A network of trainable resistors (or transistor edges) with diodes and bias sources
-(:class:`~physlearn.simulators.nonlinear.NonlinearResistorNetwork`). Example: a deep diode-resistor
-network on the 8 x 8 digits (64 features x 2 differential + 2 bias = 130 input sources, one
-hidden layer of 100 clipping units with rails at +-80 mV, 10 outputs)::
+Linear network: every input node is an ideal voltage source fed by one input channel;
+differential copies and bias sources are made by the experiment's ``task.encoding``. Example
+(iris: 4 features x 2 differential + 2 bias = 10 input nodes, 16 hidden nodes, 3 outputs)::
+
+    system:
+      kind: resistor
+      graph: {type: layered, sizes: [10, 16, 3]}
+      ground: false
+      conductance: {min: 1.0e-5, max: 1.0e-2, init_low: 1.0e-4, init_high: 1.0e-3}
+    task:
+      encoding: {differential: true, bias: [1.0, -1.0]}
+
+Non-linear network: trainable resistors (or transistor edges) with diodes and bias sources.
+Example, a deep diode-resistor network on the 8 x 8 digits (64 features x 2 differential +
+2 bias = 130 input sources, one hidden layer of 100 clipping units with rails at +-80 mV,
+10 outputs)::
 
     system:
       kind: diode_resistor
@@ -21,7 +37,7 @@ hidden layer of 100 clipping units with rails at +-80 mV, 10 outputs)::
 
 Explicit diodes on any graph: ``placement: [[anode, cathode], ...]`` where node indices
 ``>= n_nodes`` name the bias sources listed in ``sources`` (V) in order. Validation never imports
-scipy or the simulator; :meth:`DiodeResistorConfig.build` does, lazily.
+scipy or the simulators; the ``build`` methods do, lazily.
 """
 
 from __future__ import annotations
@@ -32,15 +48,98 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from physlearn.configbase import MAX_EDGES, StrictModel, SystemConfigBase
-from physlearn.simulators.resistor_config import (
-    ConductanceConfig,
-    GraphConfig,
-    LatticeGraph,
-    LayeredGraph,
-)
+from physlearn.simulators.graphs.config import GraphConfig, LatticeGraph, LayeredGraph
 
 if TYPE_CHECKING:
-    from physlearn.simulators.nonlinear import NonlinearResistorNetwork
+    from physlearn.simulators.resistor.linear import LinearResistorNetwork
+    from physlearn.simulators.resistor.nonlinear import NonlinearResistorNetwork
+
+
+class ConductanceConfig(StrictModel):
+    """Conductances the hardware holds and their random initialisation, all in siemens (S)."""
+
+    min: float = Field(1e-5, gt=0, description="lowest conductance the hardware holds (S)")
+    max: float = Field(1e-2, gt=0, description="highest conductance the hardware holds (S)")
+    init_low: float | None = Field(
+        None, gt=0, description="lower end of the uniform random initialisation (S; default min)"
+    )
+    init_high: float | None = Field(
+        None, gt=0, description="upper end of the uniform random initialisation (S; default max)"
+    )
+    resolution: float = Field(
+        0.0, ge=0, description="conductance step the hardware can set (S; 0 = continuous)"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ConductanceConfig:
+        if self.min >= self.max:
+            raise ValueError(f"conductance min ({self.min:g} S) must be < max ({self.max:g} S)")
+        lo, hi = self.init_range()
+        if not self.min <= lo <= hi <= self.max:
+            raise ValueError(
+                f"conductance init range [{lo:g}, {hi:g}] S must satisfy "
+                f"min <= init_low <= init_high <= max (min = {self.min:g}, max = {self.max:g})"
+            )
+        if self.resolution >= self.max - self.min:
+            raise ValueError(
+                f"conductance resolution ({self.resolution:g} S) must be smaller than "
+                f"max - min ({self.max - self.min:g} S)"
+            )
+        return self
+
+    def init_range(self) -> tuple[float, float]:
+        lo = self.min if self.init_low is None else self.init_low
+        hi = self.max if self.init_high is None else self.init_high
+        return lo, hi
+
+
+class ResistorConfig(SystemConfigBase):
+    """A linear resistor network (voltage sources on the input nodes, trainable conductances)."""
+
+    kind: Literal["resistor"] = Field(
+        "resistor", description="system kind: linear resistor network"
+    )
+    graph: GraphConfig = Field(description="network topology: layered, lattice or edges")
+    conductance: ConductanceConfig = Field(
+        default_factory=ConductanceConfig, description="conductance bounds and init (S)"
+    )
+    ground: bool = Field(
+        False,
+        description="add a source node at 0 V wired to every non-input neighbour of the input "
+        "nodes (its edges are trainable too)",
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ResistorConfig:
+        if self.graph.n_inputs() + int(self.ground) < 2:
+            raise ValueError(
+                "a single source node holds every node at its voltage (no current, nothing to "
+                "learn): use at least 2 input nodes or set ground: true"
+            )
+        return self
+
+    def values_per_pattern(self) -> int:
+        """Node voltages and per-edge conjugates of one pattern."""
+        return sum(self.graph.counts())
+
+    def input_size(self) -> int:
+        return self.graph.n_inputs()
+
+    def output_size(self) -> int:
+        return self.graph.n_outputs()
+
+    def build(self, seed: int) -> LinearResistorNetwork:
+        from physlearn.simulators.resistor.linear import LinearResistorNetwork
+
+        c = self.conductance
+        return LinearResistorNetwork(
+            self.graph.build(),
+            bounds=(c.min, c.max),
+            resolution=c.resolution,
+            init=c.init_range(),
+            seed=seed,
+            ground=self.ground,
+        )
 
 
 class RailsConfig(StrictModel):
@@ -59,7 +158,7 @@ class RailsConfig(StrictModel):
 
 
 class DiodeModelConfig(StrictModel):
-    """The law of every diode (see physlearn.simulators.diodes)."""
+    """The law of every diode (see physlearn.simulators.resistor.elements)."""
 
     kind: Literal["ideal", "shockley"] = Field(
         "ideal",
@@ -173,7 +272,7 @@ class WeightsConfig(StrictModel):
     transistor: TransistorConfig = Field(default_factory=TransistorConfig)
 
 
-class SolverConfig(StrictModel):
+class NonlinearSolverConfig(StrictModel):
     """Numerics of the equilibrium solve."""
 
     backend: Literal["auto", "dense", "sparse"] = Field(
@@ -206,7 +305,7 @@ class DiodeResistorConfig(SystemConfigBase):
     ground: bool = Field(
         False, description="add a 0 V source wired to every non-input neighbour of the inputs"
     )
-    solver: SolverConfig = Field(default_factory=SolverConfig)
+    solver: NonlinearSolverConfig = Field(default_factory=NonlinearSolverConfig)
 
     @model_validator(mode="after")
     def _check(self) -> DiodeResistorConfig:
@@ -268,8 +367,9 @@ class DiodeResistorConfig(SystemConfigBase):
     def build(self, seed: int) -> NonlinearResistorNetwork:
         import numpy as np
 
-        from physlearn.simulators.diodes import DiodeModel, TransistorModel
-        from physlearn.simulators.nonlinear import NonlinearResistorNetwork, clipping_diodes
+        from physlearn.simulators.resistor.circuit import clipping_diodes
+        from physlearn.simulators.resistor.elements import DiodeModel, TransistorModel
+        from physlearn.simulators.resistor.nonlinear import NonlinearResistorNetwork
 
         graph = self.graph.build()
         an: list[int] | np.ndarray = []

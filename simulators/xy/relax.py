@@ -1,7 +1,7 @@
 """Numerical core of the XY oscillator simulator: energy, forces, Hessian, relaxation, Langevin.
 
 Everything here is physics on arrays, vectorised over a batch of ``B`` independent copies of
-one network (samples x restarts) and over its edges; :mod:`physlearn.simulators.xy` wraps it
+one network (samples x restarts) and over its edges; :mod:`physlearn.simulators.xy.system` wraps it
 into a :class:`~physlearn.system.PhysicalSystem`.
 
 Conventions (see ``docs/physics.md``, §XY oscillators)

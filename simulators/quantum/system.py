@@ -26,10 +26,10 @@ expectation values ``<O_k>`` in the ground state (T = 0) or the Gibbs state (T >
   first excited state of every sample plus the inputs). When the next step clamps the same inputs
   (input-free tasks: phase exploration, sensitivity), its free phase is a *tracked* solve from
   that pair (two eigenvalues, the same gap check as a cold solve,
-  :func:`~physlearn.simulators.quantum_states.ground_state`); other inputs or batch shapes give
+  :func:`~physlearn.simulators.quantum.states.ground_state`); other inputs or batch shapes give
   a cold solve.
 * Measurement: exact expectations (``shots = 0``) or ``shots`` projective measurements per
-  measurement setting (qubit-wise commuting groups, :mod:`physlearn.simulators.quantum_shots`),
+  measurement setting (qubit-wise commuting groups, :mod:`physlearn.simulators.quantum.shots`),
   drawn from the ``rng`` passed to :meth:`QuantumSystem.equilibrate`.
 * :meth:`QuantumSystem.exact_gradient` is the linear-response gradient
   ``dL/dtheta_j = 2 Re <psi|A_j|dpsi>``, ``dpsi = (E0 - H)^-1 Q (O_eps - <O_eps>) psi`` (T = 0),
@@ -47,9 +47,9 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from physlearn.losses import Loss
-from physlearn.simulators.pauli import PauliBasis
-from physlearn.simulators.quantum_shots import MeasurementPlan
-from physlearn.simulators.quantum_states import (
+from physlearn.simulators.quantum.pauli import PauliBasis
+from physlearn.simulators.quantum.shots import MeasurementPlan
+from physlearn.simulators.quantum.states import (
     SolverOptions,
     SumOperator,
     ground_response,

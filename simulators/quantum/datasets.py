@@ -29,8 +29,8 @@ if TYPE_CHECKING:
 
 def cluster_ising_string_order(h1: np.ndarray, h2: np.ndarray, sites: int) -> np.ndarray:
     """String order parameter of the periodic cluster-Ising ground state for each (h1, h2)."""
-    from physlearn.simulators.pauli import PauliBasis
-    from physlearn.simulators.quantum_states import SolverOptions, ground_state
+    from physlearn.simulators.quantum.pauli import PauliBasis
+    from physlearn.simulators.quantum.states import SolverOptions, ground_state
 
     n = sites
     half = n // 2 - (n // 2) % 2

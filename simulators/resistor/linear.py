@@ -6,10 +6,11 @@ Physics and sign conventions (see ``docs/physics.md``, §Resistor networks):
   trainable parameter group ``"conductance"``, shape ``(n_edges,)``, dims ``("edge",)``.
 * Source nodes are ideal voltage sources (clamped): the graph's input nodes, one per input
   channel (V), and an optional *ground*, a source at 0 V added by
-  :func:`~physlearn.simulators.graphs.with_extra_input` (wired to every non-input neighbour of
-  the inputs; not an input channel). All other nodes are free. Differential inputs (+x, -x) and
-  bias sources are input channels too: ``task.encoding`` (``differential``, ``bias``) in the
-  experiment config produces them, so a network with 4 features x 2 + 2 bias has 10 input nodes.
+  :func:`~physlearn.simulators.graphs.generators.with_extra_input` (wired to every non-input
+  neighbour of the inputs; not an input channel). All other nodes are free. Differential inputs
+  (+x, -x) and bias sources are input channels too: ``task.encoding`` (``differential``,
+  ``bias``) in the experiment config produces them, so a network with 4 features x 2 + 2 bias has
+  10 input nodes.
 * Energy: the co-content E(V) = 1/2 sum_e g_e (V_i - V_j)^2, in watts (half the dissipated
   power). Its minimum over the free nodes is Kirchhoff's current law (KCL).
 * Conjugate observable: dE/dg_e = 1/2 (V_i - V_j)^2 per sample (V^2 = W/S), shape
@@ -58,7 +59,7 @@ from numpy.typing import ArrayLike, NDArray
 from scipy.sparse.linalg import splu
 
 from physlearn.losses import Loss
-from physlearn.simulators.graphs import (
+from physlearn.simulators.graphs.generators import (
     Graph,
     input_voltage_port,
     output_voltage_port,
@@ -105,7 +106,7 @@ class ResistorState:
 
 
 class LinearResistorNetwork(PhysicalSystem):
-    """A linear resistor network on a :class:`~physlearn.simulators.graphs.Graph`.
+    """A linear resistor network on a :class:`~physlearn.simulators.graphs.generators.Graph`.
 
     Args:
         graph: nodes, edges, input (source) nodes in port order and output nodes.

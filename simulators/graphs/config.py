@@ -1,18 +1,12 @@
-"""Config of the linear resistor-network simulator (``system: kind: resistor``).
+"""Configs of the graphs the network simulators are built on (``system.graph``).
 
-Every input node is an ideal voltage source fed by one input channel; differential copies and
-bias sources are made by the experiment's ``task.encoding``. Example (iris: 4 features x 2
-differential + 2 bias = 10 input nodes, 16 hidden nodes, 3 outputs)::
-
-    system:
-      kind: resistor
-      graph: {type: layered, sizes: [10, 16, 3]}
-      ground: false
-      conductance: {min: 1.0e-5, max: 1.0e-2, init_low: 1.0e-4, init_high: 1.0e-3}
-    task:
-      encoding: {differential: true, bias: [1.0, -1.0]}
-
-Validation never imports scipy or the simulator; :meth:`ResistorConfig.build` does, lazily.
+``type: layered`` (dense layers, optional skip layers), ``type: lattice`` (square lattice, nearest
+and next-nearest neighbours, skip edges), ``type: edges`` (any graph, edge by edge) and
+``type: all_to_all`` (every pair; the XY network's dense graph). :data:`GraphConfig` is the union
+the resistor, diode-resistor, elastic and station configs accept; the XY config adds
+:class:`AllToAllGraph`. Each config checks its node and edge budget by arithmetic and builds its
+:class:`~physlearn.simulators.graphs.generators.Graph` lazily (validation imports no numpy-heavy
+module).
 """
 
 from __future__ import annotations
@@ -21,11 +15,10 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import Field, model_validator
 
-from physlearn.configbase import MAX_EDGES, MAX_NODES, StrictModel, SystemConfigBase
+from physlearn.configbase import MAX_EDGES, MAX_NODES, StrictModel
 
 if TYPE_CHECKING:
-    from physlearn.simulators.graphs import Graph
-    from physlearn.simulators.resistor import LinearResistorNetwork
+    from physlearn.simulators.graphs.generators import Graph
 
 
 class LayeredGraph(StrictModel):
@@ -63,7 +56,7 @@ class LayeredGraph(StrictModel):
         return self.sizes[-1]
 
     def build(self) -> Graph:
-        from physlearn.simulators.graphs import layered
+        from physlearn.simulators.graphs.generators import layered
 
         return layered(self.sizes, skip=self.skip)
 
@@ -133,7 +126,7 @@ class LatticeGraph(StrictModel):
         return _count(self.outputs, self.cols)
 
     def build(self) -> Graph:
-        from physlearn.simulators.graphs import lattice
+        from physlearn.simulators.graphs.generators import lattice
 
         return lattice(
             self.rows,
@@ -214,7 +207,7 @@ class EdgeListGraph(StrictModel):
         return len(self.output_nodes)
 
     def build(self) -> Graph:
-        from physlearn.simulators.graphs import from_edge_list
+        from physlearn.simulators.graphs.generators import from_edge_list
 
         return from_edge_list(self.n_nodes, self.edges, self.input_nodes, self.output_nodes)
 
@@ -249,88 +242,58 @@ def _check_node_list(name: str, nodes: list[int], n: int) -> None:
 GraphConfig = Annotated[LayeredGraph | LatticeGraph | EdgeListGraph, Field(discriminator="type")]
 
 
-class ConductanceConfig(StrictModel):
-    """Conductances the hardware holds and their random initialisation, all in siemens (S)."""
+class AllToAllGraph(StrictModel):
+    """Every pair of nodes coupled (n (n - 1) / 2 edges)."""
 
-    min: float = Field(1e-5, gt=0, description="lowest conductance the hardware holds (S)")
-    max: float = Field(1e-2, gt=0, description="highest conductance the hardware holds (S)")
-    init_low: float | None = Field(
-        None, gt=0, description="lower end of the uniform random initialisation (S; default min)"
+    type: Literal["all_to_all"] = Field(description="graph generator: all-to-all (dense)")
+    n_nodes: int = Field(
+        ge=2,
+        le=4_096,
+        description="number of oscillators (count; at most 4 096: n (n - 1) / 2 couplings and a "
+        "dense n x n Hessian per pattern, 134 MB of float64 at the bound)",
     )
-    init_high: float | None = Field(
-        None, gt=0, description="upper end of the uniform random initialisation (S; default max)"
+    inputs: int | list[int] = Field(
+        description="input nodes: a count (the first nodes) or explicit node indices"
     )
-    resolution: float = Field(
-        0.0, ge=0, description="conductance step the hardware can set (S; 0 = continuous)"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> ConductanceConfig:
-        if self.min >= self.max:
-            raise ValueError(f"conductance min ({self.min:g} S) must be < max ({self.max:g} S)")
-        lo, hi = self.init_range()
-        if not self.min <= lo <= hi <= self.max:
-            raise ValueError(
-                f"conductance init range [{lo:g}, {hi:g}] S must satisfy "
-                f"min <= init_low <= init_high <= max (min = {self.min:g}, max = {self.max:g})"
-            )
-        if self.resolution >= self.max - self.min:
-            raise ValueError(
-                f"conductance resolution ({self.resolution:g} S) must be smaller than "
-                f"max - min ({self.max - self.min:g} S)"
-            )
-        return self
-
-    def init_range(self) -> tuple[float, float]:
-        lo = self.min if self.init_low is None else self.init_low
-        hi = self.max if self.init_high is None else self.init_high
-        return lo, hi
-
-
-class ResistorConfig(SystemConfigBase):
-    """A linear resistor network (voltage sources on the input nodes, trainable conductances)."""
-
-    kind: Literal["resistor"] = Field(
-        "resistor", description="system kind: linear resistor network"
-    )
-    graph: GraphConfig = Field(description="network topology: layered, lattice or edges")
-    conductance: ConductanceConfig = Field(
-        default_factory=ConductanceConfig, description="conductance bounds and init (S)"
-    )
-    ground: bool = Field(
-        False,
-        description="add a source node at 0 V wired to every non-input neighbour of the input "
-        "nodes (its edges are trainable too)",
+    outputs: int | list[int] = Field(
+        description="output nodes: a count (the last nodes) or explicit node indices"
     )
 
     @model_validator(mode="after")
-    def _check(self) -> ResistorConfig:
-        if self.graph.n_inputs() + int(self.ground) < 2:
-            raise ValueError(
-                "a single source node holds every node at its voltage (no current, nothing to "
-                "learn): use at least 2 input nodes or set ground: true"
-            )
+    def _check(self) -> AllToAllGraph:
+        n = self.n_nodes
+        ins, outs = self.input_nodes(), self.output_nodes()
+        for name, spec, nodes in (("inputs", self.inputs, ins), ("outputs", self.outputs, outs)):
+            if isinstance(spec, int) and not 1 <= spec < n:
+                raise ValueError(f"{name} = {spec}: need between 1 and {n - 1} nodes")
+            if isinstance(spec, list):
+                if not spec:
+                    raise ValueError(f"{name} must list at least one node")
+                _check_node_list(name, nodes, n)
+        both = set(ins) & set(outs)
+        if both:
+            raise ValueError(f"node {min(both)} is both an input and an output node")
         return self
 
-    def values_per_pattern(self) -> int:
-        """Node voltages and per-edge conjugates of one pattern."""
-        return sum(self.graph.counts())
+    def counts(self) -> tuple[int, int]:
+        """(nodes, edges)."""
+        return self.n_nodes, self.n_nodes * (self.n_nodes - 1) // 2
 
-    def input_size(self) -> int:
-        return self.graph.n_inputs()
+    def input_nodes(self) -> list[int]:
+        return list(range(self.inputs)) if isinstance(self.inputs, int) else list(self.inputs)
 
-    def output_size(self) -> int:
-        return self.graph.n_outputs()
+    def output_nodes(self) -> list[int]:
+        if isinstance(self.outputs, int):
+            return list(range(self.n_nodes - self.outputs, self.n_nodes))
+        return list(self.outputs)
 
-    def build(self, seed: int) -> LinearResistorNetwork:
-        from physlearn.simulators.resistor import LinearResistorNetwork
+    def n_inputs(self) -> int:
+        return len(self.input_nodes())
 
-        c = self.conductance
-        return LinearResistorNetwork(
-            self.graph.build(),
-            bounds=(c.min, c.max),
-            resolution=c.resolution,
-            init=c.init_range(),
-            seed=seed,
-            ground=self.ground,
-        )
+    def n_outputs(self) -> int:
+        return len(self.output_nodes())
+
+    def build(self) -> Graph:
+        from physlearn.simulators.graphs.generators import all_to_all
+
+        return all_to_all(self.n_nodes, self.input_nodes(), self.output_nodes())

@@ -1,13 +1,15 @@
-"""Configs of the quantum machines: ``kind: quantum | rydberg | ions | elastic``.
+"""Configs of the quantum spin machines: ``kind: quantum | rydberg | ions``.
 
 Validation happens when the config is loaded (nothing is built): Pauli labels are parsed, sizes
 checked, and device limits (Rydberg: minimum atom distance, Rabi frequency, detuning, atom count)
-refused with a message naming the violated limit. ``build`` imports the simulators lazily.
+refused with a message naming the violated limit. ``build`` imports the simulators lazily. The
+quantum harmonic network (``kind: elastic``) is configured in
+:mod:`physlearn.simulators.harmonic.config`.
 
 Every Pauli machine (``quantum``, ``rydberg``, ``ions``) takes an optional ``sensitivity`` block
 (:class:`SensitivityConfig`): the outputs then become the sensitivities d<O_k>/d(lambda) of chosen
 outputs to a sensed term ``lambda * B``, measured on two replicas at ``lambda0 +- delta``
-(:mod:`physlearn.simulators.quantum_sensitivity`), so that a quantum sensor trains with the same
+(:mod:`physlearn.simulators.quantum.sensitivity`), so that a quantum sensor trains with the same
 estimators, orchestrator and store.
 
 Pauli terms accept a template: ``{pauli: "Z{i} X{i+1} Z{i+2}", coeff: -0.5, range: [0, 8]}``
@@ -24,15 +26,13 @@ import numpy as np
 from pydantic import Field, model_validator
 
 from physlearn.configbase import StrictModel, SystemConfigBase
-from physlearn.simulators.resistor_config import GraphConfig
 
 if TYPE_CHECKING:
-    from physlearn.simulators.ions import IonChain
-    from physlearn.simulators.oscillators import ElasticNetwork
-    from physlearn.simulators.quantum import QuantumSystem
-    from physlearn.simulators.quantum_sensitivity import SensitivitySystem
-    from physlearn.simulators.quantum_states import SolverOptions
-    from physlearn.simulators.rydberg import RydbergArray
+    from physlearn.simulators.quantum.ions import IonChain
+    from physlearn.simulators.quantum.rydberg import RydbergArray
+    from physlearn.simulators.quantum.sensitivity import SensitivitySystem
+    from physlearn.simulators.quantum.states import SolverOptions
+    from physlearn.simulators.quantum.system import QuantumSystem
 
 _TEMPLATE = re.compile(r"\{i\s*([+-]\s*\d+)?\}")
 TWO_PI = 2.0 * math.pi
@@ -80,7 +80,7 @@ def _expand(terms: list[PauliTerm]) -> list[tuple[float, str]]:
 
 
 def _check_labels(terms: list[tuple[float, str]], n: int, where: str) -> None:
-    from physlearn.simulators.pauli import parse_pauli
+    from physlearn.simulators.quantum.pauli import parse_pauli
 
     for _, lab in terms:
         try:
@@ -107,7 +107,7 @@ class OutputTerm(StrictModel):
     terms: list[PauliTerm] = Field(min_length=1, description="Pauli terms of O_k")
 
 
-class SolverConfig(StrictModel):
+class EigensolverConfig(StrictModel):
     """Ground-state solver settings (sparse Lanczos)."""
 
     tol: float = Field(1e-10, ge=0, description="ARPACK relative residual tolerance")
@@ -142,7 +142,7 @@ class SolverConfig(StrictModel):
     )
 
     def options(self) -> SolverOptions:
-        from physlearn.simulators.quantum_states import SolverOptions
+        from physlearn.simulators.quantum.states import SolverOptions
 
         return SolverOptions(
             tol=self.tol,
@@ -160,7 +160,7 @@ class SensitivityConfig(StrictModel):
     Two replicas of the machine (same trainable Hamiltonian, lambda = point + delta and
     point - delta, solved independently) give y_k = (<O_k>+ - <O_k>-) / (2 delta); EP nudges
     them with +-beta eps/(2 delta) O_k and sums their conjugates
-    (:mod:`physlearn.simulators.quantum_sensitivity`). Train with an unsupervised loss such as
+    (:mod:`physlearn.simulators.quantum.sensitivity`). Train with an unsupervised loss such as
     ``neg_abs`` (maximise |d<O>/d(lambda)|) or ``neg_sq``.
     """
 
@@ -197,7 +197,7 @@ class _QuantumCommon(SystemConfigBase):
     shots: int = Field(
         0, ge=0, description="projective measurements per setting and estimate; 0 = exact"
     )
-    solver: SolverConfig = Field(default_factory=SolverConfig, description="eigensolver")
+    solver: EigensolverConfig = Field(default_factory=EigensolverConfig, description="eigensolver")
     sensitivity: SensitivityConfig | None = Field(
         None,
         description="quantum sensor: outputs d<O>/d(lambda) of a sensed term lambda * B, from two "
@@ -242,7 +242,7 @@ class _QuantumCommon(SystemConfigBase):
         s = self.sensitivity
         if s is None:
             return machine
-        from physlearn.simulators.quantum_sensitivity import SensitivitySystem
+        from physlearn.simulators.quantum.sensitivity import SensitivitySystem
 
         return SensitivitySystem(
             machine,
@@ -336,8 +336,8 @@ class QuantumConfig(_QuantumCommon):
         return [o.label or " + ".join(lab for _, lab in _expand(o.terms)) for o in self.outputs]
 
     def build_machine(self, seed: int) -> QuantumSystem:
-        from physlearn.simulators.pauli import PauliBasis
-        from physlearn.simulators.quantum import HamiltonianModel, QuantumSystem
+        from physlearn.simulators.quantum.pauli import PauliBasis
+        from physlearn.simulators.quantum.system import HamiltonianModel, QuantumSystem
         from physlearn.system import ParameterGroup
 
         n = self.qubits
@@ -473,7 +473,7 @@ class RydbergConfig(_QuantumCommon):
         ]
 
     def build_machine(self, seed: int) -> RydbergArray:
-        from physlearn.simulators.rydberg import C6_RAD_US_UM6, RydbergArray, RydbergLimits
+        from physlearn.simulators.quantum.rydberg import C6_RAD_US_UM6, RydbergArray, RydbergLimits
 
         lim = RydbergLimits(**self.limits.model_dump())
         n = len(self.positions)
@@ -554,7 +554,7 @@ class IonsConfig(_QuantumCommon):
         ]
 
     def build_machine(self, seed: int) -> IonChain:
-        from physlearn.simulators.ions import IonChain, coupling_matrix
+        from physlearn.simulators.quantum.ions import IonChain, coupling_matrix
 
         n = self.n_ions
         params = {"field": np.array(np.broadcast_to(np.asarray(self.init_field, float), (n,)))}
@@ -579,64 +579,4 @@ class IonsConfig(_QuantumCommon):
             temperature=self.temperature,
             shots=self.shots,
             solver=self.solver.options(),
-        )
-
-
-#: Largest elastic network: its solve diagonalises a dense n x n matrix (128 MB of float64 and
-#: seconds of LAPACK at the bound).
-MAX_ELASTIC_NODES = 4_096
-
-
-class ElasticConfig(SystemConfigBase):
-    """Quantum harmonic (elastic) network: springs on a graph, anchors, forces as inputs."""
-
-    kind: Literal["elastic"] = Field("elastic", description="system kind: quantum elastic network")
-    graph: GraphConfig = Field(description="springs: layered, lattice or edges")
-    spring_min: float = Field(0.05, gt=0, description="smallest spring constant k (energy/x^2)")
-    spring_max: float = Field(5.0, gt=0, description="largest spring constant k (energy/x^2)")
-    init_range: tuple[float, float] | None = Field(
-        None, description="uniform random init of k (default [spring_min, spring_max])"
-    )
-    temperature: float = Field(0.0, ge=0, description="T (energy unit); 0 = ground state")
-
-    @model_validator(mode="after")
-    def _check(self) -> ElasticConfig:
-        n_nodes = self.graph.counts()[0]
-        if n_nodes > MAX_ELASTIC_NODES:
-            raise ValueError(
-                f"graph: {n_nodes:,} nodes; an elastic network has at most "
-                f"{MAX_ELASTIC_NODES:,} (a dense n x n eigendecomposition per solve)"
-            )
-        if self.spring_min >= self.spring_max:
-            raise ValueError("spring_min must be < spring_max")
-        if self.init_range is not None:
-            lo, hi = self.init_range
-            if not self.spring_min <= lo <= hi <= self.spring_max:
-                raise ValueError("init_range must lie inside [spring_min, spring_max]")
-        return self
-
-    def values_per_pattern(self) -> int:
-        """Node displacements and per-spring conjugates of one pattern (the dense matrix is per
-        parameter set, bounded by :data:`MAX_ELASTIC_NODES`)."""
-        return sum(self.graph.counts())
-
-    def input_size(self) -> int:
-        return self.graph.n_inputs()
-
-    def output_size(self) -> int:
-        return self.graph.n_outputs()
-
-    def build(self, seed: int) -> ElasticNetwork:
-        from physlearn.simulators.oscillators import ElasticNetwork
-
-        g = self.graph.build()
-        return ElasticNetwork(
-            g.n_nodes,
-            [tuple(e) for e in g.edges],
-            list(g.input_nodes),
-            list(g.output_nodes),
-            bounds=(self.spring_min, self.spring_max),
-            init=self.init_range,
-            temperature=self.temperature,
-            seed=seed,
         )

@@ -17,7 +17,7 @@ in rad)::
 * Nudges: ``target`` adds ``beta * C`` with the native cost ``xy_log``,
   ``C = -sum_o ln[1 + cos(phi_o - tau_o)]``; ``error`` adds ``beta * sum_o eps_o phi_o`` (the
   output observable is the phase); ``clamp`` holds the output phases (coupled learning).
-* Relaxation: :func:`physlearn.simulators.xy_relax.relax` (FIRE, then damped Newton with a
+* Relaxation: :func:`physlearn.simulators.xy.relax.relax` (FIRE, then damped Newton with a
   proved-positive-definite Hessian and an Armijo line search), batched over samples x restarts.
   ``Equilibrium.residual`` is ``max_k |dF/dphi_k|`` over free nodes (energy/rad) and
   ``converged`` requires residual <= tol *and* a positive definite Hessian (stable fixed point).
@@ -43,8 +43,8 @@ from typing import Any, Literal
 import numpy as np
 
 from physlearn.losses import Loss
-from physlearn.simulators.graphs import Graph
-from physlearn.simulators.xy_relax import (
+from physlearn.simulators.graphs.generators import Graph
+from physlearn.simulators.xy.relax import (
     LangevinSettings,
     Nudging,
     RelaxResult,
@@ -113,7 +113,7 @@ class XYState:
 
 
 class XYNetwork(PhysicalSystem):
-    """A network of XY oscillators on a :class:`~physlearn.simulators.graphs.Graph`.
+    """A network of XY oscillators on a :class:`~physlearn.simulators.graphs.generators.Graph`.
 
     Args:
         graph: nodes, edges (couplings), input nodes (clamped phases) and output nodes.
@@ -132,7 +132,7 @@ class XYNetwork(PhysicalSystem):
         relax_settings: tolerances of the relaxation (:class:`RelaxSettings`).
         langevin_settings: Langevin sampling at ``T > 0`` (:class:`LangevinSettings`).
         backend: ``"auto"``, ``"dense"`` or ``"sparse"`` linear algebra (see
-            :mod:`~physlearn.simulators.xy_relax`).
+            :mod:`~physlearn.simulators.xy.relax`).
         seed: seeds the RNG used when a caller passes none.
         max_batch: largest batch per :meth:`equilibrate` call.
     """

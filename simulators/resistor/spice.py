@@ -1,8 +1,9 @@
 """SPICE netlists of resistor networks, and running them through ngspice, to cross-check physlearn.
 
-:func:`to_netlist` writes any linear (:class:`~physlearn.simulators.resistor.LinearResistorNetwork`)
-or non-linear (:class:`~physlearn.simulators.nonlinear.NonlinearResistorNetwork`) network with one
-or many input patterns (and optionally a nudge) as a SPICE deck that ngspice runs unchanged:
+:func:`to_netlist` writes any linear
+(:class:`~physlearn.simulators.resistor.linear.LinearResistorNetwork`) or non-linear
+(:class:`~physlearn.simulators.resistor.nonlinear.NonlinearResistorNetwork`) network with one or
+many input patterns (and optionally a nudge) as a SPICE deck that ngspice runs unchanged:
 
 * node ``i`` of the graph is ``n<i>``; bias source ``k`` drives node ``b<k>``; SPICE's ground
   ``0`` is the reference of every source (a network's own 0 V ground is a source ``VGND``);
@@ -41,7 +42,7 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import ArrayLike
 
-from physlearn.simulators.diodes import SPICE_TNOM, DiodeModel
+from physlearn.simulators.resistor.elements import SPICE_TNOM, DiodeModel
 from physlearn.system import FloatArray, IntArray, Nudge, PhysicalSystem
 
 Mode = Literal["auto", "op", "sweep", "alter"]
@@ -85,8 +86,8 @@ class Circuit:
 
 def circuit_of(system: PhysicalSystem) -> Circuit:
     """The :class:`Circuit` of a linear or non-linear resistor network."""
-    from physlearn.simulators.nonlinear import NonlinearResistorNetwork
-    from physlearn.simulators.resistor import LinearResistorNetwork
+    from physlearn.simulators.resistor.linear import LinearResistorNetwork
+    from physlearn.simulators.resistor.nonlinear import NonlinearResistorNetwork
 
     if isinstance(system, NonlinearResistorNetwork):
         c = system.circuit()

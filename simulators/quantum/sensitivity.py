@@ -48,8 +48,8 @@ from typing import Any
 import numpy as np
 
 from physlearn.losses import Loss
-from physlearn.simulators.pauli import PauliBasis, parse_pauli
-from physlearn.simulators.quantum import HamiltonianModel, QuantumSystem
+from physlearn.simulators.quantum.pauli import PauliBasis, parse_pauli
+from physlearn.simulators.quantum.system import HamiltonianModel, QuantumSystem
 from physlearn.system import (
     Equilibrium,
     FloatArray,

@@ -26,79 +26,21 @@ from typing import TYPE_CHECKING, Annotated, Literal
 from pydantic import Field, model_validator
 
 from physlearn.configbase import MAX_EDGES, StrictModel, SystemConfigBase
-from physlearn.simulators.resistor_config import (
+from physlearn.simulators.graphs.config import (
+    AllToAllGraph,
     EdgeListGraph,
     LatticeGraph,
     LayeredGraph,
-    _check_node_list,
 )
 
 if TYPE_CHECKING:
-    from physlearn.simulators.graphs import Graph
-    from physlearn.simulators.xy import XYNetwork
+    from physlearn.simulators.xy.system import XYNetwork
 
 XYGroup = Literal["coupling", "bias_amplitude", "bias_direction"]
 
 
 def _all_groups() -> list[XYGroup]:
     return ["coupling", "bias_amplitude", "bias_direction"]
-
-
-class AllToAllGraph(StrictModel):
-    """Every pair of nodes coupled (n (n - 1) / 2 edges)."""
-
-    type: Literal["all_to_all"] = Field(description="graph generator: all-to-all (dense)")
-    n_nodes: int = Field(
-        ge=2,
-        le=4_096,
-        description="number of oscillators (count; at most 4 096: n (n - 1) / 2 couplings and a "
-        "dense n x n Hessian per pattern, 134 MB of float64 at the bound)",
-    )
-    inputs: int | list[int] = Field(
-        description="input nodes: a count (the first nodes) or explicit node indices"
-    )
-    outputs: int | list[int] = Field(
-        description="output nodes: a count (the last nodes) or explicit node indices"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> AllToAllGraph:
-        n = self.n_nodes
-        ins, outs = self.input_nodes(), self.output_nodes()
-        for name, spec, nodes in (("inputs", self.inputs, ins), ("outputs", self.outputs, outs)):
-            if isinstance(spec, int) and not 1 <= spec < n:
-                raise ValueError(f"{name} = {spec}: need between 1 and {n - 1} nodes")
-            if isinstance(spec, list):
-                if not spec:
-                    raise ValueError(f"{name} must list at least one node")
-                _check_node_list(name, nodes, n)
-        both = set(ins) & set(outs)
-        if both:
-            raise ValueError(f"node {min(both)} is both an input and an output node")
-        return self
-
-    def counts(self) -> tuple[int, int]:
-        """(nodes, edges)."""
-        return self.n_nodes, self.n_nodes * (self.n_nodes - 1) // 2
-
-    def input_nodes(self) -> list[int]:
-        return list(range(self.inputs)) if isinstance(self.inputs, int) else list(self.inputs)
-
-    def output_nodes(self) -> list[int]:
-        if isinstance(self.outputs, int):
-            return list(range(self.n_nodes - self.outputs, self.n_nodes))
-        return list(self.outputs)
-
-    def n_inputs(self) -> int:
-        return len(self.input_nodes())
-
-    def n_outputs(self) -> int:
-        return len(self.output_nodes())
-
-    def build(self) -> Graph:
-        from physlearn.simulators.graphs import all_to_all
-
-        return all_to_all(self.n_nodes, self.input_nodes(), self.output_nodes())
 
 
 XYGraphConfig = Annotated[
@@ -254,7 +196,8 @@ class XYConfig(SystemConfigBase):
 
     def values_per_pattern(self) -> int:
         """Phases and per-edge conjugates of one pattern per restart (per thermal sample when
-        T > 0), plus the dense Hessian where the dense backend is used (see xy_relax)."""
+        T > 0), plus the dense Hessian where the dense backend is used (see
+        :mod:`~physlearn.simulators.xy.relax`)."""
         n, e = self.graph.counts()
         dense = self.relaxation.backend == "dense" or (
             self.relaxation.backend == "auto" and (n <= 128 or 2.0 * e > 0.1 * n * (n - 1))
@@ -271,8 +214,8 @@ class XYConfig(SystemConfigBase):
     def build(self, seed: int) -> XYNetwork:
         import numpy as np
 
-        from physlearn.simulators.xy import XYNetwork
-        from physlearn.simulators.xy_relax import LangevinSettings, RelaxSettings
+        from physlearn.simulators.xy.relax import LangevinSettings, RelaxSettings
+        from physlearn.simulators.xy.system import XYNetwork
 
         graph = self.graph.build()
         rng = np.random.default_rng([seed, 7])

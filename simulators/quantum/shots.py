@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from physlearn.simulators.pauli import PauliBasis
+from physlearn.simulators.quantum.pauli import PauliBasis
 from physlearn.system import FloatArray
 
 _SQ2 = 1.0 / np.sqrt(2.0)
