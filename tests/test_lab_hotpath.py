@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 from qcodes import validators as vals
 from qcodes.instrument import Instrument
 
-import physlearn.drivers.instruments.source as instruments
+import physlearn.drivers.instruments.base as instruments
 from physlearn.config import parse_config
 from physlearn.drivers.errors import (
     EnvelopeViolation,
@@ -33,7 +33,7 @@ from physlearn.drivers.errors import (
 )
 from physlearn.drivers.instruments.dmm import VirtualLabDMM
 from physlearn.drivers.instruments.pots import VirtualLabPots
-from physlearn.drivers.instruments.source import VirtualLabSource
+from physlearn.drivers.instruments.source import LevelWriter, VirtualLabSource
 from physlearn.drivers.virtual_lab.testing import bench_experiment, running_lab, write_station
 from physlearn.run.start import build_system
 from physlearn.system import Nudge
@@ -767,13 +767,13 @@ def test_the_bulk_writer_sends_what_the_parameters_send(tmp_path, monkeypatch):
     commands in the same order as qcodes' set of each changed level in turn, measures the
     same, and leaves every level's cache at what the instrument holds after every batch."""
     accepted: list[bool] = []
-    send = instruments.LevelWriter.send
+    send = LevelWriter.send
 
     def counted(self: Any, prepared: Any) -> bool:
         accepted.append(send(self, prepared))
         return accepted[-1]
 
-    monkeypatch.setattr(instruments.LevelWriter, "send", counted)
+    monkeypatch.setattr(LevelWriter, "send", counted)
     bulk, bulk_out = _run_phases(tmp_path / "bulk", per_parameter=False)
     # batches of 3 x (4 + 4 + 4) + 2 phases: all prepared but the first of a free batch after
     # a nudged one (3 of them: the currents are released first), and the last batch's second
