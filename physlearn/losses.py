@@ -26,7 +26,7 @@ from typing import Protocol
 
 import numpy as np
 
-from physlearn.system import FloatArray
+from physlearn.arrays import FloatArray
 
 
 class Loss(Protocol):
@@ -47,7 +47,7 @@ class MSE:
     supervised: bool = True
 
     def value(self, y: FloatArray, t: FloatArray) -> FloatArray:
-        return np.asarray(0.5 * np.add.reduce((y - t) ** 2, axis=-1))  # np.sum, unwrapped
+        return np.asarray(0.5 * np.sum((y - t) ** 2, axis=-1))
 
     def grad(self, y: FloatArray, t: FloatArray) -> FloatArray:
         return np.asarray(y - t)
@@ -105,7 +105,7 @@ class CrossEntropy:
         """``(value(y, t), grad(y, t))`` from one softmax."""
         logp, q = self._parts(y, t)
         return (
-            np.asarray(-np.add.reduce(q * logp, axis=-1)),  # value's np.sum, unwrapped
+            np.asarray(-np.sum(q * logp, axis=-1)),
             np.asarray((np.exp(logp) - q) / self.temperature),
         )
 

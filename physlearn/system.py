@@ -58,16 +58,14 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Literal, Protocol, Self, runtime_checkable
+from typing import Any, Literal, Protocol, Self, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
-if TYPE_CHECKING:
-    from physlearn.losses import Loss
+from physlearn.arrays import FloatArray, IntArray
+from physlearn.losses import Loss, get_loss
 
-FloatArray = NDArray[np.float64]
-IntArray = NDArray[np.int64]
 Params = dict[str, FloatArray]
 
 NudgeKind = Literal["target", "error", "clamp"]
@@ -361,8 +359,6 @@ class PhysicalSystem(ABC):
 
     def cost(self, outputs: FloatArray, targets: FloatArray) -> FloatArray:
         """Per-sample native cost C(y, target) realised by a ``target`` nudge."""
-        from physlearn.losses import get_loss
-
         if self.native_cost is None:
             raise NotImplementedError(f"{type(self).__name__} has no native cost")
         return get_loss(self.native_cost).value(outputs, targets)
