@@ -33,15 +33,11 @@ from physlearn.simulators.graphs.generators import (
     layered,
 )
 from physlearn.simulators.xy.config import XYConfig
-from physlearn.simulators.xy.relax import (
-    LangevinSettings,
-    Nudging,
-    RelaxSettings,
-    XYField,
-    XYTopology,
-    wrap,
-)
-from physlearn.simulators.xy.system import GROUPS, XYNetwork, xy_conjugates, xy_energy
+from physlearn.simulators.xy.field import Nudging, XYField, XYTopology, wrap
+from physlearn.simulators.xy.langevin import LangevinSettings
+from physlearn.simulators.xy.physics import GROUPS, xy_conjugates, xy_energy
+from physlearn.simulators.xy.relax import RelaxSettings
+from physlearn.simulators.xy.system import XYNetwork
 from physlearn.system import ExactGradient, Nudge
 from physlearn.system import Graph as GraphProtocol
 

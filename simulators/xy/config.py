@@ -197,7 +197,7 @@ class XYConfig(SystemConfigBase):
     def values_per_pattern(self) -> int:
         """Phases and per-edge conjugates of one pattern per restart (per thermal sample when
         T > 0), plus the dense Hessian where the dense backend is used (see
-        :mod:`~physlearn.simulators.xy.relax`)."""
+        :mod:`~physlearn.simulators.xy.factor`)."""
         n, e = self.graph.counts()
         dense = self.relaxation.backend == "dense" or (
             self.relaxation.backend == "auto" and (n <= 128 or 2.0 * e > 0.1 * n * (n - 1))
@@ -214,7 +214,8 @@ class XYConfig(SystemConfigBase):
     def build(self, seed: int) -> XYNetwork:
         import numpy as np
 
-        from physlearn.simulators.xy.relax import LangevinSettings, RelaxSettings
+        from physlearn.simulators.xy.langevin import LangevinSettings
+        from physlearn.simulators.xy.relax import RelaxSettings
         from physlearn.simulators.xy.system import XYNetwork
 
         graph = self.graph.build()

@@ -44,18 +44,15 @@ import numpy as np
 
 from physlearn.losses import Loss
 from physlearn.simulators.graphs.generators import Graph
-from physlearn.simulators.xy.relax import (
-    LangevinSettings,
-    Nudging,
-    RelaxResult,
-    RelaxSettings,
-    XYField,
-    XYTopology,
-    circular_mean,
-    langevin,
-    relax,
-    wrap,
+from physlearn.simulators.xy.field import Nudging, XYField, XYTopology, circular_mean, wrap
+from physlearn.simulators.xy.langevin import LangevinSettings, langevin
+from physlearn.simulators.xy.physics import (
+    GROUPS,
+    checked_parameters,
+    xy_conjugates,
+    xy_parameter_groups,
 )
+from physlearn.simulators.xy.relax import RelaxResult, RelaxSettings, relax
 from physlearn.system import (
     Equilibrium,
     FloatArray,
@@ -66,37 +63,7 @@ from physlearn.system import (
     Port,
 )
 
-GROUPS = ("coupling", "bias_amplitude", "bias_direction")
 RestartPolicy = Literal["lowest", "average"]
-
-
-def xy_energy(
-    edges: np.ndarray,
-    coupling: FloatArray,
-    bias_amplitude: FloatArray,
-    bias_direction: FloatArray,
-    phi: FloatArray,
-) -> FloatArray:
-    """Reference ``E(phi)`` per row of ``phi`` ``(B, n)`` straight from the definition
-    (dimensionless): ``-sum_e W_e cos(phi_i - phi_j) - sum_k h_k cos(phi_k - psi_k)``."""
-    e = np.asarray(edges, dtype=np.int64)
-    pair = -(np.cos(phi[:, e[:, 0]] - phi[:, e[:, 1]]) @ coupling)
-    return np.asarray(pair - np.cos(phi - bias_direction) @ bias_amplitude)
-
-
-def xy_conjugates(
-    edges: np.ndarray, bias_amplitude: FloatArray, bias_direction: FloatArray, phi: FloatArray
-) -> Params:
-    """``dE/dtheta`` for every group at phases ``phi`` ``(B, n)``: ``coupling`` ``(B, E)`` =
-    ``-cos(phi_i - phi_j)`` (1), ``bias_amplitude`` ``(B, n)`` = ``-cos(phi - psi)`` (1),
-    ``bias_direction`` ``(B, n)`` = ``-h sin(phi - psi)`` (1/rad)."""
-    e = np.asarray(edges, dtype=np.int64)
-    d = phi - bias_direction
-    return {
-        "coupling": np.asarray(-np.cos(phi[:, e[:, 0]] - phi[:, e[:, 1]])),
-        "bias_amplitude": np.asarray(-np.cos(d)),
-        "bias_direction": np.asarray(-bias_amplitude * np.sin(d)),
-    }
 
 
 @dataclass(frozen=True)
@@ -110,6 +77,26 @@ class XYState:
     @property
     def batch(self) -> int:
         return int(self.phi.shape[0] // self.restarts)
+
+
+def _checked_options(
+    trainable: Iterable[str], restarts: int, restart_policy: str, temperature: float
+) -> tuple[str, ...]:
+    """The trainable groups in :data:`GROUPS` order, after checking the options of
+    :class:`XYNetwork` (``ValueError`` naming the bad one)."""
+    trainable = tuple(trainable)
+    unknown = sorted(set(trainable) - set(GROUPS))
+    if unknown:
+        raise ValueError(f"unknown XY parameter groups {unknown}; known: {list(GROUPS)}")
+    if not trainable:
+        raise ValueError("at least one XY parameter group must be trainable")
+    if restarts < 1:
+        raise ValueError("restarts must be >= 1")
+    if restart_policy not in ("lowest", "average"):
+        raise ValueError(f"unknown restart policy {restart_policy!r}")
+    if temperature < 0 or not np.isfinite(temperature):
+        raise ValueError("temperature must be finite and >= 0")
+    return tuple(g for g in GROUPS if g in trainable)
 
 
 class XYNetwork(PhysicalSystem):
@@ -132,7 +119,7 @@ class XYNetwork(PhysicalSystem):
         relax_settings: tolerances of the relaxation (:class:`RelaxSettings`).
         langevin_settings: Langevin sampling at ``T > 0`` (:class:`LangevinSettings`).
         backend: ``"auto"``, ``"dense"`` or ``"sparse"`` linear algebra (see
-            :mod:`~physlearn.simulators.xy.relax`).
+            :mod:`~physlearn.simulators.xy.factor`).
         seed: seeds the RNG used when a caller passes none.
         max_batch: largest batch per :meth:`equilibrate` call.
     """
@@ -164,19 +151,7 @@ class XYNetwork(PhysicalSystem):
     ) -> None:
         self.graph = graph
         self.topo = XYTopology.build(graph.n_nodes, np.asarray(graph.edges), backend)
-        trainable = tuple(trainable)
-        unknown = sorted(set(trainable) - set(GROUPS))
-        if unknown:
-            raise ValueError(f"unknown XY parameter groups {unknown}; known: {list(GROUPS)}")
-        if not trainable:
-            raise ValueError("at least one XY parameter group must be trainable")
-        self.trainable = tuple(g for g in GROUPS if g in trainable)
-        if restarts < 1:
-            raise ValueError("restarts must be >= 1")
-        if restart_policy not in ("lowest", "average"):
-            raise ValueError(f"unknown restart policy {restart_policy!r}")
-        if temperature < 0 or not np.isfinite(temperature):
-            raise ValueError("temperature must be finite and >= 0")
+        self.trainable = _checked_options(trainable, restarts, restart_policy, temperature)
         self.temperature = float(temperature)
         self.thermal = self.temperature > 0
         self.restarts = int(restarts)
@@ -186,38 +161,9 @@ class XYNetwork(PhysicalSystem):
         self.langevin_settings = langevin_settings or LangevinSettings()
         self.seed = int(seed)
         self.max_batch = int(max_batch)
-        n, n_e = graph.n_nodes, graph.n_edges
-        self._all_groups = {
-            "coupling": ParameterGroup(
-                "coupling",
-                (n_e,),
-                ("edge",),
-                *coupling_bounds,
-                unit="1",
-                long_name="coupling W_ij of the edge's oscillators",
-                energy_unit="1",
-            ),
-            "bias_amplitude": ParameterGroup(
-                "bias_amplitude",
-                (n,),
-                ("node",),
-                *bias_amplitude_bounds,
-                unit="1",
-                long_name="bias field amplitude h_i on the node",
-                energy_unit="1",
-            ),
-            "bias_direction": ParameterGroup(
-                "bias_direction",
-                (n,),
-                ("node",),
-                -np.pi,
-                np.pi,
-                unit="rad",
-                periodic=True,
-                long_name="bias field direction psi_i on the node",
-                energy_unit="1",
-            ),
-        }
+        self._all_groups = xy_parameter_groups(
+            graph.n_nodes, graph.n_edges, coupling_bounds, bias_amplitude_bounds
+        )
         self._params: Params = {}
         self._check_and_store(
             {
@@ -226,7 +172,7 @@ class XYNetwork(PhysicalSystem):
                 "bias_direction": bias_direction,
             }
         )
-        self._is_input = np.zeros(n, dtype=bool)
+        self._is_input = np.zeros(graph.n_nodes, dtype=bool)
         self._is_input[graph.input_nodes] = True
         self._version = 0
         self._last_free: tuple[int, bytes, XYState] | None = None
@@ -278,25 +224,7 @@ class XYNetwork(PhysicalSystem):
 
     # -- parameters ----------------------------------------------------------------------------
     def _check_and_store(self, params: Params) -> None:
-        checked: Params = {}
-        for name, value in params.items():
-            if name not in self._all_groups:
-                raise KeyError(f"no XY parameter group {name!r}; known: {list(GROUPS)}")
-            g = self._all_groups[name]
-            v = np.array(value, dtype=np.float64)
-            if v.shape != g.shape:
-                raise ValueError(f"{name}: expected shape {g.shape}, got {v.shape}")
-            if not np.all(np.isfinite(v)):
-                raise ValueError(f"{name}: non-finite values")
-            bad = np.flatnonzero((v < g.lower) | (v > g.upper))
-            if bad.size:
-                k = int(bad[0])
-                raise ValueError(
-                    f"{name}[{k}] = {v.reshape(-1)[k]:g} {g.unit} is outside the bounds "
-                    f"[{g.lower:g}, {g.upper:g}] ({bad.size} such values); project before writing"
-                )
-            checked[name] = v
-        self._params.update(checked)
+        self._params.update(checked_parameters(self._all_groups, params))
         self._version = getattr(self, "_version", 0) + 1
 
     def set_parameters(self, params: Params) -> Params:
