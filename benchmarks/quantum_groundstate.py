@@ -11,7 +11,7 @@ the same solves cold (ARPACK, one eigenvalue).
 
 physlearn's solver (``SolverOptions(method="lanczos")``, the default) is a plain Lanczos run with
 a convergence check after every product and a certified result, ARPACK when it does not
-certify (``simulators/quantum/states.py``).
+certify (``simulators/quantum/lanczos.py``).
 
 In training, every step after the first is a *steady-state* step: the parameters moved by one
 optimiser update (here one Adam step of ``--lr`` from the first step's EP gradient), and the free
@@ -87,7 +87,9 @@ def measure_size(n: int, args: argparse.Namespace, qutip: Any) -> dict[str, Any]
     from physlearn.losses import get_loss
     from physlearn.optim import Optimizer
     from physlearn.simulators.quantum.config import QuantumConfig
-    from physlearn.simulators.quantum.states import SolverOptions, SumOperator, ground_state
+    from physlearn.simulators.quantum.lanczos import SolverOptions
+    from physlearn.simulators.quantum.operators import SumOperator
+    from physlearn.simulators.quantum.states import ground_state
     from physlearn.simulators.quantum.system import QuantumSystem
 
     cfg = QuantumConfig.model_validate(
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     from threadpoolctl import threadpool_limits
 
     from physlearn.memory import retain_freed_memory
-    from physlearn.simulators.quantum.states import SolverOptions
+    from physlearn.simulators.quantum.lanczos import SolverOptions
 
     retain_freed_memory()  # the allocator policy of a campaign process, for every solver alike
 

@@ -21,13 +21,9 @@ from threadpoolctl import threadpool_limits
 
 from physlearn.estimators import EquilibriumPropagation, centred, one_sided
 from physlearn.losses import get_loss
+from physlearn.simulators.quantum.lanczos import DegenerateGroundStateError, SolverOptions
 from physlearn.simulators.quantum.pauli import PauliBasis, parse_pauli, pauli_label
-from physlearn.simulators.quantum.states import (
-    DegenerateGroundStateError,
-    SolverOptions,
-    ground_state,
-    thermal_state,
-)
+from physlearn.simulators.quantum.states import ground_state, thermal_state
 from physlearn.simulators.quantum.system import HamiltonianModel, QuantumSystem
 from physlearn.system import ExactGradient, Nudge, ParameterGroup
 

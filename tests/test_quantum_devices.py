@@ -17,14 +17,12 @@ from physlearn.estimators import EquilibriumPropagation, centred, one_sided
 from physlearn.losses import get_loss
 from physlearn.simulators.harmonic.config import ElasticConfig
 from physlearn.simulators.harmonic.elastic import ElasticNetwork
-from physlearn.simulators.quantum.config import (
-    IonsConfig,
-    QuantumConfig,
-    RydbergConfig,
-)
+from physlearn.simulators.quantum.config import QuantumConfig
 from physlearn.simulators.quantum.ions import IonChain, coupling_matrix
+from physlearn.simulators.quantum.ions_config import IonsConfig
+from physlearn.simulators.quantum.lanczos import DegenerateGroundStateError
 from physlearn.simulators.quantum.rydberg import C6_RAD_US_UM6, RydbergArray, blockade_radius
-from physlearn.simulators.quantum.states import DegenerateGroundStateError
+from physlearn.simulators.quantum.rydberg_config import RydbergConfig
 
 TWO_PI = 2 * math.pi
 

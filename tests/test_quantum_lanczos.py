@@ -23,22 +23,16 @@ from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from threadpoolctl import threadpool_limits
 
-import physlearn.simulators.quantum.states as qs
+import physlearn.simulators.quantum.lanczos as qs
 from physlearn.estimators import EquilibriumPropagation, centred
 from physlearn.losses import get_loss
+from physlearn.simulators.quantum.lanczos import DegenerateGroundStateError, SolverOptions
+from physlearn.simulators.quantum.operators import SumOperator
 from physlearn.simulators.quantum.pauli import PauliBasis
-from physlearn.simulators.quantum.states import (
-    DegenerateGroundStateError,
-    SolverOptions,
-    SumOperator,
-    ground_state,
-)
-from physlearn.simulators.quantum.system import (
-    HamiltonianModel,
-    QuantumState,
-    QuantumSystem,
-    _nudged_start,
-)
+from physlearn.simulators.quantum.states import ground_state
+from physlearn.simulators.quantum.system import HamiltonianModel, QuantumSystem
+from physlearn.simulators.quantum.warm import QuantumState
+from physlearn.simulators.quantum.warm import nudged_start as _nudged_start
 from physlearn.system import ParameterGroup
 
 from .test_quantum import gap_of

@@ -21,7 +21,9 @@ from threadpoolctl import threadpool_limits
 from physlearn.config import ConfigError, parse_config
 from physlearn.estimators import EquilibriumPropagation, centred
 from physlearn.losses import get_loss
-from physlearn.simulators.quantum.config import IonsConfig, QuantumConfig, RydbergConfig
+from physlearn.simulators.quantum.config import QuantumConfig
+from physlearn.simulators.quantum.ions_config import IonsConfig
+from physlearn.simulators.quantum.rydberg_config import RydbergConfig
 from physlearn.simulators.quantum.sensitivity import SensitivitySystem
 from physlearn.simulators.quantum.system import QuantumSystem
 from physlearn.system import ExactGradient, Nudge

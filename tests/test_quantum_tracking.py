@@ -23,13 +23,11 @@ from physlearn.estimators import EquilibriumPropagation, centred
 from physlearn.losses import get_loss
 from physlearn.run.campaign import Campaign
 from physlearn.run.start import resume_run, start_run
+from physlearn.simulators.quantum.lanczos import DegenerateGroundStateError, SolverOptions
 from physlearn.simulators.quantum.pauli import PauliBasis
-from physlearn.simulators.quantum.states import (
-    DegenerateGroundStateError,
-    SolverOptions,
-    ground_state,
-)
-from physlearn.simulators.quantum.system import HamiltonianModel, QuantumCarry, QuantumSystem
+from physlearn.simulators.quantum.states import ground_state
+from physlearn.simulators.quantum.system import HamiltonianModel, QuantumSystem
+from physlearn.simulators.quantum.warm import QuantumCarry
 from physlearn.store.run_store import RunStore
 from physlearn.system import ParameterGroup
 

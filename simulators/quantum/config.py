@@ -1,8 +1,10 @@
-"""Configs of the quantum spin machines: ``kind: quantum | rydberg | ions``.
+"""Configs of the quantum spin machines: ``kind: quantum``, and what every Pauli machine shares.
 
-Validation happens when the config is loaded (nothing is built): Pauli labels are parsed, sizes
-checked, and device limits (Rydberg: minimum atom distance, Rabi frequency, detuning, atom count)
-refused with a message naming the violated limit. ``build`` imports the simulators lazily. The
+Validation happens when the config is loaded (nothing is built): Pauli labels are parsed and
+sizes checked. ``build`` imports the simulators lazily. The device machines built on
+:class:`PauliMachineConfig` have their own modules: ``kind: rydberg`` in
+:mod:`physlearn.simulators.quantum.rydberg_config` (device limits refused with a message naming
+the violated limit), ``kind: ions`` in :mod:`physlearn.simulators.quantum.ions_config`. The
 quantum harmonic network (``kind: elastic``) is configured in
 :mod:`physlearn.simulators.harmonic.config`.
 
@@ -18,7 +20,6 @@ expands to one string per ``i`` in ``[0, 8)``; ``period: 8`` wraps site indices 
 
 from __future__ import annotations
 
-import math
 import re
 from typing import TYPE_CHECKING, Literal
 
@@ -28,14 +29,11 @@ from pydantic import Field, model_validator
 from physlearn.configbase import StrictModel, SystemConfigBase
 
 if TYPE_CHECKING:
-    from physlearn.simulators.quantum.ions import IonChain
-    from physlearn.simulators.quantum.rydberg import RydbergArray
+    from physlearn.simulators.quantum.lanczos import SolverOptions
     from physlearn.simulators.quantum.sensitivity import SensitivitySystem
-    from physlearn.simulators.quantum.states import SolverOptions
     from physlearn.simulators.quantum.system import QuantumSystem
 
 _TEMPLATE = re.compile(r"\{i\s*([+-]\s*\d+)?\}")
-TWO_PI = 2.0 * math.pi
 
 
 class PauliTerm(StrictModel):
@@ -142,7 +140,7 @@ class EigensolverConfig(StrictModel):
     )
 
     def options(self) -> SolverOptions:
-        from physlearn.simulators.quantum.states import SolverOptions
+        from physlearn.simulators.quantum.lanczos import SolverOptions
 
         return SolverOptions(
             tol=self.tol,
@@ -190,7 +188,11 @@ class SensitivityConfig(StrictModel):
     unit: str = Field("1", description="unit of lambda (outputs are [O unit]/[lambda unit])")
 
 
-class _QuantumCommon(SystemConfigBase):
+class PauliMachineConfig(SystemConfigBase):
+    """What every Pauli machine (``quantum``, ``rydberg``, ``ions``) shares: temperature, shots,
+    eigensolver and the optional ``sensitivity`` block; subclasses give the register and the
+    machine (:meth:`n_qubits`, :meth:`machine_output_labels`, :meth:`build_machine`)."""
+
     temperature: float = Field(
         0.0, ge=0, description="T (energy unit, k_B = 1); 0 = ground state, > 0 dense Gibbs state"
     )
@@ -205,7 +207,7 @@ class _QuantumCommon(SystemConfigBase):
     )
 
     @model_validator(mode="after")
-    def _sensitivity_block(self) -> _QuantumCommon:
+    def _sensitivity_block(self) -> PauliMachineConfig:
         s = self.sensitivity
         if s is None:
             return self
@@ -256,7 +258,7 @@ class _QuantumCommon(SystemConfigBase):
         )
 
     @model_validator(mode="after")
-    def _thermal_size(self) -> _QuantumCommon:
+    def _thermal_size(self) -> PauliMachineConfig:
         if self.temperature > 0 and self.n_qubits() > 12:
             raise ValueError(
                 f"temperature > 0 uses dense diagonalisation: at most 12 qubits "
@@ -272,7 +274,7 @@ class _QuantumCommon(SystemConfigBase):
         return 2 * 2 ** self.n_qubits()
 
 
-class QuantumConfig(_QuantumCommon):
+class QuantumConfig(PauliMachineConfig):
     """A generic spin-1/2 machine: H = H0 + sum x_i B_i + sum theta_j A_j (dimensionless)."""
 
     kind: Literal["quantum"] = Field("quantum", description="system kind: generic Pauli model")
@@ -378,205 +380,4 @@ class QuantumConfig(_QuantumCommon):
             shots=self.shots,
             solver=self.solver.options(),
             name="quantum",
-        )
-
-
-class RydbergLimitsConfig(StrictModel):
-    """Device limits of the Rydberg array (checked when the config is loaded)."""
-
-    min_distance: float = Field(4.0, gt=0, description="minimum atom distance (um)")
-    rabi_max: float = Field(TWO_PI * 2.5, gt=0, description="largest Rabi frequency (rad/us)")
-    detuning_max: float = Field(TWO_PI * 20.0, gt=0, description="largest |detuning| (rad/us)")
-    max_atoms: int = Field(20, ge=1, le=24, description="largest register (atoms)")
-
-
-class RydbergConfig(_QuantumCommon):
-    """Rydberg tweezer array: H = sum Omega/2 X_i - sum Delta_i n_i + sum C6/r^6 n_i n_j."""
-
-    kind: Literal["rydberg"] = Field("rydberg", description="system kind: Rydberg atom array")
-    positions: list[tuple[float, float]] = Field(min_length=1, description="atom positions (um)")
-    rydberg_level: Literal[60, 70] = Field(70, description="principal quantum number n (sets C6)")
-    input_atoms: list[int] = Field(
-        default_factory=list, description="atoms whose detuning carries an input (rad/us)"
-    )
-    output_atoms: list[int] = Field(default_factory=list, description="atoms read out as <n_i>")
-    correlators: list[tuple[int, int]] = Field(
-        default_factory=list, description="atom pairs read out as <n_i n_j>"
-    )
-    limits: RydbergLimitsConfig = Field(
-        default_factory=RydbergLimitsConfig, description="device limits"
-    )
-    detuning_bound: float | None = Field(
-        None, gt=0, description="bound of the trainable |Delta_i| (rad/us; default detuning_max)"
-    )
-    init_detuning: float | list[float] = Field(0.0, description="initial Delta_i (rad/us)")
-    init_rabi: float = Field(TWO_PI * 1.0, ge=0, description="initial Omega (rad/us)")
-
-    @model_validator(mode="after")
-    def _device_limits(self) -> RydbergConfig:
-        lim = self.limits
-        n = len(self.positions)
-        if n > lim.max_atoms:
-            raise ValueError(f"{n} atoms exceed the device limit max_atoms = {lim.max_atoms}")
-        pos = np.asarray(self.positions, dtype=float)
-        d = np.sqrt(((pos[:, None] - pos[None]) ** 2).sum(-1)) + np.diag(np.full(n, np.inf))
-        if n > 1 and d.min() < lim.min_distance:
-            i, j = np.unravel_index(int(np.argmin(d)), d.shape)
-            raise ValueError(
-                f"atoms {min(i, j)} and {max(i, j)} are {d[i, j]:.3g} um apart, below the device "
-                f"limit min_distance = {lim.min_distance:g} um"
-            )
-        if self.init_rabi > lim.rabi_max:
-            raise ValueError(
-                f"init_rabi = {self.init_rabi:.6g} rad/us exceeds the device limit "
-                f"rabi_max = {lim.rabi_max:.6g} rad/us"
-            )
-        bound = lim.detuning_max if self.detuning_bound is None else self.detuning_bound
-        if bound > lim.detuning_max:
-            raise ValueError(
-                f"detuning_bound = {bound:.6g} rad/us exceeds the device limit "
-                f"detuning_max = {lim.detuning_max:.6g} rad/us"
-            )
-        init = (
-            np.broadcast_to(np.asarray(self.init_detuning, float), (n,))
-            if not isinstance(self.init_detuning, list)
-            else np.asarray(self.init_detuning, float)
-        )
-        if init.shape != (n,):
-            raise ValueError(f"init_detuning needs {n} values, got {init.size}")
-        if np.abs(init).max() > bound:
-            raise ValueError(
-                f"init_detuning reaches {np.abs(init).max():.6g} rad/us, beyond the detuning "
-                f"bound {bound:.6g} rad/us (device limit detuning_max = {lim.detuning_max:.6g})"
-            )
-        for name, atoms in (
-            ("input_atoms", self.input_atoms),
-            ("output_atoms", self.output_atoms),
-            ("correlators", [a for p in self.correlators for a in p]),
-        ):
-            bad = [a for a in atoms if not 0 <= a < n]
-            if bad:
-                raise ValueError(f"{name} refers to atom {bad[0]}, outside 0..{n - 1}")
-        if not self.output_atoms and not self.correlators:
-            raise ValueError("give output_atoms and/or correlators (the machine needs outputs)")
-        return self
-
-    def n_qubits(self) -> int:
-        return len(self.positions)
-
-    def input_size(self) -> int:
-        return len(self.input_atoms)
-
-    def machine_output_labels(self) -> list[str]:
-        return [f"n[{a}]" for a in self.output_atoms] + [
-            f"n[{i}]n[{j}]" for i, j in self.correlators
-        ]
-
-    def build_machine(self, seed: int) -> RydbergArray:
-        from physlearn.simulators.quantum.rydberg import C6_RAD_US_UM6, RydbergArray, RydbergLimits
-
-        lim = RydbergLimits(**self.limits.model_dump())
-        n = len(self.positions)
-        init = np.array(np.broadcast_to(np.asarray(self.init_detuning, float), (n,)))
-        return RydbergArray(
-            np.asarray(self.positions, float),
-            c6=C6_RAD_US_UM6[self.rydberg_level],
-            input_atoms=self.input_atoms,
-            output_atoms=self.output_atoms,
-            correlators=[tuple(p) for p in self.correlators],
-            limits=lim,
-            detuning_bound=self.detuning_bound,
-            params={"detuning": init, "rabi": np.array(self.init_rabi)},
-            temperature=self.temperature,
-            shots=self.shots,
-            solver=self.solver.options(),
-        )
-
-
-class IonsConfig(_QuantumCommon):
-    """Trapped-ion chain: H = sum_{i<j} J_ij X_i X_j + sum B_i Z_i (dimensionless)."""
-
-    kind: Literal["ions"] = Field("ions", description="system kind: trapped-ion chain")
-    n_ions: int = Field(ge=2, le=20, description="ions in the chain")
-    couplings: Literal["power_law", "individual"] = Field(
-        "power_law", description="J_ij = J0/|i-j|^alpha (trainable J0) or every J_ij trainable"
-    )
-    j0: float = Field(1.0, description="initial J0 (power law) / J0 of the initial J_ij")
-    alpha: float = Field(1.0, ge=0, le=3, description="power-law exponent alpha (0 <= alpha <= 3)")
-    train_alpha: bool = Field(False, description="power law: also train alpha")
-    coupling_bound: float = Field(2.0, gt=0, description="|J| bound (energy unit)")
-    field_bound: float = Field(2.0, gt=0, description="|B_i| bound (energy unit)")
-    init_field: float | list[float] = Field(0.5, description="initial B_i")
-    x_field: float = Field(
-        0.0,
-        description="fixed h_x sum X_i (energy unit); breaks the Z-parity symmetry so that "
-        "level crossings become avoided crossings",
-    )
-    input_ions: list[int] = Field(default_factory=list, description="ions whose field is an input")
-    output_ions: list[int] = Field(default_factory=list, description="ions read out as <Z_i>")
-    correlators: list[tuple[int, int]] = Field(
-        default_factory=list, description="pairs read out as <X_i X_j>"
-    )
-
-    @model_validator(mode="after")
-    def _check(self) -> IonsConfig:
-        n = self.n_ions
-        for name, ions in (
-            ("input_ions", self.input_ions),
-            ("output_ions", self.output_ions),
-            ("correlators", [a for p in self.correlators for a in p]),
-        ):
-            bad = [a for a in ions if not 0 <= a < n]
-            if bad:
-                raise ValueError(f"{name} refers to ion {bad[0]}, outside 0..{n - 1}")
-        if any(i == j for i, j in self.correlators):
-            raise ValueError("a correlator needs two different ions")
-        if not self.output_ions and not self.correlators:
-            raise ValueError("give output_ions and/or correlators (the machine needs outputs)")
-        if abs(self.j0) > self.coupling_bound:
-            raise ValueError(f"j0 = {self.j0} exceeds coupling_bound = {self.coupling_bound}")
-        f = np.asarray(self.init_field, float)
-        if f.ndim and f.shape != (n,):
-            raise ValueError(f"init_field needs {n} values")
-        if np.abs(f).max() > self.field_bound:
-            raise ValueError(f"init_field exceeds field_bound = {self.field_bound}")
-        return self
-
-    def n_qubits(self) -> int:
-        return self.n_ions
-
-    def input_size(self) -> int:
-        return len(self.input_ions)
-
-    def machine_output_labels(self) -> list[str]:
-        return [f"Z[{a}]" for a in self.output_ions] + [
-            f"X[{i}]X[{j}]" for i, j in self.correlators
-        ]
-
-    def build_machine(self, seed: int) -> IonChain:
-        from physlearn.simulators.quantum.ions import IonChain, coupling_matrix
-
-        n = self.n_ions
-        params = {"field": np.array(np.broadcast_to(np.asarray(self.init_field, float), (n,)))}
-        if self.couplings == "individual":
-            params["coupling"] = coupling_matrix(n, self.j0, self.alpha)[np.triu_indices(n, 1)]
-        else:
-            params["coupling"] = np.array(self.j0)
-            if self.train_alpha:
-                params["alpha"] = np.array(self.alpha)
-        return IonChain(
-            n,
-            input_ions=self.input_ions,
-            output_ions=self.output_ions,
-            correlators=[tuple(p) for p in self.correlators],
-            couplings=self.couplings,
-            alpha=self.alpha,
-            train_alpha=self.train_alpha,
-            coupling_bound=self.coupling_bound,
-            field_bound=self.field_bound,
-            x_field=self.x_field,
-            params=params,
-            temperature=self.temperature,
-            shots=self.shots,
-            solver=self.solver.options(),
         )

@@ -25,8 +25,8 @@ from typing import Literal
 
 import numpy as np
 
+from physlearn.simulators.quantum.lanczos import SolverOptions
 from physlearn.simulators.quantum.pauli import PauliBasis
-from physlearn.simulators.quantum.states import SolverOptions
 from physlearn.simulators.quantum.system import HamiltonianModel, QuantumSystem
 from physlearn.system import FloatArray, ParameterGroup, Params
 
@@ -43,6 +43,70 @@ def coupling_matrix(n: int, j0: float, alpha: float) -> FloatArray:
 
 def _pairs(n: int) -> list[tuple[int, int]]:
     return [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+
+def _ion_groups(
+    n: int,
+    couplings: Literal["power_law", "individual"],
+    train_alpha: bool,
+    coupling_bound: float,
+    field_bound: float,
+    alpha_range: tuple[float, float],
+) -> list[ParameterGroup]:
+    """The chain's parameter groups: the fields ``B_i``, then every coupling ``J_ij``
+    (``individual``) or the power law's scale ``J0`` and, when trained, its exponent."""
+    groups = [
+        ParameterGroup(
+            "field",
+            (n,),
+            ("ion",),
+            -field_bound,
+            field_bound,
+            "1",
+            long_name="local field B_i",
+            energy_unit="1",
+        )
+    ]
+    if couplings == "individual":
+        groups.append(
+            ParameterGroup(
+                "coupling",
+                (n * (n - 1) // 2,),
+                ("pair",),
+                -coupling_bound,
+                coupling_bound,
+                "1",
+                long_name="Ising coupling J_ij (i < j, row-major)",
+                energy_unit="1",
+            )
+        )
+    else:
+        groups.append(
+            ParameterGroup(
+                "coupling",
+                (),
+                (),
+                -coupling_bound,
+                coupling_bound,
+                "1",
+                long_name="coupling scale J0 of J_ij = J0/|i-j|^alpha",
+                energy_unit="1",
+            )
+        )
+        if train_alpha:
+            groups.append(
+                ParameterGroup(
+                    "alpha",
+                    (),
+                    (),
+                    alpha_range[0],
+                    alpha_range[1],
+                    "1",
+                    long_name="power-law exponent alpha",
+                    energy_unit="1",
+                )
+            )
+    return groups
 
 
 class IonChainModel(HamiltonianModel):
@@ -74,63 +138,14 @@ class IonChainModel(HamiltonianModel):
                 raise ValueError(f"ion index {a} outside 0..{n - 1}")
         fields = np.stack([basis.vector([(1.0, f"Z{i}")]) for i in range(n)])
         self.kind = couplings
-        groups = [
-            ParameterGroup(
-                "field",
-                (n,),
-                ("ion",),
-                -field_bound,
-                field_bound,
-                "1",
-                long_name="local field B_i",
-                energy_unit="1",
-            )
-        ]
+        groups = _ion_groups(n, couplings, train_alpha, coupling_bound, field_bound, alpha_range)
         param_ops: dict[str, FloatArray] = {"field": fields}
         if couplings == "individual":
-            groups.append(
-                ParameterGroup(
-                    "coupling",
-                    (len(pairs),),
-                    ("pair",),
-                    -coupling_bound,
-                    coupling_bound,
-                    "1",
-                    long_name="Ising coupling J_ij (i < j, row-major)",
-                    energy_unit="1",
-                )
-            )
             param_ops["coupling"] = (
                 np.stack([basis.vector([(1.0, f"X{i} X{j}")]) for i, j in pairs])
                 if pairs
                 else np.zeros((0, basis.size))
             )
-        else:
-            groups.append(
-                ParameterGroup(
-                    "coupling",
-                    (),
-                    (),
-                    -coupling_bound,
-                    coupling_bound,
-                    "1",
-                    long_name="coupling scale J0 of J_ij = J0/|i-j|^alpha",
-                    energy_unit="1",
-                )
-            )
-            if train_alpha:
-                groups.append(
-                    ParameterGroup(
-                        "alpha",
-                        (),
-                        (),
-                        alpha_range[0],
-                        alpha_range[1],
-                        "1",
-                        long_name="power-law exponent alpha",
-                        energy_unit="1",
-                    )
-                )
         self.train_alpha = train_alpha and couplings == "power_law"
         #: exponent used when alpha is not trained
         self.fixed_alpha = 1.0

@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from physlearn.simulators.quantum.lanczos import SolverOptions
 from physlearn.simulators.quantum.pauli import PauliBasis
-from physlearn.simulators.quantum.states import SolverOptions
 from physlearn.simulators.quantum.system import HamiltonianModel, QuantumSystem
 from physlearn.system import FloatArray, ParameterGroup, Params
 
@@ -81,6 +81,41 @@ def blockade_radius(c6: float, rabi: float) -> float:
     return float((c6 / rabi) ** (1.0 / 6.0))
 
 
+def _rydberg_groups(
+    n: int, lim: RydbergLimits, detuning_bound: float | None
+) -> tuple[ParameterGroup, ...]:
+    """The detunings ``Delta_i`` within ``detuning_bound`` (default and at most
+    ``lim.detuning_max``) and the global Rabi frequency ``Omega`` within ``lim.rabi_max``."""
+    bound = lim.detuning_max if detuning_bound is None else detuning_bound
+    if not 0 < bound <= lim.detuning_max:
+        raise ValueError(
+            f"detuning bound {bound:.6g} rad/us exceeds the device limit "
+            f"detuning_max = {lim.detuning_max:.6g} rad/us"
+        )
+    return (
+        ParameterGroup(
+            "detuning",
+            (n,),
+            ("atom",),
+            -bound,
+            bound,
+            "rad/us",
+            long_name="local detuning Delta_i (|Delta| <= detuning_max)",
+            energy_unit="rad/us",
+        ),
+        ParameterGroup(
+            "rabi",
+            (),
+            (),
+            0.0,
+            lim.rabi_max,
+            "rad/us",
+            long_name="global Rabi frequency Omega (<= rabi_max)",
+            energy_unit="rad/us",
+        ),
+    )
+
+
 def rydberg_model(
     positions: FloatArray,
     c6: float,
@@ -114,34 +149,7 @@ def rydberg_model(
     h0 = np.zeros(basis.size)
     for i, j in pairs:
         h0 += v[i, j] * pair_number(i, j)
-    bound = lim.detuning_max if detuning_bound is None else detuning_bound
-    if not 0 < bound <= lim.detuning_max:
-        raise ValueError(
-            f"detuning bound {bound:.6g} rad/us exceeds the device limit "
-            f"detuning_max = {lim.detuning_max:.6g} rad/us"
-        )
-    groups = (
-        ParameterGroup(
-            "detuning",
-            (n,),
-            ("atom",),
-            -bound,
-            bound,
-            "rad/us",
-            long_name="local detuning Delta_i (|Delta| <= detuning_max)",
-            energy_unit="rad/us",
-        ),
-        ParameterGroup(
-            "rabi",
-            (),
-            (),
-            0.0,
-            lim.rabi_max,
-            "rad/us",
-            long_name="global Rabi frequency Omega (<= rabi_max)",
-            energy_unit="rad/us",
-        ),
-    )
+    groups = _rydberg_groups(n, lim, detuning_bound)
     param_ops = {
         "detuning": -np.stack([number(i) for i in range(n)]),
         "rabi": basis.vector([(0.5, f"X{i}") for i in range(n)])[None, :],

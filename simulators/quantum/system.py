@@ -39,7 +39,6 @@ expectation values ``<O_k>`` in the ground state (T = 0) or the Gibbs state (T >
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -47,16 +46,17 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 
 from physlearn.losses import Loss
+from physlearn.simulators.quantum.lanczos import SolverOptions
+from physlearn.simulators.quantum.operators import SumOperator
 from physlearn.simulators.quantum.pauli import PauliBasis
 from physlearn.simulators.quantum.shots import MeasurementPlan
 from physlearn.simulators.quantum.states import (
-    SolverOptions,
-    SumOperator,
     ground_response,
     ground_state,
     thermal_response_operator,
     thermal_state,
 )
+from physlearn.simulators.quantum.warm import QuantumCarry, QuantumState, warm_hamiltonian
 from physlearn.system import (
     Equilibrium,
     FloatArray,
@@ -134,82 +134,6 @@ class HamiltonianModel:
     def jacobian(self, params: Params) -> dict[str, FloatArray]:
         """``{group: (size, T)}``: coefficients of ``dH/dtheta_j`` (the conjugate operators)."""
         return {g.name: self.param_ops[g.name] for g in self.groups}
-
-
-@dataclass(frozen=True)
-class QuantumState:
-    """Warm-start state of one batch.
-
-    ``vectors``: the ground state of every sample (None at T > 0). ``hamiltonians`` and
-    ``coefficients``: an assembled sparse Hamiltonian per sample and its coefficient vector, so
-    that a nudged phase applies ``H_free + beta O_eps`` without assembling a new matrix.
-    """
-
-    vectors: tuple[NDArray[np.float64] | NDArray[np.complex128], ...] | None
-    hamiltonians: tuple[sp.csr_matrix, ...] = ()
-    coefficients: FloatArray | None = None
-    #: first excited state of every sample (free phases, which run the gap check), else None
-    excited: tuple[NDArray[np.float64] | NDArray[np.complex128], ...] | None = None
-    #: the clamped inputs ``(batch, n_in)``
-    inputs: FloatArray | None = None
-    #: ``hamiltonians[b] @ vectors[b]`` of every sample (free phases: the product that certified
-    #: the ground state), else None; a nudged phase from this state starts its Lanczos run
-    #: from it and saves one product
-    products: tuple[NDArray[np.float64] | NDArray[np.complex128], ...] | None = None
-    #: nudged solves warm-started from this state, per sample: ``(delta, psi, (H + D) psi)`` with
-    #: ``delta`` the coefficient change of the nudge, ``D`` its operator; a later nudge along the
-    #: same direction starts from the linear extrapolation (see :meth:`QuantumSystem.equilibrate`)
-    nudged: dict[int, list[tuple[FloatArray, Any, Any]]] = field(
-        default_factory=dict, compare=False, repr=False
-    )
-
-
-@dataclass(frozen=True)
-class QuantumCarry:
-    """A free state carried to the next training step (:meth:`QuantumSystem.import_state`).
-
-    ``inputs``: ``(batch, n_in)`` inputs it was solved for; ``vectors``: ``(batch, 2, dim)``
-    ground and first excited state of every sample (float64, or complex128 for a machine whose
-    Hamiltonian can be complex).
-    """
-
-    inputs: FloatArray
-    vectors: NDArray[np.float64] | NDArray[np.complex128]
-
-
-def _nudged_start(
-    done: Any, delta: FloatArray, d_op: sp.csr_matrix, psi0: Any, h_psi0: Any
-) -> tuple[Any, Any]:
-    """Start vector of a nudged solve on ``H + D`` (``D = d_op``, coefficients ``delta``) from the
-    free ground state ``psi0`` (``h_psi0 = H psi0`` or None), and its product with ``H + D``.
-
-    ``done``: earlier nudged solves ``(delta_1, psi_1, (H + D_1) psi_1)`` from the same free
-    state. If one of them nudged along the same direction, ``delta = c delta_1`` (the centred
-    estimator's ``-beta`` after ``+beta``: ``c = -1``), the start is the linear extrapolation
-    ``psi0 + c (psi_1 - psi0)`` (``psi_1`` phase-aligned to ``psi0``): off the nudged ground state
-    by O(beta^2) instead of O(beta), which saves a few Lanczos products; the solve itself (its
-    tolerance and certification) is the same from any start. Otherwise ``psi0``.
-    """
-    best: tuple[float, Any, Any] | None = None
-    norm = float(np.linalg.norm(delta))
-    for d1, psi1, h_psi1 in done:
-        c = float(np.dot(d1, delta) / np.dot(d1, d1))
-        parallel = np.linalg.norm(delta - c * d1) <= 1e-9 * norm
-        if parallel and c != 0 and (best is None or abs(c - 1) < abs(best[0] - 1)):
-            best = (c, psi1, h_psi1)
-    h_start = None if h_psi0 is None else h_psi0 + d_op @ psi0
-    if best is None:
-        return psi0, h_start
-    c, psi1, h_psi1 = best
-    overlap = complex(np.vdot(psi1, psi0))
-    phase = overlap / abs(overlap) if overlap != 0 else 1.0
-    align = phase if np.iscomplexobj(psi1) else np.sign(phase.real)
-    start = psi0 + c * (psi1 * align - psi0)
-    if h_start is None or h_psi1 is None:
-        return start, None
-    # (H + D) psi_1 = (H + D_1) psi_1 + (1 - 1/c) D psi_1, as D - D_1 = (1 - 1/c) D
-    h_aligned = (h_psi1 + (1.0 - 1.0 / c) * (d_op @ psi1)) * align
-    return start, (1.0 - c) * h_start + c * h_aligned
 
 
 class QuantumSystem(PhysicalSystem):
@@ -364,7 +288,7 @@ class QuantumSystem(PhysicalSystem):
         if starts is not None and len(starts) != batch:
             raise ValueError("warm start is from a batch of a different size")
         reuse = ws is not None and len(ws.hamiltonians) == batch and ws.coefficients is not None
-        basis = self.model.basis
+        warm = ws if reuse else None  # free Hamiltonians to reuse
         bases: list[sp.csr_matrix] = []
         base_coeffs = np.empty_like(coeffs)
         values = np.empty((batch, strings.size))
@@ -377,27 +301,7 @@ class QuantumSystem(PhysicalSystem):
         for b in range(batch):
             h: sp.csr_matrix | SumOperator
             v0 = None if starts is None else starts[b]
-            hv0 = None  # h @ v0 when the warm state knows it
-            record = False
-            if reuse and self.temperature == 0:
-                assert ws is not None and ws.coefficients is not None
-                delta = coeffs[b] - ws.coefficients[b]
-                base_coeffs[b] = ws.coefficients[b]
-                bases.append(ws.hamiltonians[b])
-                known = None if ws.products is None else ws.products[b]
-                if np.any(delta):
-                    d_op = basis.operator(delta)
-                    h = SumOperator(ws.hamiltonians[b], d_op)
-                    if v0 is not None and basis.dim > self.solver.dense_below:
-                        record = True
-                        v0, hv0 = _nudged_start(ws.nudged.get(b, ()), delta, d_op, v0, known)
-                else:
-                    h, hv0 = ws.hamiltonians[b], known
-            else:
-                h = basis.operator(coeffs[b])
-                if self.temperature == 0:
-                    bases.append(h)
-                    base_coeffs[b] = coeffs[b]
+            h, v0, hv0, delta = self._hamiltonian(b, coeffs, warm, v0, bases, base_coeffs)
             if self.temperature > 0:
                 th = thermal_state(h, self.temperature)
                 vecs, weights = th.vectors, th.weights
@@ -408,7 +312,7 @@ class QuantumSystem(PhysicalSystem):
                     if track is not None
                     else ground_state(h, v0, self.solver, hv0=hv0)
                 )
-                if record:
+                if delta is not None:
                     assert ws is not None
                     ws.nudged.setdefault(b, []).append((delta, gs.vector, gs.hvector))
                 vectors.append(gs.vector)
@@ -417,13 +321,79 @@ class QuantumSystem(PhysicalSystem):
                 products.append(gs.hvector if h is bases[-1] else None)
                 vecs, weights = gs.vector[:, None], np.ones(1)
                 energy[b], residual[b], iters[b] = gs.energy, gs.residual, gs.matvecs
-            if plan is not None:
-                assert rng is not None
-                values[b] = plan.sample(vecs, weights, self.shots, rng)
-            elif self.temperature > 0:
-                values[b] = basis.expectations_mixed(vecs, weights, strings)
-            else:
-                values[b] = basis.expectations(vecs[:, 0], strings)
+            values[b] = self._measure(plan, vecs, weights, strings, rng)
+        state = (
+            QuantumState(
+                tuple(vectors),
+                tuple(bases),
+                base_coeffs,
+                tuple(excited) if all(e is not None for e in excited) else None,
+                np.array(inputs, dtype=np.float64),
+                tuple(products) if all(p is not None for p in products) else None,
+            )
+            if self.temperature == 0
+            else QuantumState(None)
+        )
+        return self._equilibrium(values, jac, strings, plan, energy, residual, iters, state)
+
+    def _hamiltonian(
+        self,
+        b: int,
+        coeffs: FloatArray,
+        ws: QuantumState | None,
+        v0: Any,
+        bases: list[sp.csr_matrix],
+        base_coeffs: FloatArray,
+    ) -> tuple[sp.csr_matrix | SumOperator, Any, Any, FloatArray | None]:
+        """Sample ``b``'s Hamiltonian, the start vector from ``v0`` and its product with the
+        Hamiltonian when known, and the nudge's coefficient change to record with a nudged
+        Lanczos solve (else None). ``ws``: a warm state whose free Hamiltonians are reused
+        (:func:`~physlearn.simulators.quantum.warm.warm_hamiltonian`), else None. At T = 0 the
+        free (base) Hamiltonian and its coefficients go to ``bases`` and ``base_coeffs``."""
+        if ws is not None and self.temperature == 0:
+            assert ws.coefficients is not None
+            base_coeffs[b] = ws.coefficients[b]
+            bases.append(ws.hamiltonians[b])
+            dense_below = self.solver.dense_below
+            return warm_hamiltonian(self.model.basis, ws, b, coeffs[b], v0, dense_below)
+        h = self.model.basis.operator(coeffs[b])
+        if self.temperature == 0:
+            bases.append(h)
+            base_coeffs[b] = coeffs[b]
+        return h, v0, None, None
+
+    def _measure(
+        self,
+        plan: MeasurementPlan | None,
+        vecs: NDArray[Any],
+        weights: FloatArray,
+        strings: NDArray[np.int64],
+        rng: np.random.Generator | None,
+    ) -> FloatArray:
+        """The values of the Pauli ``strings`` in ``sum_m weights_m |vecs_m><vecs_m|``: sampled
+        with ``plan`` (finite shots), else exact (mixed at T > 0)."""
+        basis = self.model.basis
+        if plan is not None:
+            assert rng is not None
+            return plan.sample(vecs, weights, self.shots, rng)
+        if self.temperature > 0:
+            return basis.expectations_mixed(vecs, weights, strings)
+        return basis.expectations(vecs[:, 0], strings)
+
+    def _equilibrium(
+        self,
+        values: FloatArray,
+        jac: dict[str, FloatArray],
+        strings: NDArray[np.int64],
+        plan: MeasurementPlan | None,
+        energy: FloatArray,
+        residual: FloatArray,
+        iters: NDArray[np.int64],
+        state: QuantumState,
+    ) -> Equilibrium:
+        """The :class:`~physlearn.system.Equilibrium` of a batch from the measured ``values``
+        ``(batch, len(strings))`` of the Pauli strings the outputs and conjugates need."""
+        batch = values.shape[0]
         outputs = values @ self.model.output_ops[:, strings].T
         conj = {
             g.name: (values @ jac[g.name][:, strings].T).reshape((batch, *g.shape))
@@ -434,16 +404,7 @@ class QuantumSystem(PhysicalSystem):
         return Equilibrium(
             outputs=outputs,
             conjugates=conj,
-            state=QuantumState(
-                tuple(vectors),
-                tuple(bases),
-                base_coeffs,
-                tuple(excited) if all(e is not None for e in excited) else None,
-                np.array(inputs, dtype=np.float64),
-                tuple(products) if all(p is not None for p in products) else None,
-            )
-            if self.temperature == 0
-            else QuantumState(None),
+            state=state,
             residual=residual,
             iterations=iters,
             shots=self.shots,
