@@ -302,6 +302,9 @@ class LabServer:
                 reply: str | None = stale
             else:
                 reply = inst.execute(line)
+            delay = inst.take_delay()  # a timed dialect: the observed operation's duration
+            if delay > 0:
+                await asyncio.sleep(delay)
             if reply is None or faults.draw(name, "timeout"):
                 continue
             if faults.draw(name, "garble"):
