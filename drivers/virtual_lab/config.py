@@ -27,6 +27,7 @@ from pydantic import Field, model_validator
 
 from physlearn.configbase import StrictModel
 from physlearn.drivers.station.config import TapLaw, graph_counts
+from physlearn.drivers.virtual_lab.dialects.specs import StockSpec
 from physlearn.simulators.graphs.config import GraphConfig
 
 
@@ -134,6 +135,9 @@ class LabConfig(StrictModel):
     dmm: DMMSpec = Field(default_factory=DMMSpec)
     pots: PotSpec = Field(default_factory=PotSpec)
     switch: SwitchSpec | None = None
+    stock: StockSpec | None = Field(
+        None, description="instruments speaking real models' dialects (stock qcodes drivers)"
+    )
     faults: FaultSpec = Field(default_factory=FaultSpec)
 
     def n_nodes(self) -> int:
@@ -146,6 +150,8 @@ class LabConfig(StrictModel):
         names = [self.source.name, self.dmm.name, self.pots.name]
         if self.switch is not None:
             names.append(self.switch.name)
+        if self.stock is not None:
+            names += self.stock.names()
         return names
 
     def ports(self) -> tuple[list[int], list[int]]:
@@ -232,6 +238,8 @@ class LabConfig(StrictModel):
                     )
                 if not 0 <= r.node < n:
                     raise ValueError(f"switch relay {k}: node {r.node} outside 0..{n - 1}")
+        if self.stock is not None:
+            self.stock.check(self.source.channels, n)
         if self.faults.instruments is not None:
             unknown = set(self.faults.instruments) - set(names)
             if unknown:

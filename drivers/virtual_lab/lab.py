@@ -144,6 +144,10 @@ class SimInstrument:
                 return handler(m, query, arg)
         raise ScpiError(-113, repr(cmd.split()[0][:40]))
 
+    def take_delay(self) -> float:
+        """Seconds the server waits before answering the line just executed (timed dialects)."""
+        return 0.0
+
     def stale_reply(self, line: str) -> str | None:
         """For a 'stuck' fault: the reply this instrument would repeat instead of answering
         ``line`` (None: the line is not a reading)."""
@@ -474,10 +478,17 @@ class VirtualLab:
         ]
         if c.switch is not None:
             insts.append(SwitchMatrix(c.switch.name, self.bench, c.switch.serial))
+        if c.stock is not None:  # imported here: the dialects import this module
+            from physlearn.drivers.virtual_lab.dialects import stock_instruments
+
+            insts += stock_instruments(c.stock, self.bench)
         self.instruments: dict[str, SimInstrument] = {i.name: i for i in insts}
 
     def driver_class(self, name: str) -> str:
         """Dotted path of the qcodes driver of instrument ``name``."""
+        own = getattr(self.instruments[name], "driver", None)
+        if isinstance(own, str):
+            return own
         driver = {
             SourceInstrument: "source.VirtualLabSource",
             DMMInstrument: "dmm.VirtualLabDMM",
