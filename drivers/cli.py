@@ -15,7 +15,8 @@
     ``weights.measure``), and write the calibration table that ``weights.calibration`` reads.
 
 Exit codes: 0 done, 2 a user mistake (bad file, port in use, remote host without the flag).
-This module only uses argparse at import time.
+This module only uses argparse at import time: the ``physlearn.commands`` entry point ``lab``
+names :func:`add_commands`, which the command line calls each time it builds its parser.
 """
 
 from __future__ import annotations
@@ -27,7 +28,10 @@ import signal
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from physlearn.registry import SubParsers
 
 USER_ERROR = 2
 #: the lab server's default bounds (equal to physlearn.drivers.virtual_lab.server's; repeated
@@ -35,6 +39,16 @@ USER_ERROR = 2
 MAX_CONNECTIONS = 64
 IDLE_TIMEOUT = 300.0
 MAX_LINE = 65536
+
+
+LAB_HELP = "The virtual lab: serve simulated instruments, calibrate a bank."
+
+
+def add_commands(sub: SubParsers) -> None:
+    """Add ``physlearn lab`` to the main command line's sub-commands."""
+    sp = sub.add_parser("lab", help=LAB_HELP, description=LAB_HELP)
+    sp.set_defaults(func=cmd_lab)
+    configure_parser(sp)
 
 
 def configure_parser(sp: argparse.ArgumentParser) -> None:

@@ -11,12 +11,24 @@ The retry policy of :class:`~physlearn.drivers.station.system.StationSystem` dep
 * :class:`SafeStateError`: the sources could not be confirmed safe; the operator must act.
 * :class:`EnvelopeViolation` (a ``ValueError``): a value outside the safety envelope was refused
   before anything was written.
+
+All of them are :class:`physlearn.errors.DeviceError`: the command line prints their
+:meth:`failure_message` and exits 1 without knowing these classes.
 """
 
 from __future__ import annotations
 
+from physlearn.errors import DeviceError
 
-class InstrumentError(RuntimeError):
+#: What a stopped run left behind, for the operator (the sources were ramped down first).
+_AFTER_A_STOP = (
+    "\n  every source it drove was ramped to its safe state; a run store, if one was created, "
+    "keeps every committed step (`physlearn inspect STORE`; fix the cause, then `physlearn "
+    "resume STORE`)."
+)
+
+
+class InstrumentError(DeviceError, RuntimeError):
     """Base class of bench errors; ``instrument`` is the station name ("" if unknown)."""
 
     def __init__(self, message: str, instrument: str = "") -> None:
@@ -26,6 +38,9 @@ class InstrumentError(RuntimeError):
     def __str__(self) -> str:
         # qcodes appends context strings ("setting src_ch01_volt to 0.5") to ``args``.
         return "; ".join(str(a) for a in self.args)
+
+    def failure_message(self) -> str:
+        return f"physlearn: the run stopped: {self}{_AFTER_A_STOP}"
 
 
 class InstrumentIOError(InstrumentError):
@@ -55,23 +70,15 @@ class InstrumentFault(InstrumentError):
 class SafeStateError(InstrumentError):
     """Some sources could not be confirmed at their safe value: switch them off by hand."""
 
-
-class EnvelopeViolation(ValueError):
-    """A value outside the safety envelope; refused before anything was sent."""
-
-
-def bench_failure_message(exc: BaseException) -> str | None:
-    """The CLI's message for a run stopped by the bench (None: not a bench error)."""
-    if isinstance(exc, SafeStateError):
+    def failure_message(self) -> str:
         return (
-            f"physlearn: {exc}\n  THE BENCH IS NOT CONFIRMED SAFE: switch the listed sources off "
+            f"physlearn: {self}\n  THE BENCH IS NOT CONFIRMED SAFE: switch the listed sources off "
             "by hand. A run store keeps every committed step (`physlearn resume STORE`)."
         )
-    if isinstance(exc, InstrumentError | EnvelopeViolation):
-        what = "refused by the safety envelope" if isinstance(exc, EnvelopeViolation) else "stopped"
-        return (
-            f"physlearn: the run {what}: {exc}\n  every source it drove was ramped to its safe "
-            "state; a run store, if one was created, keeps every committed step (`physlearn "
-            "inspect STORE`; fix the cause, then `physlearn resume STORE`)."
-        )
-    return None
+
+
+class EnvelopeViolation(DeviceError, ValueError):
+    """A value outside the safety envelope; refused before anything was sent."""
+
+    def failure_message(self) -> str:
+        return f"physlearn: the run refused by the safety envelope: {self}{_AFTER_A_STOP}"

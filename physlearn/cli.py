@@ -15,7 +15,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from physlearn.registry import SubParsers
 
 USER_ERROR = 2
 RUN_FAILED = 1
@@ -93,7 +96,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)
     if args.dry_run:
-        from physlearn.drivers.station.dryrun import dry_run_command
+        from physlearn.dryrun import dry_run_command
 
         return dry_run_command(cfg, args.config)
     if args.out is not None:
@@ -205,29 +208,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     return report_command(args.store, args.out)
 
 
-def cmd_lab(args: argparse.Namespace) -> int:
-    from physlearn.drivers.cli import cmd_lab as lab
-
-    return lab(args)
-
-
-def cmd_export_spice(args: argparse.Namespace) -> int:
-    from physlearn.config import ConfigError
-    from physlearn.simulators.resistor.spice import export_from_config
-
-    try:
-        deck = export_from_config(args.config, args.pattern, split=args.split, overrides=args.set)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(str(exc)) from None
-    if args.out:
-        with open(args.out, "w") as fh:
-            fh.write(deck)
-        print(f"wrote {args.out}: run it with `ngspice -b {args.out}`")
-    else:
-        print(deck, end="")
-    return 0
-
-
 def cmd_schema(args: argparse.Namespace) -> int:
     from physlearn.config import json_schema
 
@@ -280,34 +260,24 @@ def _add_retain_flag(sp: argparse.ArgumentParser) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="physlearn",
-        description="Train physical learning machines (simulated or real) with equilibrium "
-        "propagation, logging every measurement to a Zarr run store.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    from physlearn import __version__
+def _add(
+    sub: SubParsers, name: str, func: Callable[[argparse.Namespace], int], help_: str
+) -> argparse.ArgumentParser:
+    sp = sub.add_parser(name, help=help_, description=help_)
+    sp.set_defaults(func=func)
+    return sp
 
-    p.add_argument("--version", action="version", version=f"physlearn {__version__}")
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> Any:
-        sp = sub.add_parser(name, help=help_, description=help_)
-        sp.set_defaults(func=func)
-        return sp
+def _add_set_option(sp: argparse.ArgumentParser, help_: str | None = None) -> None:
+    sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help=help_)
 
-    sp = add("run", cmd_run, "Train: validate CONFIG, create a run store, run the campaign.")
+
+def _add_run_commands(sub: SubParsers) -> None:
+    """``run``, ``resume`` and ``validate``."""
+    sp = _add(sub, "run", cmd_run, "Train: validate CONFIG, create a run store, run the campaign.")
     sp.add_argument("config", help="experiment YAML (see configs/ and `physlearn schema`)")
     sp.add_argument("--out", help="run store path (default: <store.root>/<name>-<time>.zarr)")
-    sp.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY.PATH=VALUE",
-        help="override a config field, value parsed as YAML (repeatable)",
-    )
+    _add_set_option(sp, "override a config field, value parsed as YAML (repeatable)")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     sp.add_argument(
         "--dry-run",
@@ -317,16 +287,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_retain_flag(sp)
 
-    sp = add("resume", cmd_resume, "Continue an interrupted or aborted run from its last commit.")
+    sp = _add(
+        sub, "resume", cmd_resume, "Continue an interrupted or aborted run from its last commit."
+    )
     sp.add_argument("store", help="run store path")
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_retain_flag(sp)
 
-    sp = add("validate", cmd_validate, "Check a config without running anything.")
+    sp = _add(sub, "validate", cmd_validate, "Check a config without running anything.")
     sp.add_argument("config")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    _add_set_option(sp)
 
-    sp = add("inspect", cmd_inspect, "Summarise a run store: status, steps, last metrics.")
+
+def _add_inspect_command(sub: SubParsers) -> None:
+    sp = _add(sub, "inspect", cmd_inspect, "Summarise a run store: status, steps, last metrics.")
     sp.add_argument("store")
     sp.add_argument("--json", action="store_true", help="print one JSON object")
     sp.add_argument(
@@ -335,7 +309,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="check every committed row and checkpoint against its checksum (exit 2 if damaged)",
     )
 
-    sp = add(
+
+def _add_campaign_commands(sub: SubParsers) -> None:
+    """``sweep`` and ``report``."""
+    sp = _add(
+        sub,
         "sweep",
         cmd_sweep,
         "Run a sweep of experiments on Dask (a local cluster or a scheduler); run it again to "
@@ -358,31 +336,74 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     _add_retain_flag(sp)
 
-    sp = add("report", cmd_report, "Figures and an HTML page for a run or a sweep store.")
+    sp = _add(sub, "report", cmd_report, "Figures and an HTML page for a run or a sweep store.")
     sp.add_argument("store", help="run or sweep store path")
     sp.add_argument("--out", help="output directory (default: <store>.report/ beside it)")
 
-    sp = add("lab", cmd_lab, "The virtual lab: serve simulated instruments, calibrate a bank.")
-    from physlearn.drivers.cli import configure_parser
 
-    configure_parser(sp)
+def _add_plugin_commands(sub: SubParsers) -> None:
+    """The commands of the ``physlearn.commands`` entry points (the lab, SPICE export, a third
+    party's). A broken one takes only its own name: that command then exits 2 with one line
+    naming the entry point and its distribution; every other command works."""
+    from physlearn import registry
 
-    sp = add("export-spice", cmd_export_spice, "Write a resistor network as a SPICE netlist.")
-    sp.add_argument("config", help="experiment YAML with a resistor or diode_resistor system")
-    sp.add_argument("--pattern", type=int, default=0, help="index of the input pattern")
-    sp.add_argument("--split", choices=["train", "test"], default="test", help="dataset split")
-    sp.add_argument("--out", help="netlist file (default: standard output)")
-    sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE")
+    for found in registry.command_entries():
+        try:
+            registry.command_adder(found)(sub)
+        except Exception as exc:  # noqa: BLE001 - a plugin may fail in any way; report it
+            reason = str(exc)
+            if not isinstance(exc, registry.RegistryError):
+                reason = f"{found.where()} failed: {type(exc).__name__}: {' '.join(reason.split())}"
+            if found.kind not in (sub.choices or ()):
+                _add_broken_command(sub, found.kind, reason)
 
-    add("schema", cmd_schema, "Print the JSON schema of experiment configs (for editors).")
 
-    sp = add("systems", cmd_systems, "List the installed systems (system.kind) and their origin.")
+def _add_broken_command(sub: SubParsers, name: str, reason: str) -> None:
+    def broken(args: argparse.Namespace) -> int:
+        from physlearn.config import ConfigError
+
+        raise ConfigError(f"command {name!r} is unavailable: {reason}")
+
+    help_ = "(unavailable: its plugin is broken; run it to see why)"
+    # every argument is taken as it comes (no option is known), so the reason is what is said
+    sp = sub.add_parser(name, help=help_, description=help_, add_help=False, prefix_chars="\0")
+    sp.set_defaults(func=broken)
+    sp.add_argument("args", nargs=argparse.REMAINDER)
+
+
+def _add_registry_commands(sub: SubParsers) -> None:
+    """``schema`` and ``systems``."""
+    _add(sub, "schema", cmd_schema, "Print the JSON schema of experiment configs (for editors).")
+    sp = _add(
+        sub, "systems", cmd_systems, "List the installed systems (system.kind) and their origin."
+    )
     sp.add_argument("--json", action="store_true", help="print one JSON list")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``physlearn`` parser: the core's commands and every installed plugin's."""
+    from physlearn import __version__
+
+    p = argparse.ArgumentParser(
+        prog="physlearn",
+        description="Train physical learning machines (simulated or real) with equilibrium "
+        "propagation, logging every measurement to a Zarr run store.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=f"physlearn {__version__}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    _add_run_commands(sub)
+    _add_inspect_command(sub)
+    _add_campaign_commands(sub)
+    _add_plugin_commands(sub)
+    _add_registry_commands(sub)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     from physlearn.config import ConfigError
+    from physlearn.errors import DeviceError
     from physlearn.store.lock import StoreLockedError
     from physlearn.store.run_store import DiskFullError, StoreError
     from physlearn.system import PhysicsError
@@ -408,13 +429,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return RUN_FAILED
-    except Exception as exc:
-        from physlearn.drivers.errors import bench_failure_message
-
-        message = bench_failure_message(exc)
-        if message is None:
-            raise
-        print(message, file=sys.stderr)
+    except DeviceError as exc:  # a plugin's device stopped the run; it words the message
+        print(exc.failure_message(), file=sys.stderr)
         return RUN_FAILED
 
 

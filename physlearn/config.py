@@ -1,7 +1,8 @@
 """Experiment configuration: YAML validated by pydantic.
 
 A config names one system (``system.kind``: any installed kind, see :mod:`physlearn.registry`;
-that kind's config class validates the rest of the section), the task (dataset, encoding, loss),
+that kind's config class validates the rest of the section), the task (dataset -- any installed
+``task.dataset.kind``, validated the same way --, encoding, loss),
 the estimator, the optimiser, the schedule, the store and diagnostics. Unknown keys are refused;
 every field documents itself (``physlearn schema`` exports the JSON schema).
 
@@ -12,6 +13,7 @@ a wrong type, an out-of-range value, an unknown system kind, inconsistent sizes 
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -27,11 +29,12 @@ from pydantic_core import PydanticCustomError, core_schema
 
 from physlearn import registry
 from physlearn.configbase import MAX_BATCH_VALUES, MAX_STEPS, StrictModel, SystemConfigBase
-from physlearn.datasets import DatasetConfig
+from physlearn.datasets import DatasetConfigBase
 from physlearn.losses import LOSSES
 from physlearn.yamlload import YAMLInputError, load_yaml_file, load_yaml_text
 
 M = TypeVar("M", bound=StrictModel)
+C = TypeVar("C", bound=StrictModel)
 
 
 class ConfigError(ValueError):
@@ -39,14 +42,14 @@ class ConfigError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------
-# System: the installed kinds (physlearn.registry), each validated by its own config class
+# System and dataset: the installed kinds (physlearn.registry), each validated by its own class
 
 
-def _validate_system(value: Any) -> SystemConfigBase:
-    """The ``system`` section as its kind's config class. Only that kind's entry point is
-    loaded, so a broken plugin affects its own kind only; the kind's class reports the
-    section's errors under their own field paths (``system.graph.sizes``)."""
-    if isinstance(value, SystemConfigBase):
+def _validate_kind(group: registry.Group[C], value: Any) -> C:
+    """A ``system`` or ``task.dataset`` section as its kind's config class. Only that kind's
+    entry point is loaded, so a broken plugin affects its own kind only; the kind's class
+    reports the section's errors under their own field paths (``system.graph.sizes``)."""
+    if isinstance(value, group.base):
         value = value.model_dump()  # re-checked by its kind's class, like any mapping
     if not isinstance(value, dict):
         raise PydanticCustomError(
@@ -58,37 +61,43 @@ def _validate_system(value: Any) -> SystemConfigBase:
     if not isinstance(kind, str):
         raise PydanticCustomError(
             "union_tag_not_found",
-            "missing 'kind': name an installed system ({installed})",
-            {"installed": ", ".join(registry.kinds())},
+            "missing 'kind': name an installed {what} ({installed})",
+            {"what": group.what, "installed": ", ".join(group.kinds())},
         )
     try:
-        cls = registry.config_class(kind)
-    except registry.UnknownSystemKind:
-        expected = ", ".join(repr(k) for k in registry.kinds())
+        cls = group.config_class(kind)
+    except registry.UnknownKind:
+        expected = ", ".join(repr(k) for k in group.kinds())
         raise PydanticCustomError(
             "union_tag_invalid",
             "unknown kind {tag!r}; expected one of {expected_tags}",
             {"tag": kind, "expected_tags": expected},
         ) from None
-    except registry.SystemRegistryError as exc:
-        raise PydanticCustomError("system_plugin", "{reason}", {"reason": str(exc)}) from None
+    except registry.RegistryError as exc:
+        raise PydanticCustomError("plugin", "{reason}", {"reason": str(exc)}) from None
     return cls.model_validate(value)
 
 
-class _InstalledSystem:
-    """Pydantic hooks of the ``system`` field: validation by :func:`_validate_system`, and as
-    JSON schema the discriminated union (on ``kind``) of every installed kind's config."""
+class _Installed:
+    """Pydantic hooks of a field whose value is any installed kind of a registry group:
+    validation by :func:`_validate_kind`, and as JSON schema the discriminated union (on
+    ``kind``) of every installed kind's config."""
+
+    def __init__(self, group: registry.Group[Any]) -> None:
+        self.group = group
 
     def __get_pydantic_core_schema__(
         self, source: Any, handler: GetCoreSchemaHandler
     ) -> core_schema.CoreSchema:
-        return core_schema.no_info_plain_validator_function(_validate_system)
+        return core_schema.no_info_plain_validator_function(
+            functools.partial(_validate_kind, self.group)
+        )
 
     def __get_pydantic_json_schema__(
         self, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
     ) -> JsonSchemaValue:
         choices: dict[str | int, core_schema.CoreSchema] = {
-            kind: cls.__pydantic_core_schema__ for kind, cls in registry.config_classes().items()
+            kind: cls.__pydantic_core_schema__ for kind, cls in self.group.config_classes().items()
         }
         return handler(core_schema.tagged_union_schema(choices, discriminator="kind"))
 
@@ -97,8 +106,16 @@ class _InstalledSystem:
 #: holds for its ``kind``.
 SystemConfig = Annotated[
     SystemConfigBase,
-    _InstalledSystem(),
+    _Installed(registry.SYSTEMS),
     Field(description="The machine; `kind` names an installed system (`physlearn systems`)."),
+]
+
+#: The ``task.dataset`` section: a :class:`~physlearn.datasets.DatasetConfigBase`, of the
+#: concrete class the registry holds for its ``kind``.
+DatasetConfig = Annotated[
+    DatasetConfigBase,
+    _Installed(registry.DATASETS),
+    Field(description="The data; `kind` names an installed dataset (physlearn.datasets)."),
 ]
 
 
@@ -507,9 +524,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Experim
 
 
 def json_schema() -> dict[str, Any]:
-    """The JSON schema of experiment configs, ``system`` being the union of every installed
-    kind; a broken system entry point is a :class:`ConfigError` naming it."""
+    """The JSON schema of experiment configs, ``system`` and ``task.dataset`` being the unions
+    of every installed kind; a broken entry point is a :class:`ConfigError` naming it."""
     try:
         return ExperimentConfig.model_json_schema()
-    except registry.SystemRegistryError as exc:
+    except registry.RegistryError as exc:
         raise ConfigError(str(exc)) from None

@@ -6,23 +6,26 @@
   ``train_per_class`` patterns per class for training and ``test_size`` held out.
 * ``regression``: synthetic y = tanh(x A) + noise, x ~ U[-1, 1]^d.
 * ``none``: one empty pattern, for unsupervised tasks (e.g. quantum phase exploration).
-* ``cluster_ising_phases``: (h1, h2) points of the cluster-Ising chain labelled SPT or not by
-  exact diagonalisation (:mod:`physlearn.simulators.quantum.datasets`).
 
 Every split is a deterministic function of the experiment seed.
+
+A dataset is a :class:`DatasetConfigBase` subclass registered by a ``physlearn.datasets`` entry
+point named after its ``kind`` (:mod:`physlearn.registry`); the ones above are physlearn's own,
+registered in its pyproject.toml exactly as a plugin's are (the quantum simulators add
+``cluster_ising_phases``), so ``task.dataset`` accepts whatever is installed.
 """
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
+from physlearn.arrays import FloatArray
 from physlearn.configbase import MAX_BATCH_VALUES, MAX_NODES, StrictModel
-from physlearn.simulators.quantum.datasets import ClusterIsingPhasesConfig
-from physlearn.system import FloatArray
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,38 @@ class Dataset:
         return int(self.x_train.shape[1])
 
 
+class DatasetConfigBase(StrictModel):
+    """Config of one kind of dataset (``task.dataset``).
+
+    Subclasses add ``kind: Literal["<name>"]`` and their fields; a ``physlearn.datasets`` entry
+    point named ``<name>`` registers the subclass. The sizes are known without loading, so an
+    experiment checks them against its system before anything is generated or read.
+    """
+
+    #: Narrowed by every subclass to ``Literal["<name>"]``.
+    kind: str
+
+    @abstractmethod
+    def n_features(self) -> int:
+        """Columns of ``x``."""
+
+    @abstractmethod
+    def n_classes(self) -> int | None:
+        """Classes of a classification dataset; None for regression or no labels."""
+
+    @abstractmethod
+    def n_targets(self) -> int | None:
+        """Columns of ``y`` of a regression dataset; None otherwise."""
+
+    @abstractmethod
+    def n_train(self) -> int:
+        """Training patterns."""
+
+    @abstractmethod
+    def load(self, seed: int) -> Dataset:
+        """Read or generate the splits, a deterministic function of ``seed``."""
+
+
 def _stratified_split(
     y: np.ndarray, test_fraction: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -54,7 +89,7 @@ def _stratified_split(
     return np.sort(np.concatenate(train)), np.sort(np.concatenate(test))
 
 
-class XORConfig(StrictModel):
+class XORConfig(DatasetConfigBase):
     kind: Literal["xor"] = "xor"
 
     def n_features(self) -> int:
@@ -75,7 +110,7 @@ class XORConfig(StrictModel):
         return Dataset("xor", x, y, x.copy(), y.copy(), 2)
 
 
-class IrisConfig(StrictModel):
+class IrisConfig(DatasetConfigBase):
     kind: Literal["iris"] = "iris"
     test_fraction: float = Field(0.3, gt=0, lt=1, description="Share of each class held out.")
 
@@ -97,7 +132,7 @@ class IrisConfig(StrictModel):
         return Dataset("iris", x[tr], y[tr], x[te], y[te], 3)
 
 
-class DigitsConfig(StrictModel):
+class DigitsConfig(DatasetConfigBase):
     kind: Literal["digits"] = "digits"
     train_per_class: int = Field(100, ge=1, le=170, description="Training patterns per class.")
     test_size: int = Field(
@@ -139,7 +174,7 @@ class DigitsConfig(StrictModel):
         return Dataset("digits", x[train], y[train], x[test], y[test], 10)
 
 
-class RegressionConfig(StrictModel):
+class RegressionConfig(DatasetConfigBase):
     kind: Literal["regression"] = "regression"
     features: int = Field(2, ge=1, le=MAX_NODES, description="Input dimension d.")
     targets: int = Field(1, ge=1, le=MAX_NODES, description="Output dimension.")
@@ -185,7 +220,7 @@ class RegressionConfig(StrictModel):
         return Dataset("regression", x[:k], y[:k], x[k:], y[k:], None)
 
 
-class NoDataConfig(StrictModel):
+class NoDataConfig(DatasetConfigBase):
     """Unsupervised: a single empty input pattern; the loss needs no targets."""
 
     kind: Literal["none"] = "none"
@@ -205,17 +240,6 @@ class NoDataConfig(StrictModel):
     def load(self, seed: int) -> Dataset:
         x = np.zeros((1, 0))
         return Dataset("none", x, np.zeros((1, 0)), x.copy(), np.zeros((1, 0)), None)
-
-
-DatasetConfig = Annotated[
-    XORConfig
-    | IrisConfig
-    | DigitsConfig
-    | RegressionConfig
-    | NoDataConfig
-    | ClusterIsingPhasesConfig,
-    Field(discriminator="kind"),
-]
 
 
 def _sklearn_table(file: str, loader: str, skip_header: int) -> tuple[FloatArray, np.ndarray]:

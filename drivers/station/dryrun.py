@@ -1,41 +1,31 @@
-"""``physlearn run CONFIG --dry-run``: check the bench without applying anything.
+"""The dry run of a station system (``physlearn run CONFIG --dry-run``, see
+:mod:`physlearn.dryrun`): check the bench without applying anything.
 
-For a station system: start the virtual lab if configured, connect every instrument, compare
+:meth:`StationSystem.dry_run <physlearn.drivers.station.system.StationSystem.dry_run>` calls
+:func:`station_checks`: start the virtual lab if configured, connect every instrument, compare
 its ``*IDN?`` with ``identity``, resolve every role, compare the envelope with the drivers'
 hardware ranges, read the present state of every source (a channel outputting a level outside
 the envelope is a failure), check compliance trips and the potentiometer bank, and, with the
 experiment config, check that every encoded input pattern lies inside the input envelope and
 that the worst-case nudge does. Only queries are sent: no level, output, relay or tap is written.
 
-Exit status of the command: 0 every check passed, 2 something must be fixed (the report says
-what). Systems without instruments only build (exit 0).
+The command prints the report (:func:`physlearn.dryrun.print_report`) and exits 0 if every check
+passed, 2 if something must be fixed.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from physlearn.drivers.errors import EnvelopeViolation
+from physlearn.dryrun import Check
 
 if TYPE_CHECKING:
     from physlearn.config import ExperimentConfig
     from physlearn.drivers.station.system import StationSystem
-
-USER_ERROR = 2
-
-
-@dataclass
-class Check:
-    """One line of a dry-run report."""
-
-    ok: bool
-    what: str
-    detail: str = ""
 
 
 def _check(ok: bool, what: str, detail: str = "") -> Check:
@@ -292,41 +282,3 @@ def _range_check(system: StationSystem, role: str, lo: float, hi: float) -> Chec
         f"levels within [{lo:.4g}, {hi:.4g}] V (maximum principle) vs envelope "
         f"[{lim.min:g}, {lim.max:g}] V",
     )
-
-
-def print_report(checks: list[Check], title: str, stream: Any = None) -> bool:
-    stream = stream or sys.stdout
-    print(title, file=stream)
-    for c in checks:
-        tag = "[ ok ]" if c.ok else "[FAIL]"
-        print(f"  {tag} {c.what}" + (f": {c.detail}" if c.detail else ""), file=stream)
-    failed = sum(not c.ok for c in checks)
-    if failed:
-        print(
-            f"dry run FAILED: {failed} of {len(checks)} checks (nothing was written to any "
-            "instrument)",
-            file=stream,
-        )
-    else:
-        print(
-            f"dry run passed: {len(checks)} checks; nothing was written to any instrument",
-            file=stream,
-        )
-    return failed == 0
-
-
-def dry_run_command(config: ExperimentConfig, source: str) -> int:
-    """Build the system and dry-run it; print the report; 0 if every check passed, else 2."""
-    from physlearn.drivers.station.system import StationSystem
-    from physlearn.run.start import build_system
-
-    system = build_system(config)
-    title = f"dry run of {source} ({config.system.kind} system; only queries are sent)"
-    if isinstance(system, StationSystem):
-        checks = system.dry_run(config)
-    else:
-        checks = [
-            _check(True, "config", "valid"),
-            _check(True, "system", f"{type(system).__name__} builds; no instruments to check"),
-        ]
-    return 0 if print_report(checks, title) else USER_ERROR

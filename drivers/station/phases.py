@@ -19,7 +19,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from physlearn.drivers.errors import InstrumentError
-from physlearn.drivers.station.config import SourceRole, SwitchRole
+from physlearn.drivers.station.roles import SourceRole, SwitchRole
 from physlearn.drivers.station.safety import RoleEnvelope
 
 #: The last stretch of a wait that :func:`wait_at_least` spends polling the clock instead of

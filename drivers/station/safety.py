@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from physlearn.drivers.errors import EnvelopeViolation
-from physlearn.drivers.station.config import Limits
+from physlearn.drivers.station.roles import Limits
 
 #: qcodes may overshoot its ramp step by a relative 1e-10; the envelope step is shrunk by this.
 STEP_MARGIN = 1e-9

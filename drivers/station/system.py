@@ -105,7 +105,6 @@ from physlearn.drivers.errors import (
     SafeStateError,
     StaleReadingError,
 )
-from physlearn.drivers.station.config import SourceRole, StationConfig, expand_names
 from physlearn.drivers.station.phases import (
     Timers,
     _bulk_writer,
@@ -120,6 +119,7 @@ from physlearn.drivers.station.phases import (
     _Switches,
     wait_at_least,
 )
+from physlearn.drivers.station.roles import SourceRole, expand_names
 from physlearn.drivers.station.safety import (
     RoleEnvelope,
     apply_tap_limits,
@@ -143,8 +143,9 @@ from physlearn.system import (
 
 if TYPE_CHECKING:
     from physlearn.config import ExperimentConfig
-    from physlearn.drivers.station.dryrun import Check
+    from physlearn.drivers.station.config import StationConfig
     from physlearn.drivers.virtual_lab.server import LabServer
+    from physlearn.dryrun import Check
 
 GROUP = "conductance"
 T = TypeVar("T")

@@ -26,7 +26,7 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from physlearn.configbase import StrictModel
-from physlearn.drivers.station.config import TapLaw, graph_counts
+from physlearn.drivers.station.roles import TapLaw, graph_counts
 from physlearn.drivers.virtual_lab.dialects.specs import StockSpec
 from physlearn.simulators.graphs.config import GraphConfig
 

@@ -12,25 +12,25 @@ of ``label_sites`` spins: ``S = 1`` in the cluster state and ``-> 0`` in the par
 (anti)ferromagnetic phases. The threshold is ``S`` at the exactly known transition
 ``(h1, h2) = (1, 0)`` on the same finite chain, so finite-size effects shift the boundary as
 little as possible. Everything is a deterministic function of the seed; nothing is downloaded.
+
+Registered by the ``physlearn.datasets`` entry point ``cluster_ising_phases`` (pyproject.toml).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
 import numpy as np
 from pydantic import Field, model_validator
 
-from physlearn.configbase import StrictModel
-
-if TYPE_CHECKING:
-    from physlearn.datasets import Dataset
+from physlearn.datasets import Dataset, DatasetConfigBase
 
 
 def cluster_ising_string_order(h1: np.ndarray, h2: np.ndarray, sites: int) -> np.ndarray:
     """String order parameter of the periodic cluster-Ising ground state for each (h1, h2)."""
+    from physlearn.simulators.quantum.lanczos import SolverOptions
     from physlearn.simulators.quantum.pauli import PauliBasis
-    from physlearn.simulators.quantum.states import SolverOptions, ground_state
+    from physlearn.simulators.quantum.states import ground_state
 
     n = sites
     half = n // 2 - (n // 2) % 2
@@ -53,7 +53,7 @@ def cluster_ising_string_order(h1: np.ndarray, h2: np.ndarray, sites: int) -> np
     return out
 
 
-class ClusterIsingPhasesConfig(StrictModel):
+class ClusterIsingPhasesConfig(DatasetConfigBase):
     """Phase classification of the cluster-Ising chain: features (h1, h2), labels SPT (1) or not."""
 
     kind: Literal["cluster_ising_phases"] = "cluster_ising_phases"
@@ -91,8 +91,6 @@ class ClusterIsingPhasesConfig(StrictModel):
         return self.train_size
 
     def load(self, seed: int) -> Dataset:
-        from physlearn.datasets import Dataset
-
         rng = np.random.default_rng([seed, 17])
         n = self.train_size + self.test_size
         x = np.column_stack([rng.uniform(*self.h1_range, n), rng.uniform(*self.h2_range, n)])

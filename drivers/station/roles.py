@@ -1,0 +1,391 @@
+"""The sections of a station config and the names they use: shared by the config, the system,
+its safety layer and the virtual lab.
+
+* Channel names with brace ranges: ``"src.ch{01..10}"`` is ``src.ch01 ... src.ch10`` (the width
+  of the first bound sets the zero padding), counted before they are expanded.
+* :class:`TapLaw`: conductance as a function of the potentiometer tap.
+* :class:`Limits`: one role's share of the safety envelope (range, ramp step and delay,
+  safe value); see :mod:`physlearn.drivers.station.safety`.
+* The roles (:class:`SourceRole`, :class:`SwitchRole`, :class:`ProbeRole`, :class:`WeightRole`),
+  the nudges, equilibrium detection and the retry policy.
+
+:class:`~physlearn.drivers.station.config.StationConfig` assembles them; it lives in its own
+module because it builds the system, which imports these types (a config module that both
+defined them and imported the system would make a cycle).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from physlearn.configbase import StrictModel
+from physlearn.simulators.graphs.config import GraphConfig
+
+_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+
+#: Most channel names one role may expand to: far above any bench (a mux card has tens to
+#: hundreds of channels), far below a brace range that would fill memory ({1..1000000000}).
+MAX_CHANNELS = 100_000
+
+
+def count_names(spec: str | list[str]) -> int:
+    """How many names :func:`expand_names` would give, computed without expanding."""
+    if isinstance(spec, list):
+        return sum(count_names(item) for item in spec)
+    n = 1
+    for m in _RANGE.finditer(spec):
+        n *= abs(int(m.group(2)) - int(m.group(1))) + 1
+    return n
+
+
+def check_channels(spec: str | list[str] | list[int]) -> str | list[str] | list[int]:
+    """Refuse a channel spec expanding to more than :data:`MAX_CHANNELS` names (before any
+    expansion); for a pydantic field validator, so the error names the field."""
+    names = [str(v) for v in spec] if isinstance(spec, list) else spec
+    n = count_names(names)
+    if n > MAX_CHANNELS:
+        raise ValueError(f"expands to {n:,} channels, more than the {MAX_CHANNELS:,} allowed")
+    return spec
+
+
+def expand_names(spec: str | list[str]) -> list[str]:
+    """Expand brace ranges: ``"src.ch{1..3}"`` -> ``["src.ch1", "src.ch2", "src.ch3"]``.
+
+    ``{01..10}`` zero-pads to the width of the first bound; a descending range counts down; several
+    ranges in one name expand as a product (first range outermost). Lists expand element-wise.
+    A spec of more than :data:`MAX_CHANNELS` names is refused before it is expanded.
+    """
+    if count_names(spec) > MAX_CHANNELS:
+        raise ValueError(
+            f"{spec!r} expands to {count_names(spec):,} names, more than {MAX_CHANNELS:,}"
+        )
+    if isinstance(spec, list):
+        return [name for item in spec for name in expand_names(item)]
+    m = _RANGE.search(spec)
+    if m is None:
+        return [spec]
+    a, b = int(m.group(1)), int(m.group(2))
+    width = len(m.group(1)) if m.group(1).startswith("0") else 0
+    step = 1 if b >= a else -1
+    head, tail = spec[: m.start()], spec[m.end() :]
+    return [
+        name
+        for k in range(a, b + step, step)
+        for name in expand_names(f"{head}{k:0{width}d}{tail}")
+    ]
+
+
+def expand_ints(spec: str | list[int]) -> list[int]:
+    """``"{101..121}"`` or ``[101, 102]`` -> list of ints."""
+    if isinstance(spec, list):
+        return [int(v) for v in spec]
+    return [int(v) for v in expand_names(spec)]
+
+
+def graph_counts(graph: GraphConfig) -> tuple[int, int]:
+    """(nodes, edges) of a graph config; layered and edge-list graphs without building them."""
+    if graph.type == "layered":
+        s = graph.sizes
+        n_edges = sum(a * b for a, b in zip(s, s[1:], strict=False))
+        if graph.skip:
+            n_edges += sum(a * b for a, b in zip(s, s[2:], strict=False))
+        return sum(s), n_edges
+    if graph.type == "edges":
+        return graph.n_nodes, len(graph.edges)
+    g = graph.build()  # lattice: build (imports scipy)
+    return int(g.n_nodes), int(g.n_edges)
+
+
+def resolve_path(path: str) -> str:
+    """``path`` absolute, with ``~`` expanded: configs store paths resolved, so a run resumed
+    from another directory finds the same files."""
+    return str(Path(path).expanduser().resolve())
+
+
+# --------------------------------------------------------------------------------------------
+# Conductance as a function of the potentiometer tap
+
+
+class TapLaw(StrictModel):
+    """Nominal conductance of a digital potentiometer as a function of its tap k = 0..n_taps-1.
+
+    * ``linear``: g(k) = g_min + (g_max - g_min) k / (n_taps - 1) (S), a conductance DAC;
+    * ``rheostat``: R(k) = r_wiper + r_total k / (n_taps - 1) (ohm), g = 1/R: a potentiometer used
+      as a variable resistor (conductance falls with the tap, steps are uneven).
+    """
+
+    kind: Literal["linear", "rheostat"] = Field("linear", description="tap law")
+    n_taps: int = Field(1024, ge=2, description="number of taps (count)")
+    g_min: float = Field(1e-5, gt=0, description="linear: conductance at tap 0 (S)")
+    g_max: float = Field(1e-2, gt=0, description="linear: conductance at the top tap (S)")
+    r_wiper: float = Field(100.0, gt=0, description="rheostat: resistance at tap 0 (ohm)")
+    r_total: float = Field(1e5, gt=0, description="rheostat: end-to-end resistance (ohm)")
+
+    @model_validator(mode="after")
+    def _check(self) -> TapLaw:
+        if self.kind == "linear" and not self.g_min < self.g_max:
+            raise ValueError(f"g_min ({self.g_min:g} S) must be < g_max ({self.g_max:g} S)")
+        return self
+
+    def conductance(self, taps: Any) -> Any:
+        """Nominal conductance (S) of taps (array-like of ints)."""
+        import numpy as np
+
+        k = np.asarray(taps, dtype=np.float64)
+        x = k / (self.n_taps - 1)
+        if self.kind == "linear":
+            return self.g_min + (self.g_max - self.g_min) * x
+        return 1.0 / (self.r_wiper + self.r_total * x)
+
+
+# --------------------------------------------------------------------------------------------
+# The safety envelope of one role
+
+
+class Limits(StrictModel):
+    """Envelope of one source role, in the role's unit (V or A).
+
+    Nothing outside ``[min, max]`` is ever sent; a level changes by at most ``step`` per write
+    (qcodes ``step``) and successive ramp writes are at least ``inter_delay`` seconds apart
+    (qcodes ``inter_delay``), so the ramp rate is at most ``step / inter_delay``. ``safe`` is the
+    level every exit path ramps to.
+    """
+
+    min: float = Field(description="lowest level ever sent (V or A)")
+    max: float = Field(description="highest level ever sent (V or A)")
+    step: float | None = Field(
+        None, gt=0, description="largest change per write (V or A); null: jump (no ramp)"
+    )
+    inter_delay: float = Field(0.0, ge=0, description="minimum time between ramp writes (s)")
+    safe: float = Field(0.0, description="safe-state level (V or A)")
+
+    @model_validator(mode="after")
+    def _check(self) -> Limits:
+        if not (math.isfinite(self.min) and math.isfinite(self.max) and self.min < self.max):
+            raise ValueError(f"limits need finite min < max, got [{self.min}, {self.max}]")
+        if not self.min <= self.safe <= self.max:
+            raise ValueError(f"safe level {self.safe} lies outside [{self.min}, {self.max}]")
+        return self
+
+    def rate(self) -> float:
+        """Largest ramp rate (unit/s); inf without a step or a delay."""
+        if self.step is None or self.inter_delay == 0:
+            return math.inf
+        return self.step / self.inter_delay
+
+
+class Compliance(StrictModel):
+    """The protection limit a source channel enforces itself: a current limit (A) for a voltage
+    source, a voltage limit (V) for a current source. Written at open, read back and verified."""
+
+    parameter: str = Field(description="parameter on each channel, e.g. curr_limit")
+    value: float = Field(gt=0, description="limit (A for voltage sources, V for current sources)")
+
+
+class SourceRole(StrictModel):
+    """Source channels playing one role, in port order."""
+
+    channels: str | list[str] = Field(
+        description="qcodes channel paths, brace ranges allowed: 'src.ch{01..10}'"
+    )
+    level: str = Field("volt", description="parameter on each channel setting its level")
+    unit: Literal["V", "A"] = Field("V", description="unit of the level")
+    limits: Limits = Field(description="envelope of the level")
+    output: str | None = Field(
+        "output", description="boolean on/off parameter on each channel (null: none)"
+    )
+    compliance: Compliance | None = Field(None, description="protection limit set at open")
+    settings: dict[str, float | int | str | bool] = Field(
+        default_factory=dict,
+        description="other parameters written on each channel at open, e.g. {function: VOLT}",
+    )
+    trip_status: str | None = Field(
+        None,
+        description="instrument parameter that is non-zero while a channel is tripped by its "
+        "compliance, e.g. src.trip_status (queried after every change)",
+    )
+
+    _channels = field_validator("channels")(check_channels)
+
+    def names(self) -> list[str]:
+        return expand_names(self.channels)
+
+
+class SwitchRole(StrictModel):
+    """Switch-matrix relays, one per output, in output order."""
+
+    channels: str | list[str] = Field(description="qcodes channel paths: 'swm.ch{1..3}'")
+    state: str = Field("closed", description="boolean parameter: true = relay closed")
+
+    _channels = field_validator("channels")(check_channels)
+
+    def names(self) -> list[str]:
+        return expand_names(self.channels)
+
+
+class ErrorNudge(StrictModel):
+    """Current injection I_o = -beta * eps_o (A) through current-mode channels on the outputs."""
+
+    sources: SourceRole
+
+
+class ClampNudge(StrictModel):
+    """Voltage sources switched onto the outputs (coupled learning). Without ``switches`` the
+    channels' own output relays connect them: off in the free phase, on when clamping."""
+
+    sources: SourceRole
+    switches: SwitchRole | None = None
+
+
+class TargetNudge(StrictModel):
+    """A fixed nudge conductance (S) from each output through a relay to a source at the target
+    voltage: the nudged energy is E + beta/2 sum (V_o - y_o)^2 with beta = ``conductance``."""
+
+    sources: SourceRole
+    switches: SwitchRole
+    conductance: float = Field(gt=0, description="nudge conductance beta of the hardware (S)")
+
+
+class NudgeConfig(StrictModel):
+    error: ErrorNudge | None = None
+    clamp: ClampNudge | None = None
+    target: TargetNudge | None = None
+
+    def kinds(self) -> list[str]:
+        return [k for k in ("target", "error", "clamp") if getattr(self, k) is not None]
+
+
+class ProbeRole(StrictModel):
+    """A meter scanning every node of the network through its multiplexer."""
+
+    readings: str = Field(
+        "dmm.readings", description="array parameter: one reading (V) per scanned channel"
+    )
+    scan_list: str | None = Field(
+        "dmm.scan_list", description="parameter taking the scan list, set at open (null: none)"
+    )
+    channels: str | list[int] = Field(
+        description="multiplexer channel of each node, in node order: '{101..129}'"
+    )
+    counter: str | None = Field(
+        "dmm.reading_number",
+        description="parameter holding the reading counter of the last scan (stale-reading "
+        "detection; null: none)",
+    )
+    range: float = Field(10.0, gt=0, description="|reading| above this is an overload (V)")
+
+    _channels = field_validator("channels")(check_channels)
+
+    def channel_list(self) -> list[int]:
+        return expand_ints(self.channels)
+
+
+class WeightBounds(StrictModel):
+    """Trainable conductances (S) and their initialisation."""
+
+    min: float = Field(gt=0, description="lowest trainable conductance (S)")
+    max: float = Field(gt=0, description="highest trainable conductance (S)")
+    init: Literal["random", "keep"] = Field(
+        "random",
+        description="random: uniform in [init_low, init_high] drawn with the seed, written at "
+        "open; keep: start from what the bank holds",
+    )
+    init_low: float | None = Field(None, gt=0, description="lower end of the init range (S)")
+    init_high: float | None = Field(None, gt=0, description="upper end of the init range (S)")
+
+    @model_validator(mode="after")
+    def _check(self) -> WeightBounds:
+        if not self.min < self.max:
+            raise ValueError(f"min ({self.min:g} S) must be < max ({self.max:g} S)")
+        lo, hi = self.init_range()
+        if not self.min <= lo <= hi <= self.max:
+            raise ValueError(
+                f"init range [{lo:g}, {hi:g}] S must lie inside [{self.min:g}, {self.max:g}] S"
+            )
+        return self
+
+    def init_range(self) -> tuple[float, float]:
+        lo = self.min if self.init_low is None else self.init_low
+        hi = self.max if self.init_high is None else self.init_high
+        return lo, hi
+
+
+class WeightRole(StrictModel):
+    """A bank of digital potentiometers, one per edge (edge order = graph edge order)."""
+
+    taps: str = Field("pots.taps", description="array parameter of every device's tap")
+    channels: str | list[str] | None = Field(
+        None, description="per-device channels (for calibration): 'pots.ch{001..208}'"
+    )
+    measure: str = Field(
+        "conductance", description="per-channel parameter measuring the isolated device (S)"
+    )
+    tap_limits: tuple[int, int] = Field(description="envelope: lowest and highest tap ever written")
+    law: TapLaw = Field(default_factory=TapLaw, description="nominal conductance vs tap")
+    calibration: str | None = Field(
+        None, description="calibration JSON from `physlearn lab calibrate` (overrides law)"
+    )
+    conductance: WeightBounds = Field(description="trainable conductance range (S)")
+    verify: bool = Field(True, description="read back every write and compare")
+
+    @field_validator("channels")
+    @classmethod
+    def _channel_count(cls, v: str | list[str] | None) -> str | list[str] | None:
+        return None if v is None else check_channels(v)  # type: ignore[return-value]
+
+    @field_validator("calibration")
+    @classmethod
+    def _calibration_exists(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        if not Path(v).expanduser().is_file():
+            raise ValueError(f"calibration file {v!r} does not exist")
+        return resolve_path(v)
+
+    @model_validator(mode="after")
+    def _check(self) -> WeightRole:
+        lo, hi = self.tap_limits
+        if not 0 <= lo < hi <= self.law.n_taps - 1:
+            raise ValueError(
+                f"tap_limits {list(self.tap_limits)} must satisfy 0 <= low < high <= "
+                f"{self.law.n_taps - 1}"
+            )
+        return self
+
+
+class EquilibriumConfig(StrictModel):
+    """When the bench is at equilibrium: after ``settle_time``, and (with ``tolerance``) once two
+    successive scans agree within ``tolerance`` on every node, reading at most ``max_reads`` scans
+    and for at most ``timeout`` seconds (then the phase is logged ``converged = false``).
+
+    Successive scans taken much faster than the network settles agree long before it has
+    settled: space them (``poll_interval``) at a fair fraction of the settling time constant.
+    The residual error at the stop is about ``tolerance / (1 - exp(-interval / tau))``."""
+
+    settle_time: float = Field(
+        0.0,
+        ge=0,
+        description="wait after the instruments confirmed a phase's writes, before the scan (s)",
+    )
+    tolerance: float | None = Field(
+        None, gt=0, description="stability: max |dV| between successive scans (V); null: one scan"
+    )
+    max_reads: int = Field(10, ge=2, description="scans per phase when checking stability")
+    timeout: float = Field(2.0, gt=0, description="longest wait for stability (s)")
+    poll_interval: float = Field(0.0, ge=0, description="pause between stability scans (s)")
+
+
+class RetryConfig(StrictModel):
+    """What the system does when an instrument misbehaves."""
+
+    attempts: int = Field(4, ge=1, description="tries of one operation (1 = no retry)")
+    reconnects: int = Field(2, ge=0, description="VISA session reopenings per operation")
+    backoff: float = Field(0.02, ge=0, description="pause before a retry (s)")
+    safe_state_attempts: int = Field(
+        8, ge=1, description="tries per channel when ramping to the safe state"
+    )
