@@ -155,18 +155,21 @@ class LinearResistorNetwork(PhysicalSystem):
                 "voltage (no current flows, nothing to learn): give at least 2 input nodes or "
                 "add a ground"
             )
-        self._group = ParameterGroup(
-            name=GROUP,
-            shape=(g.n_edges,),
-            dims=("edge",),
-            lower=lower,
-            upper=upper,
-            unit="S",
-            resolution=float(resolution),
-            long_name="edge conductance",
-            energy_unit="W",
-        )
+        self._group = _conductance_group(lower, upper, resolution, g.n_edges)
+        self._bookkeeping(g)
+        self._blas = BlasThreads(blas_threads)
+        #: Number of sparse LU factorisations performed so far (one per parameter update used).
+        self.factorizations = 0
+        self._version = 0
+        self._cache: _Factor | None = None
+        if conductance is None:
+            conductance = self._group.uniform(init, seed)
+        self._g = np.zeros(g.n_edges)
+        self.set_parameters({GROUP: np.asarray(conductance, dtype=np.float64)})
 
+    def _bookkeeping(self, g: Graph) -> None:
+        """Free and source nodes of ``g``, and the sparsity patterns of A = L_FF and B = L_FS
+        (which edge's conductance, with which sign, lands on which entry)."""
         # Sources in g.input_nodes order: the input channels, then the ground (if any) at 0 V.
         src = g.input_nodes
         n_src = src.size
@@ -201,16 +204,6 @@ class LinearResistorNetwork(PhysicalSystem):
         self._b_edges = mixed
         self._shape_a = (n_free, n_free)
         self._shape_b = (n_free, n_src)
-
-        self._blas = BlasThreads(blas_threads)
-        #: Number of sparse LU factorisations performed so far (one per parameter update used).
-        self.factorizations = 0
-        self._version = 0
-        self._cache: _Factor | None = None
-        if conductance is None:
-            conductance = self._group.uniform(init, seed)
-        self._g = np.zeros(g.n_edges)
-        self.set_parameters({GROUP: np.asarray(conductance, dtype=np.float64)})
 
     # -- description -------------------------------------------------------------------------
     @property
@@ -357,38 +350,8 @@ class LinearResistorNetwork(PhysicalSystem):
         clamped = False
         v: Array = v_free
         if nudge is not None:
-            values = self._check_nudge_values(nudge, batch).T  # (k, batch)
-            beta = complex(nudge.beta)
-            is_complex = beta.imag != 0.0
-            bval: complex | float = beta if is_complex else beta.real
-            z, kk = self._transfer(f)
-            vo = v_free[self._out, :]
-            c: Array  # current injected into each output, (k, batch), A
-            if nudge.kind == "target":
-                mat = np.eye(kk.shape[0]) + bval * kk
-                c = np.linalg.solve(mat, bval * (values - vo))
-                if not is_complex and beta.real < 0 and 1.0 + beta.real * f.k_max <= 0:
-                    converged[:] = False
-            elif nudge.kind == "error":
-                c = -bval * values
-            else:
-                c = scipy.linalg.solve(kk, values - vo, assume_a="pos")
-                clamped = True
-            v = v_free + z @ c
-            if clamped:
-                v[self._out, :] = values
-            elif nudge.kind == "target":
-                inj = bval * (values - v[self._out, :])
-            else:
-                inj = c
-
-        # KCL residual: current leaving each free node through resistors minus injected current.
-        r = f.a @ v + f.b @ vs
-        if inj is not None:
-            r[self._out, :] -= inj
-        if clamped:
-            r[self._out, :] = 0.0
-        residual = np.abs(r).max(axis=0) if r.shape[0] else np.zeros(batch)
+            v, inj, clamped = self._nudged(f, v_free, nudge, batch, converged)
+        residual = self._kcl_residual(f, v, vs, inj, clamped, batch)
 
         # Node-major layout (n_nodes, batch): the edge gathers below read contiguous rows.
         full = np.empty((self.graph.n_nodes, batch), dtype=v.dtype)
@@ -409,6 +372,53 @@ class LinearResistorNetwork(PhysicalSystem):
             energy=self._g @ conj,
             converged=converged,
         )
+
+    def _nudged(
+        self, f: _Factor, v_free: FloatArray, nudge: Nudge, batch: int, converged: NDArray[np.bool_]
+    ) -> tuple[Array, Array | None, bool]:
+        """The nudged free-node voltages ``(n_free, batch)``, the current injected into each
+        output ``(k, batch)`` (A; None when clamped) and whether the outputs are clamped. Marks
+        ``converged`` False for a target nudge too negative for a stable equilibrium."""
+        inj: Array | None = None
+        clamped = False
+        values = self._check_nudge_values(nudge, batch).T  # (k, batch)
+        beta = complex(nudge.beta)
+        is_complex = beta.imag != 0.0
+        bval: complex | float = beta if is_complex else beta.real
+        z, kk = self._transfer(f)
+        vo = v_free[self._out, :]
+        c: Array  # current injected into each output, (k, batch), A
+        if nudge.kind == "target":
+            mat = np.eye(kk.shape[0]) + bval * kk
+            c = np.linalg.solve(mat, bval * (values - vo))
+            if not is_complex and beta.real < 0 and 1.0 + beta.real * f.k_max <= 0:
+                converged[:] = False
+        elif nudge.kind == "error":
+            c = -bval * values
+        else:
+            c = scipy.linalg.solve(kk, values - vo, assume_a="pos")
+            clamped = True
+        v = v_free + z @ c
+        if clamped:
+            v[self._out, :] = values
+        elif nudge.kind == "target":
+            inj = bval * (values - v[self._out, :])
+        else:
+            inj = c
+        return v, inj, clamped
+
+    def _kcl_residual(
+        self, f: _Factor, v: Array, vs: FloatArray, inj: Array | None, clamped: bool, batch: int
+    ) -> FloatArray:
+        """Max |KCL imbalance| (A) over the free nodes per sample, counting the nudge currents
+        and excluding clamped outputs: the current leaving each free node through the
+        resistors minus the injected current."""
+        r = f.a @ v + f.b @ vs
+        if inj is not None:
+            r[self._out, :] -= inj
+        if clamped:
+            r[self._out, :] = 0.0
+        return np.abs(r).max(axis=0) if r.shape[0] else np.zeros(batch)
 
     def exact_gradient(self, inputs: FloatArray, targets: FloatArray, loss: Loss) -> Params:
         """dL/dg (per S) of the batch-mean ``loss(outputs(inputs), targets)``, by the adjoint.
@@ -472,3 +482,20 @@ class LinearResistorNetwork(PhysicalSystem):
             "conductance_bounds_S": [self._group.lower, self._group.upper],
             "resolution_S": self._group.resolution,
         }
+
+
+def _conductance_group(
+    lower: float, upper: float, resolution: float, n_edges: int
+) -> ParameterGroup:
+    """The trainable group: the edge conductances (S)."""
+    return ParameterGroup(
+        name=GROUP,
+        shape=(n_edges,),
+        dims=("edge",),
+        lower=lower,
+        upper=upper,
+        unit="S",
+        resolution=float(resolution),
+        long_name="edge conductance",
+        energy_unit="W",
+    )

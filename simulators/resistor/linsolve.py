@@ -81,40 +81,68 @@ class LinearSolver:
             if sel.size == nb:
                 return x_low
             if sel.size:
-                rest = np.setdiff1d(np.arange(nb), sel)
-                out = np.empty_like(rhs)
-                out[:, sel] = x_low
-                out[:, rest] = self.solve(
-                    lin,
-                    q,
-                    None if w is None else w[:, rest],
-                    fixed[:, rest],
-                    rhs[:, rest],
-                    beta,
-                    False,
-                )
-                return out
+                return self._solve_rest(lin, q, w, fixed, rhs, beta, sel, x_low)
         free = ~fixed
         wpos = (
             None if w is None or self.ckt.n_diodes == 0 else np.asarray(self.ckt.w_map @ w)
         )  # (K, b)
         if self.ckt.backend == "dense":
-            out = np.empty_like(rhs)
-            chunk = max(1, int(2e7 // (nv * nv)))
-            for s0 in range(0, nb, chunk):
-                sl = slice(s0, min(nb, s0 + chunk))
-                k = sl.stop - sl.start
-                mat = np.repeat(q[None, :, :], k, axis=0)
-                if wpos is not None:
-                    mat[:, self.ckt.w_rows, self.ckt.w_cols] += wpos[:, sl].T
-                fr = free[:, sl].T  # (k, nv)
-                mat *= fr[:, :, None]
-                mat *= fr[:, None, :]
-                di = np.arange(nv)
-                mat[:, di, di] += ~fr
-                out[:, sl] = np.linalg.solve(mat, rhs[:, sl].T[:, :, None])[:, :, 0].T
-            return out
-        # sparse: one block-diagonal matrix for the whole batch
+            return self._solve_dense(q, wpos, free, rhs)
+        return self._solve_block(q, wpos, free, fixed, rhs)
+
+    def _solve_rest(
+        self,
+        lin: LinearPart,
+        q: Any,
+        w: FloatArray | None,
+        fixed: BoolArray,
+        rhs: FloatArray,
+        beta: float,
+        sel: IntArray,
+        x_low: FloatArray,
+    ) -> FloatArray:
+        """The low-rank solutions ``x_low`` of samples ``sel``, the others by block LU."""
+        nb = rhs.shape[1]
+        rest = np.setdiff1d(np.arange(nb), sel)
+        out = np.empty_like(rhs)
+        out[:, sel] = x_low
+        out[:, rest] = self.solve(
+            lin,
+            q,
+            None if w is None else w[:, rest],
+            fixed[:, rest],
+            rhs[:, rest],
+            beta,
+            False,
+        )
+        return out
+
+    def _solve_dense(
+        self, q: Any, wpos: FloatArray | None, free: BoolArray, rhs: FloatArray
+    ) -> FloatArray:
+        """Dense backend: batched dense solves, in chunks of at most ~2e7 matrix entries."""
+        nv, nb = rhs.shape
+        out = np.empty_like(rhs)
+        chunk = max(1, int(2e7 // (nv * nv)))
+        for s0 in range(0, nb, chunk):
+            sl = slice(s0, min(nb, s0 + chunk))
+            k = sl.stop - sl.start
+            mat = np.repeat(q[None, :, :], k, axis=0)
+            if wpos is not None:
+                mat[:, self.ckt.w_rows, self.ckt.w_cols] += wpos[:, sl].T
+            fr = free[:, sl].T  # (k, nv)
+            mat *= fr[:, :, None]
+            mat *= fr[:, None, :]
+            di = np.arange(nv)
+            mat[:, di, di] += ~fr
+            out[:, sl] = np.linalg.solve(mat, rhs[:, sl].T[:, :, None])[:, :, 0].T
+        return out
+
+    def _solve_block(
+        self, q: Any, wpos: FloatArray | None, free: BoolArray, fixed: BoolArray, rhs: FloatArray
+    ) -> FloatArray:
+        """Sparse backend: one block-diagonal matrix for the whole batch, one sparse LU."""
+        nv, nb = rhs.shape
         qc = sp.coo_array(q)
         off = np.arange(nb, dtype=np.int64) * nv
         parts_r, parts_c, parts_v = [], [], []
@@ -184,6 +212,40 @@ class LinearSolver:
         block LU.
         """
         nv, nb = rhs.shape
+        aa, cc, ww, kk = self._port_elements(lin, w, beta, nb)
+        mem = fixed.copy()  # (nv, nb): node is a port of sample k
+        mem[aa[aa >= 0], kk[aa >= 0]] = True
+        mem[cc[cc >= 0], kk[cc >= 0]] = True
+        sel = _select_samples(mem, nv)
+        if sel.size == 0:
+            return sel, np.zeros((nv, 0))
+        keep_t = np.zeros(nb, dtype=bool)
+        keep_t[sel] = True
+        remap = np.cumsum(keep_t) - 1
+        t = keep_t[kk]
+        aa, cc, ww, kk = aa[t], cc[t], ww[t], remap[kk[t]]
+        nb = sel.size
+        fixed, rhs, mem = fixed[:, sel], rhs[:, sel], mem[:, sel]
+        union = np.flatnonzero(mem.any(axis=1))
+        smax = int(mem.sum(axis=0).max(initial=0))
+        # r0: right-hand side with fixed rows replaced by their coupling (M has none)
+        dfix = np.where(fixed, rhs, 0.0)
+        r0 = np.where(fixed, 0.0, rhs + np.asarray(lin.a @ dfix)) if fixed.any() else rhs
+        zp = self.columns(lin, union)  # cached columns of A^-1; factorises on first use
+        assert lin.lu_a is not None and lin.z is not None and lin.z_nodes is not None
+        x0 = np.asarray(lin.lu_a.solve(r0)).reshape(nv, nb)
+        if smax == 0:
+            return sel, x0
+        x = self._port_correction(lin, x0, (aa, cc, ww, kk), fixed, dfix, mem, union, zp, smax)
+        x[fixed] = rhs[fixed]
+        return sel, x
+
+    def _port_elements(
+        self, lin: LinearPart, w: FloatArray | None, beta: float, nb: int
+    ) -> tuple[IntArray, IntArray, FloatArray, IntArray]:
+        """The port conductances of the low-rank changes: terminals (variables, -1 = a
+        source), weight (S) and sample of each -- the conducting diodes and, for a target
+        nudge, ``beta`` from each output to its source."""
         out = self.ckt.out_var
         # port conductances: terminals (variables, -1 = a source), weight (S), sample
         a_n: list[IntArray] = []
@@ -211,37 +273,25 @@ class LinearSolver:
         cc = np.concatenate(c_n) if c_n else np.zeros(0, dtype=np.int64)
         ww = np.concatenate(w_v) if w_v else np.zeros(0)
         kk = np.concatenate(smp) if smp else np.zeros(0, dtype=np.int64)
-        mem = fixed.copy()  # (nv, nb): node is a port of sample k
-        mem[aa[aa >= 0], kk[aa >= 0]] = True
-        mem[cc[cc >= 0], kk[cc >= 0]] = True
-        counts = mem.sum(axis=0)
-        # samples by port count; keep the longest prefix whose ports' union stays small
-        by = np.argsort(counts, kind="stable")
-        by = by[counts[by] <= 400]
-        union_sizes = np.cumsum(
-            np.diff(np.concatenate([[0], np.logical_or.accumulate(mem[:, by], axis=1).sum(axis=0)]))
-        )
-        n_keep = int(np.searchsorted(union_sizes, max(256, nv // 4), side="right"))
-        sel = np.sort(by[:n_keep])
-        if sel.size == 0:
-            return sel, np.zeros((nv, 0))
-        keep_t = np.zeros(nb, dtype=bool)
-        keep_t[sel] = True
-        remap = np.cumsum(keep_t) - 1
-        t = keep_t[kk]
-        aa, cc, ww, kk = aa[t], cc[t], ww[t], remap[kk[t]]
-        nb = sel.size
-        fixed, rhs, mem = fixed[:, sel], rhs[:, sel], mem[:, sel]
-        union = np.flatnonzero(mem.any(axis=1))
-        smax = int(mem.sum(axis=0).max(initial=0))
-        # r0: right-hand side with fixed rows replaced by their coupling (M has none)
-        dfix = np.where(fixed, rhs, 0.0)
-        r0 = np.where(fixed, 0.0, rhs + np.asarray(lin.a @ dfix)) if fixed.any() else rhs
-        zp = self.columns(lin, union)  # cached columns of A^-1; factorises on first use
-        assert lin.lu_a is not None and lin.z is not None and lin.z_nodes is not None
-        x0 = np.asarray(lin.lu_a.solve(r0)).reshape(nv, nb)
-        if smax == 0:
-            return sel, x0
+        return aa, cc, ww, kk
+
+    def _port_correction(
+        self,
+        lin: LinearPart,
+        x0: FloatArray,
+        ports: tuple[IntArray, IntArray, FloatArray, IntArray],
+        fixed: BoolArray,
+        dfix: FloatArray,
+        mem: BoolArray,
+        union: IntArray,
+        zp: IntArray,
+        smax: int,
+    ) -> FloatArray:
+        """x = x0 + Z j: the port currents j of every sample from its dense ``|S_k|`` system
+        (port resistances R from the cached columns Z, port conductances from ``ports``)."""
+        assert lin.z is not None and lin.z_nodes is not None
+        aa, cc, ww, kk = ports
+        nv, nb = x0.shape
         upos = np.full(nv, -1, dtype=np.int64)
         upos[union] = np.arange(union.size)
         memu = mem[union]  # (U, nb)
@@ -274,5 +324,19 @@ class LinearSolver:
         n_cached = lin.z_nodes.size
         jj = sp.csr_array((j.T[valid], (kq[valid], zp[order[valid]])), shape=(nb, n_cached))
         x = x0 + np.asarray(jj @ lin.z[:, :n_cached].T).T  # each sample's own ports: sparse
-        x[fixed] = rhs[fixed]
-        return sel, x
+        return x
+
+
+def _select_samples(mem: BoolArray, nv: int) -> IntArray:
+    """The samples the low-rank path solves: by port count (at most 400 each), the longest
+    prefix whose ports' union stays small (``mem`` ``(nv, nb)``: node is a port of sample k)."""
+    counts = mem.sum(axis=0)
+    # samples by port count; keep the longest prefix whose ports' union stays small
+    by = np.argsort(counts, kind="stable")
+    by = by[counts[by] <= 400]
+    union_sizes = np.cumsum(
+        np.diff(np.concatenate([[0], np.logical_or.accumulate(mem[:, by], axis=1).sum(axis=0)]))
+    )
+    n_keep = int(np.searchsorted(union_sizes, max(256, nv // 4), side="right"))
+    sel = np.sort(by[:n_keep])
+    return sel

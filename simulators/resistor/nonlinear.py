@@ -63,7 +63,6 @@ masked linear solves :mod:`~physlearn.simulators.resistor.linsolve`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -85,6 +84,7 @@ from physlearn.simulators.resistor.circuit import (
     LinearPart,
 )
 from physlearn.simulators.resistor.elements import DiodeModel, TransistorModel
+from physlearn.simulators.resistor.settings import check_settings, parameter_group
 from physlearn.simulators.resistor.solvers import EquilibriumSolver
 from physlearn.system import (
     Equilibrium,
@@ -166,7 +166,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
         max_iter: int = 200,
         blas_threads: int | None = 1,
     ) -> None:
-        lower, upper = _check_settings(element, backend, tol, max_iter, bounds)
+        lower, upper = check_settings(element, backend, tol, max_iter, bounds)
         self.element: Element = element
         self.transistor = transistor if transistor is not None else TransistorModel()
         self.model = diode_model if diode_model is not None else DiodeModel()
@@ -191,7 +191,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
         self.dense_limit = self.ckt.dense_limit
         self.backend: Literal["dense", "sparse"] = self.ckt.backend
         self._solver = EquilibriumSolver(self.ckt, self.model, self.tol, self.max_iter)
-        self._group = _parameter_group(element, lower, upper, resolution, self.graph.n_edges)
+        self._group = parameter_group(element, lower, upper, resolution, self.graph.n_edges)
         self._gname = self._group.name
         self._version = 0
         if params is None:
@@ -296,21 +296,8 @@ class NonlinearResistorNetwork(PhysicalSystem):
         nb = xin.shape[0]
         lin = self._linear()
         vs = self.ckt.source_values(xin)
-        ws = (
-            warm_start
-            if isinstance(warm_start, NonlinearState)
-            and warm_start.version == self._version
-            and warm_start.inputs.shape == xin.shape
-            and np.array_equal(warm_start.inputs, xin)
-            else None
-        )
-        u: FloatArray | None = None
-        if self.ckt.backend == "dense" and self.ckt.interior.size:
-            assert lin.lu_ii is not None and lin.b_i is not None
-            if ws is not None and ws.u is not None:
-                u = ws.u
-            else:
-                u = np.asarray(lin.lu_ii.solve(np.asarray(lin.b_i @ vs))).reshape(-1, nb)
+        ws = self._usable(warm_start, xin)
+        u = self._interior_response(lin, vs, ws, nb)
         checked = None if nudge is None else self._check_nudge(nudge, nb)
         pr = self._solver.problem(lin, vs, u, nudge, checked)
         tol_a = self._solver.tol_abs(lin, vs)
@@ -326,18 +313,7 @@ class NonlinearResistorNetwork(PhysicalSystem):
         residual, conv, currents = self._solver.diagnostics(
             pr, lin, x, vf, vs, full, nudge, checked, act_hi, act_lo, tol_a, conv
         )
-        e0, e1 = self.ckt.edges[:, 0], self.ckt.edges[:, 1]
-        dv_all = full[e0] - full[e1]  # (E_all, batch)
-        conj_sq = 0.5 * dv_all[: self.ckt.n_train] ** 2  # (E, batch)
-        conj = (
-            conj_sq
-            if self.element == "resistor"
-            else conj_sq * self.transistor.dconductance(self._theta)[:, None]
-        )
-        energy = 0.5 * (lin.g @ (dv_all**2))
-        if self.ckt.n_diodes and self.model.kind == "shockley":
-            vj = full[self.ckt.ja] - full[self.ckt.jc]
-            energy = energy + self.model.cocontent(vj).sum(axis=0)
+        conj, energy = self._conjugates_energy(lin, full)
         state = NonlinearState(
             self._version,
             xin.copy(),
@@ -358,6 +334,48 @@ class NonlinearResistorNetwork(PhysicalSystem):
             observables={"diode_current": np.ascontiguousarray(currents.T)},
             converged=conv,
         )
+
+    def _usable(self, warm_start: Any, xin: FloatArray) -> NonlinearState | None:
+        """``warm_start`` if it is a state of these parameters and these inputs, else None."""
+        return (
+            warm_start
+            if isinstance(warm_start, NonlinearState)
+            and warm_start.version == self._version
+            and warm_start.inputs.shape == xin.shape
+            and np.array_equal(warm_start.inputs, xin)
+            else None
+        )
+
+    def _interior_response(
+        self, lin: LinearPart, vs: FloatArray, ws: NonlinearState | None, nb: int
+    ) -> FloatArray | None:
+        """Dense backend: the interior's response A_II^-1 B_I V_src to the sources ``(n_I,
+        batch)`` (reused from a warm start of the same inputs); None without an interior."""
+        u: FloatArray | None = None
+        if self.ckt.backend == "dense" and self.ckt.interior.size:
+            assert lin.lu_ii is not None and lin.b_i is not None
+            if ws is not None and ws.u is not None:
+                u = ws.u
+            else:
+                u = np.asarray(lin.lu_ii.solve(np.asarray(lin.b_i @ vs))).reshape(-1, nb)
+        return u
+
+    def _conjugates_energy(self, lin: LinearPart, full: FloatArray) -> tuple[FloatArray, Any]:
+        """Conjugates ``(E, batch)`` of the trainable group and the energy E ``(batch,)`` (W)
+        at the node voltages ``full`` ``(n_ext, batch)``."""
+        e0, e1 = self.ckt.edges[:, 0], self.ckt.edges[:, 1]
+        dv_all = full[e0] - full[e1]  # (E_all, batch)
+        conj_sq = 0.5 * dv_all[: self.ckt.n_train] ** 2  # (E, batch)
+        conj = (
+            conj_sq
+            if self.element == "resistor"
+            else conj_sq * self.transistor.dconductance(self._theta)[:, None]
+        )
+        energy = 0.5 * (lin.g @ (dv_all**2))
+        if self.ckt.n_diodes and self.model.kind == "shockley":
+            vj = full[self.ckt.ja] - full[self.ckt.jc]
+            energy = energy + self.model.cocontent(vj).sum(axis=0)
+        return conj, energy
 
     # -- exact gradient ------------------------------------------------------------------
     def exact_gradient(self, inputs: FloatArray, targets: FloatArray, loss: Loss) -> Params:
@@ -471,51 +489,3 @@ class NonlinearResistorNetwork(PhysicalSystem):
                 self.ckt.expand(self._linear(), st.x, st.u), self.ckt.source_values(xin)
             )
         return np.ascontiguousarray(full[: self.graph.n_nodes + self.bias.size].T)
-
-
-def _check_settings(
-    element: str, backend: str, tol: float, max_iter: int, bounds: tuple[float, float]
-) -> tuple[float, float]:
-    """Refuse invalid solver settings and parameter bounds; return ``(lower, upper)``."""
-    if element not in ("resistor", "transistor"):
-        raise ValueError(f"element must be 'resistor' or 'transistor', got {element!r}")
-    if backend not in ("auto", "dense", "sparse"):
-        raise ValueError(f"backend must be 'auto', 'dense' or 'sparse', got {backend!r}")
-    if not (math.isfinite(tol) and 0 < tol < 1e-3):
-        raise ValueError(f"tol must be a relative tolerance in (0, 1e-3), got {tol!r}")
-    if max_iter < 1:
-        raise ValueError(f"max_iter must be >= 1, got {max_iter}")
-    lower, upper = float(bounds[0]), float(bounds[1])
-    if not (math.isfinite(lower) and math.isfinite(upper) and lower < upper):
-        raise ValueError(f"bounds need finite lower < upper, got {bounds}")
-    if element == "resistor" and lower <= 0:
-        raise ValueError(
-            f"conductance bounds need 0 < lower (a resistor's conductance is positive), "
-            f"got {bounds} S"
-        )
-    return lower, upper
-
-
-def _parameter_group(
-    element: Element, lower: float, upper: float, resolution: float, n_edges: int
-) -> ParameterGroup:
-    """The trainable group: edge conductances (S) or transistor gate voltages (V)."""
-    name, unit, long_name, e_unit = (
-        ("conductance", "S", "edge conductance", "W")
-        if element == "resistor"
-        else ("gate", "V", "transistor gate voltage", "W")
-    )
-    group = ParameterGroup(
-        name=name,
-        shape=(n_edges,),
-        dims=("edge",),
-        lower=lower,
-        upper=upper,
-        unit=unit,
-        resolution=float(resolution),
-        long_name=long_name,
-        energy_unit=e_unit,
-    )
-    if resolution < 0 or not math.isfinite(resolution):
-        raise ValueError(f"resolution must be finite and >= 0, got {resolution!r}")
-    return group

@@ -159,17 +159,46 @@ def to_netlist(
     inputs of the wrong shape.
     """
     c = circuit_of(system)
+    x = _patterns(c, inputs)
+    batch = x.shape[0]
+    if mode == "auto":
+        mode = "op" if batch == 1 else "sweep"
+    if mode == "op" and batch != 1:
+        raise ValueError("mode 'op' takes one input pattern; use 'sweep' or 'alter' for a batch")
+    _check_exportable(c)
+    temp_c = (c.diode_model.temperature if c.diode_model else SPICE_TNOM) - 273.15
+    opts = {**DEFAULT_OPTIONS, **(options or {}), "temp": temp_c, "tnom": temp_c}
+    lines = [f"* {title or f'physlearn export of {type(system).__name__}'}"]
+    lines.append(
+        f"* {c.n_nodes} nodes, {len(c.resistors)} resistors, {c.input_nodes.size} inputs, "
+        f"{c.bias.size} bias sources, {len(c.diodes)} diodes, {batch} pattern(s)"
+    )
+    lines += _elements(c)
+    sources = _Sources(mode, batch)
+    for k, n in enumerate(c.input_nodes):
+        sources.add("V", f"IN{k}", f"n{n}", "0", x[:, k], f"vin{k}")
+    if nudge is not None:
+        _nudge_sources(c, nudge, batch, sources)
+    lines += sources.lines
+    lines.append(".options " + " ".join(f"{k}={_num(v)}" for k, v in opts.items()))
+    lines += _analysis(mode, batch, sources.alter, raw_path)
+    lines.append(".end")
+    return "\n".join(lines) + "\n"
+
+
+def _patterns(c: Circuit, inputs: ArrayLike) -> FloatArray:
+    """The input patterns ``(batch, n_in)`` (V); refuses a wrong shape or non-finite values."""
     x = np.asarray(inputs, dtype=np.float64)
     if x.ndim == 1:
         x = x[None, :]
     n_in = c.input_nodes.size
     if x.ndim != 2 or x.shape[1] != n_in or x.shape[0] < 1 or not np.all(np.isfinite(x)):
         raise ValueError(f"inputs must be finite volts of shape ({n_in},) or (batch, {n_in})")
-    batch = x.shape[0]
-    if mode == "auto":
-        mode = "op" if batch == 1 else "sweep"
-    if mode == "op" and batch != 1:
-        raise ValueError("mode 'op' takes one input pattern; use 'sweep' or 'alter' for a batch")
+    return x
+
+
+def _check_exportable(c: Circuit) -> None:
+    """Refuse what SPICE cannot hold: ideal diodes and non-positive or infinite conductances."""
     if c.diode_model is not None and c.diode_model.kind == "ideal":
         raise ValueError(
             "ideal diodes have no SPICE model: export the same network with a Shockley model "
@@ -177,13 +206,11 @@ def to_netlist(
         )
     if np.any(c.conductance <= 0) or not np.all(np.isfinite(c.conductance)):
         raise ValueError("every conductance must be finite and > 0 S to be written as a resistor")
-    temp_c = (c.diode_model.temperature if c.diode_model else SPICE_TNOM) - 273.15
-    opts = {**DEFAULT_OPTIONS, **(options or {}), "temp": temp_c, "tnom": temp_c}
-    lines = [f"* {title or f'physlearn export of {type(system).__name__}'}"]
-    lines.append(
-        f"* {c.n_nodes} nodes, {len(c.resistors)} resistors, {n_in} inputs, "
-        f"{c.bias.size} bias sources, {len(c.diodes)} diodes, {batch} pattern(s)"
-    )
+
+
+def _elements(c: Circuit) -> list[str]:
+    """The fixed part of the deck: resistors, ground and bias sources, diodes and their model."""
+    lines = []
     for e, (a, b) in enumerate(c.resistors):
         lines.append(f"R{e} n{a} n{b} {_num(1.0 / c.conductance[e])}")
     for k, n in enumerate(c.ground_nodes):
@@ -194,56 +221,67 @@ def to_netlist(
         lines.append(c.diode_model.spice_model("dmod"))
         for d, (a, k) in enumerate(c.diodes):
             lines.append(f"D{d} {_node(c, int(a))} {_node(c, int(k))} dmod")
+    return lines
 
-    def source(kind: str, name: str, np_: str, nm: str, values: FloatArray) -> list[str]:
-        """A source whose value is ``values[p]`` for pattern p (V or A)."""
-        if mode == "sweep" and batch > 1:
+
+class _Sources:
+    """The deck's pattern-dependent sources (``lines``) and, for ``alter`` mode, the name and
+    per-pattern values of each (``alter``)."""
+
+    def __init__(self, mode: Mode, batch: int) -> None:
+        self.mode = mode
+        self.batch = batch
+        self.lines: list[str] = []
+        self.alter: list[tuple[str, FloatArray]] = []
+
+    def add(self, kind: str, name: str, np_: str, nm: str, values: FloatArray, alias: str) -> None:
+        """A source whose value is ``values[p]`` for pattern p (V or A), ``alias`` in alter."""
+        if self.mode == "sweep" and self.batch > 1:
             pts = ", ".join(f"{p}, {_num(v)}" for p, v in enumerate(values))
-            return [f"B{name} {np_} {nm} {kind} = pwl(V(pattern), {pts})"]
-        letter = "V" if kind == "V" else "I"
-        return [f"{letter}{name} {np_} {nm} DC {_num(values[0])}"]
+            self.lines.append(f"B{name} {np_} {nm} {kind} = pwl(V(pattern), {pts})")
+        else:
+            letter = "V" if kind == "V" else "I"
+            self.lines.append(f"{letter}{name} {np_} {nm} DC {_num(values[0])}")
+        self.alter.append((alias, values))
 
-    alter: list[tuple[str, FloatArray]] = []
-    for k, n in enumerate(c.input_nodes):
-        lines += source("V", f"IN{k}", f"n{n}", "0", x[:, k])
-        alter.append((f"vin{k}", x[:, k]))
-    if nudge is not None:
-        vals = np.asarray(nudge.values, dtype=np.float64).reshape(batch, -1)
-        beta = complex(nudge.beta)
-        if beta.imag != 0 or not math.isfinite(beta.real):
-            raise ValueError("SPICE realises only real, finite nudges")
-        for o, node in enumerate(c.output_nodes):
-            if nudge.kind == "target":
-                if beta.real <= 0:
-                    raise ValueError("a target nudge is a conductance beta > 0 S in SPICE")
-                lines.append(f"RNUDGE{o} n{node} t{o} {_num(1.0 / beta.real)}")
-                lines += source("V", f"TGT{o}", f"t{o}", "0", vals[:, o])
-                alter.append((f"vtgt{o}", vals[:, o]))
-            elif nudge.kind == "error":
-                lines += source("I", f"ERR{o}", "0", f"n{node}", -beta.real * vals[:, o])
-                alter.append((f"ierr{o}", -beta.real * vals[:, o]))
-            else:
-                lines += source("V", f"CLAMP{o}", f"n{node}", "0", vals[:, o])
-                alter.append((f"vclamp{o}", vals[:, o]))
-    lines.append(".options " + " ".join(f"{k}={_num(v)}" for k, v in opts.items()))
+
+def _nudge_sources(c: Circuit, nudge: Nudge, batch: int, sources: _Sources) -> None:
+    """Realise ``nudge`` on the outputs: target resistors 1/beta to target sources, error
+    current sources or clamp voltage sources."""
+    vals = np.asarray(nudge.values, dtype=np.float64).reshape(batch, -1)
+    beta = complex(nudge.beta)
+    if beta.imag != 0 or not math.isfinite(beta.real):
+        raise ValueError("SPICE realises only real, finite nudges")
+    for o, node in enumerate(c.output_nodes):
+        if nudge.kind == "target":
+            if beta.real <= 0:
+                raise ValueError("a target nudge is a conductance beta > 0 S in SPICE")
+            sources.lines.append(f"RNUDGE{o} n{node} t{o} {_num(1.0 / beta.real)}")
+            sources.add("V", f"TGT{o}", f"t{o}", "0", vals[:, o], f"vtgt{o}")
+        elif nudge.kind == "error":
+            sources.add("I", f"ERR{o}", "0", f"n{node}", -beta.real * vals[:, o], f"ierr{o}")
+        else:
+            sources.add("V", f"CLAMP{o}", f"n{node}", "0", vals[:, o], f"vclamp{o}")
+
+
+def _analysis(
+    mode: Mode, batch: int, alter: list[tuple[str, FloatArray]], raw_path: str | None
+) -> list[str]:
+    """The analysis: ``.op``, a ``.dc`` sweep of the pattern index, or an alter loop."""
     if mode == "op":
-        lines.append(".op")
-    elif mode == "sweep":
-        lines.append("VPATTERN pattern 0 DC 0")
-        lines.append(f".dc VPATTERN 0 {batch - 1} 1")
-    else:
-        raw = raw_path or "physlearn.raw"
-        lines.append(".control")
-        lines.append("set appendwrite")
-        for p in range(batch):
-            for name, values in alter:
-                lines.append(f"alter {name} dc = {_num(values[p])}")
-            lines.append("op")
-            lines.append(f"write {raw} all")
-        lines.append("quit")
-        lines.append(".endc")
-    lines.append(".end")
-    return "\n".join(lines) + "\n"
+        return [".op"]
+    if mode == "sweep":
+        return ["VPATTERN pattern 0 DC 0", f".dc VPATTERN 0 {batch - 1} 1"]
+    raw = raw_path or "physlearn.raw"
+    lines = [".control", "set appendwrite"]
+    for p in range(batch):
+        for name, values in alter:
+            lines.append(f"alter {name} dc = {_num(values[p])}")
+        lines.append("op")
+        lines.append(f"write {raw} all")
+    lines.append("quit")
+    lines.append(".endc")
+    return lines
 
 
 # -- running ngspice ----------------------------------------------------------------------------
