@@ -112,9 +112,33 @@ def graph_layout(store: RunStore) -> dict[str, Any] | None:
 
 
 def run_report(store: RunStore, out_dir: Path) -> Report:
+    """The report page of ``store`` in ``out_dir``: summary, last metrics, figures, config."""
     attrs = store.attrs
     cfg = attrs.get("config", {})
     title = str(cfg.get("name", store.path.name))
+    figs = _run_figures(store, attrs, title)
+    metrics = last_metrics(store)
+    summary = _summary(store, attrs)
+    body = [
+        f"<h1>Run {esc(title)}</h1>",
+        f"<p>{esc(cfg.get('description', ''))}</p>" if cfg.get("description") else "",
+        "<h2>Summary</h2>",
+        kv_table(summary),
+        "<h2>Last metrics</h2>",
+        kv_table([(k, number_text(v)) for k, v in metrics.items()])
+        if metrics
+        else "<p>none yet</p>",
+        "<h2>Figures</h2>",
+        *(figure_html(f) for f in figs),
+        "<h2>Config</h2>",
+        f"<details><summary>validated config</summary><pre>{esc(yaml_text(cfg))}</pre></details>",
+    ]
+    return write_page(out_dir, "run", f"physlearn run {title}", body, figs)
+
+
+def _run_figures(store: RunStore, attrs: dict[str, Any], title: str) -> list[PageFigure]:
+    """Training curves, gradient fidelity, parameters, the graph (if rebuilt) and the
+    equilibrium diagnostics of ``store`` (run attributes ``attrs``)."""
     s = read_scalars(store)
     params = read_parameters(store)
     figs: list[PageFigure] = []
@@ -162,8 +186,12 @@ def run_report(store: RunStore, out_dir: Path) -> Report:
         F.equilibrium_diagnostics(s, phases, unit, title),
         "Relaxation iterations and largest residual force per phase.",
     )
+    return figs
 
-    metrics = last_metrics(store)
+
+def _summary(store: RunStore, attrs: dict[str, Any]) -> list[tuple[str, str]]:
+    """The summary table's rows: the store, its progress and what the run was."""
+    cfg = attrs.get("config", {})
     summary = [
         ("store", str(store.path)),
         ("status", store.status()),
@@ -181,21 +209,7 @@ def run_report(store: RunStore, out_dir: Path) -> Report:
     ]
     if attrs.get("error"):
         summary.append(("error", str(attrs["error"])))
-    body = [
-        f"<h1>Run {esc(title)}</h1>",
-        f"<p>{esc(cfg.get('description', ''))}</p>" if cfg.get("description") else "",
-        "<h2>Summary</h2>",
-        kv_table(summary),
-        "<h2>Last metrics</h2>",
-        kv_table([(k, number_text(v)) for k, v in metrics.items()])
-        if metrics
-        else "<p>none yet</p>",
-        "<h2>Figures</h2>",
-        *(figure_html(f) for f in figs),
-        "<h2>Config</h2>",
-        f"<details><summary>validated config</summary><pre>{esc(yaml_text(cfg))}</pre></details>",
-    ]
-    return write_page(out_dir, "run", f"physlearn run {title}", body, figs)
+    return summary
 
 
 def _estimator_text(e: dict[str, Any]) -> str:

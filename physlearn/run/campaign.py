@@ -204,38 +204,8 @@ class Campaign:
         record("targets", t, m["targets"])
         free_outputs = phases[0].eq.outputs.real
         record("outputs", [p.eq.outputs.real for p in phases], m["outputs"])
-        for n in plan.groups:
-            if plan.conjugates == "per_sample":
-                record(n.conj, [p.eq.conjugates[n.group].real for p in phases], m[n.conj])
-            elif plan.conjugates == "batch_mean":
-                record(n.conj, [p.eq.conjugate_mean(n.group).real for p in phases], m[n.conj])
-            record(n.param, np.array(params_used[n.group]), m[n.param])
-            record(n.grad, est.gradient[n.group], m[n.grad])
-            record(n.clipped, proj.clipped[n.group], m[n.clipped])
-            record(n.projection, proj.max_deviation[n.group], m[n.projection])
-        b = phases[0].eq.batch
-        nan, zeros, ones = plan.defaults(b)
-        record("residual", [_or(p.eq.residual, nan) for p in phases], m["residual"])
-        # one array per phase; the writer stacks them
-        iterations = [np.asarray(_or(p.eq.iterations, zeros), np.int64) for p in phases]
-        record("iterations", iterations, m["iterations"])
-        converged = [np.asarray(_or(p.eq.converged, ones), np.bool_) for p in phases]
-        record("converged", converged, m["converged"])
-        record("energy", [_or(p.eq.energy, nan).real for p in phases], m["energy"])
-        record("shots", np.array([p.eq.shots for p in phases], np.int64), m["shots"])
-        record("settle_time", np.array([p.eq.settle_time for p in phases]), m["settle_time"])
-        if self.config.store.observables:
-            for name in phases[0].eq.observables:
-                o = [p.eq.observables[name].real for p in phases]
-                self._record(
-                    f"obs_{name}",
-                    o,
-                    ("phase", "sample", *[f"{name}_{i}" for i in range(o[0].ndim - 1)]),
-                    long_name=f"{name} per phase and sample",
-                )
-        for name, value in est.extras.items():
-            v = np.asarray(value)
-            self._record(name, v, tuple(f"{name}_{i}" for i in range(v.ndim)))
+        self._record_groups(plan, est, params_used, proj)
+        self._record_diagnostics(plan, est)
         record("loss", float(np.mean(est.loss)), m["loss"])
         if self.report_loss is not None:
             record(
@@ -262,6 +232,51 @@ class Campaign:
                 for p in phases
             ]
             self._phases_recorded = True
+
+    def _record_groups(self, plan: StepPlan, est: Estimate, params_used: Params, proj: Any) -> None:
+        """Per parameter group: conjugates (as logged), held values, gradient and projection."""
+        m = plan.meta
+        record = self.recorder.record
+        phases = est.phases
+        for n in plan.groups:
+            if plan.conjugates == "per_sample":
+                record(n.conj, [p.eq.conjugates[n.group].real for p in phases], m[n.conj])
+            elif plan.conjugates == "batch_mean":
+                record(n.conj, [p.eq.conjugate_mean(n.group).real for p in phases], m[n.conj])
+            record(n.param, np.array(params_used[n.group]), m[n.param])
+            record(n.grad, est.gradient[n.group], m[n.grad])
+            record(n.clipped, proj.clipped[n.group], m[n.clipped])
+            record(n.projection, proj.max_deviation[n.group], m[n.projection])
+
+    def _record_diagnostics(self, plan: StepPlan, est: Estimate) -> None:
+        """Per phase: the solver diagnostics (defaults where the system reports none),
+        observables if configured, and the estimator's extras."""
+        m = plan.meta
+        record = self.recorder.record
+        phases = est.phases
+        b = phases[0].eq.batch
+        nan, zeros, ones = plan.defaults(b)
+        record("residual", [_or(p.eq.residual, nan) for p in phases], m["residual"])
+        # one array per phase; the writer stacks them
+        iterations = [np.asarray(_or(p.eq.iterations, zeros), np.int64) for p in phases]
+        record("iterations", iterations, m["iterations"])
+        converged = [np.asarray(_or(p.eq.converged, ones), np.bool_) for p in phases]
+        record("converged", converged, m["converged"])
+        record("energy", [_or(p.eq.energy, nan).real for p in phases], m["energy"])
+        record("shots", np.array([p.eq.shots for p in phases], np.int64), m["shots"])
+        record("settle_time", np.array([p.eq.settle_time for p in phases]), m["settle_time"])
+        if self.config.store.observables:
+            for name in phases[0].eq.observables:
+                o = [p.eq.observables[name].real for p in phases]
+                self._record(
+                    f"obs_{name}",
+                    o,
+                    ("phase", "sample", *[f"{name}_{i}" for i in range(o[0].ndim - 1)]),
+                    long_name=f"{name} per phase and sample",
+                )
+        for name, value in est.extras.items():
+            v = np.asarray(value)
+            self._record(name, v, tuple(f"{name}_{i}" for i in range(v.ndim)))
 
     def evaluate(self, updates: int) -> None:
         rng = step_rng(self.seed, updates, stream=3)

@@ -13,7 +13,7 @@ commit is in flight; a writer error surfaces at the next commit or at :meth:`Rec
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from physlearn.store.run_store import Checkpoint, RunStore
-from physlearn.system import PhysicalSystem
+from physlearn.system import ParameterGroup, PhysicalSystem
 
 
 @dataclass(frozen=True)
@@ -289,52 +289,7 @@ def step_plan(system: PhysicalSystem, conjugates: str) -> StepPlan:
             long_name="measured outputs per phase",
         ),
     }
-    groups = []
-    for g in system.parameter_groups:
-        unit = f"{g.energy_unit}/{g.unit}"
-        names = GroupRecords(
-            g.name,
-            f"conj_{g.name}",
-            f"param_{g.name}",
-            f"grad_{g.name}",
-            f"clipped_{g.name}",
-            f"projection_{g.name}",
-        )
-        if conjugates == "per_sample":
-            m[names.conj] = meta(
-                names.conj,
-                ("phase", "sample", *g.dims),
-                units=unit,
-                long_name=f"dE/d{g.name} at equilibrium",
-            )
-        elif conjugates == "batch_mean":
-            m[names.conj] = meta(
-                names.conj,
-                ("phase", *g.dims),
-                units=unit,
-                long_name=f"batch-mean dE/d{g.name}",
-            )
-        m[names.param] = meta(
-            names.param,
-            g.dims,
-            units=g.unit,
-            long_name=f"{g.long_name or g.name} held during the step",
-        )
-        m[names.grad] = meta(
-            names.grad, g.dims, units=unit, long_name=f"gradient estimate dL/d{g.name}"
-        )
-        m[names.clipped] = meta(
-            names.clipped,
-            (),
-            long_name=f"elements of {g.name} stopped at a bound by the projection",
-        )
-        m[names.projection] = meta(
-            names.projection,
-            (),
-            units=g.unit,
-            long_name=f"max |requested - held| {g.name} after the update",
-        )
-        groups.append(names)
+    groups = [_group_records(g, conjugates, meta, m) for g in system.parameter_groups]
     for name in ("residual", "iterations", "converged", "energy"):
         m[name] = meta(name, ("phase", "sample"))
     for name in ("shots", "settle_time"):
@@ -351,3 +306,56 @@ def step_plan(system: PhysicalSystem, conjugates: str) -> StepPlan:
     ):
         m[name] = meta(name, ())
     return StepPlan(m, tuple(groups), conjugates)
+
+
+def _group_records(
+    g: ParameterGroup,
+    conjugates: str,
+    meta: Callable[..., ArrayMeta],
+    m: dict[str, ArrayMeta],
+) -> GroupRecords:
+    """The record names of group ``g``; their metadata (made by ``meta``) go into ``m``."""
+    unit = f"{g.energy_unit}/{g.unit}"
+    names = GroupRecords(
+        g.name,
+        f"conj_{g.name}",
+        f"param_{g.name}",
+        f"grad_{g.name}",
+        f"clipped_{g.name}",
+        f"projection_{g.name}",
+    )
+    if conjugates == "per_sample":
+        m[names.conj] = meta(
+            names.conj,
+            ("phase", "sample", *g.dims),
+            units=unit,
+            long_name=f"dE/d{g.name} at equilibrium",
+        )
+    elif conjugates == "batch_mean":
+        m[names.conj] = meta(
+            names.conj,
+            ("phase", *g.dims),
+            units=unit,
+            long_name=f"batch-mean dE/d{g.name}",
+        )
+    m[names.param] = meta(
+        names.param,
+        g.dims,
+        units=g.unit,
+        long_name=f"{g.long_name or g.name} held during the step",
+    )
+    m[names.grad] = meta(
+        names.grad, g.dims, units=unit, long_name=f"gradient estimate dL/d{g.name}"
+    )
+    m[names.clipped] = meta(
+        names.clipped,
+        (),
+        long_name=f"elements of {g.name} stopped at a bound by the projection",
+    )
+    m[names.projection] = meta(
+        names.projection,
+        (),
+        units=g.unit,
+        long_name=f"max |requested - held| {g.name} after the update",
+    )
+    return names

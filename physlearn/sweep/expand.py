@@ -20,10 +20,10 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from physlearn.config import (
     ConfigError,
@@ -133,29 +133,12 @@ def _load_base(base: str | dict[str, Any], folder: Path, field_name: str) -> dic
 def expand(spec: SweepSpec, folder: Path, source: Path | None = None) -> Sweep:
     """Every run of ``spec``, validated. Raises one :class:`ConfigError` listing the runs that
     are not valid experiments (run id, axis values, field, reason)."""
-    import numpy as np
-
     variants: list[tuple[str | None, Variant]] = list(spec.variants.items()) or [(None, Variant())]
-    bases: dict[str | None, dict[str, Any]] = {}
-    for vname, v in variants:
-        if v.base is not None:
-            bases[vname] = _load_base(v.base, folder, f"variants.{vname}.base")
-        else:
-            assert spec.base is not None  # the spec validator guarantees it
-            if None not in bases:
-                bases[None] = _load_base(spec.base, folder, "base")
-            bases[vname] = bases[None]
-
+    bases = _bases(spec, variants, folder)
     grid_paths = list(spec.grid)
     random_paths = list(spec.random.axes) if spec.random else []
     labels = axis_labels([*grid_paths, *random_paths])
-    samples: list[dict[str, Any] | None] = [None]
-    if spec.random is not None:
-        rng = np.random.default_rng(spec.random.seed)
-        samples = [
-            {k: d.draw(rng) for k, d in spec.random.axes.items()}
-            for _ in range(spec.random.samples)
-        ]
+    samples = _samples(spec)
     seed_list = spec.seed_list()
     seeds: list[int | None] = [None] if seed_list is None else list(seed_list)
 
@@ -166,22 +149,7 @@ def expand(spec: SweepSpec, folder: Path, source: Path | None = None) -> Sweep:
     for (vname, variant), point, (ri, sample), seed in itertools.product(
         variants, itertools.product(*spec.grid.values()), enumerate(samples), seeds
     ):
-        axes: dict[str, Any] = {}
-        parts: list[str] = []
-        if vname is not None:
-            axes["variant"] = vname
-            parts.append(vname)
-        for path, value in zip(grid_paths, point, strict=True):
-            axes[path] = value
-            parts.append(f"{labels[path]}-{id_value(value)}")
-        if sample is not None:
-            axes.update(sample)
-            parts.append(f"rand{ri}-{_digest(sample, 6)}")
-        if seed is not None:
-            parts.append(f"seed-{seed}")
-        run_id = "__".join(parts) or "run"
-        if len(run_id) > MAX_ID_LENGTH:
-            run_id = f"{run_id[: MAX_ID_LENGTH - 10]}-{_digest(parts, 8)}"
+        axes, run_id = _run_id(vname, zip(grid_paths, point, strict=True), labels, ri, sample, seed)
         described = _describe(axes, seed)
         if not RUN_ID.match(run_id):  # the spec's checks make every id safe; never build a path
             errors.append(f"run {run_id!r} ({described}): not a safe directory name")
@@ -193,37 +161,114 @@ def expand(spec: SweepSpec, folder: Path, source: Path | None = None) -> Sweep:
             )
             continue
         ids[run_id] = described
-
-        raw = copy.deepcopy(bases[vname])
-        try:
-            for path, value in [
-                *variant.set.items(),
-                *spec.set.items(),
-                *zip(grid_paths, point, strict=True),
-                *(sample or {}).items(),
-            ]:
-                set_path(raw, path, value)
-            if seed is not None:
-                raw["seed"] = seed
-            raw["name"] = run_id
-        except ValueError as exc:
-            errors.append(f"run {run_id!r} ({described}): cannot apply override {exc}")
-            continue
-        try:
-            cfg = parse_config(raw, f"run {run_id!r} ({described})")
-        except ConfigError as exc:
-            errors.append(str(exc))
-            continue
-        runs.append(PlannedRun(run_id, axes, seed, cfg))
+        overrides = [
+            *variant.set.items(),
+            *spec.set.items(),
+            *zip(grid_paths, point, strict=True),
+            *(sample or {}).items(),
+        ]
+        cfg = _run_config(bases[vname], overrides, seed, run_id, described, errors)
+        if cfg is not None:
+            runs.append(PlannedRun(run_id, axes, seed, cfg))
     if errors:
-        shown = "\n".join(errors[:5])
-        more = f"\n... and {len(errors) - 5} more invalid runs" if len(errors) > 5 else ""
-        n = len(runs) + len(errors)
-        raise ConfigError(
-            f"{source or 'sweep'}: {len(errors)} of {n} runs are not valid; nothing was run\n"
-            f"{shown}{more}"
-        )
+        _refuse(errors, len(runs) + len(errors), source)
     return Sweep(spec, source, runs, axis_names)
+
+
+def _bases(
+    spec: SweepSpec, variants: list[tuple[str | None, Variant]], folder: Path
+) -> dict[str | None, dict[str, Any]]:
+    """The base config of every variant (its own, or the sweep's, read once)."""
+    bases: dict[str | None, dict[str, Any]] = {}
+    for vname, v in variants:
+        if v.base is not None:
+            bases[vname] = _load_base(v.base, folder, f"variants.{vname}.base")
+        else:
+            assert spec.base is not None  # the spec validator guarantees it
+            if None not in bases:
+                bases[None] = _load_base(spec.base, folder, "base")
+            bases[vname] = bases[None]
+    return bases
+
+
+def _samples(spec: SweepSpec) -> list[dict[str, Any] | None]:
+    """The random axes' samples, drawn from the spec's seed (``[None]`` without random axes)."""
+    import numpy as np
+
+    samples: list[dict[str, Any] | None] = [None]
+    if spec.random is not None:
+        rng = np.random.default_rng(spec.random.seed)
+        samples = [
+            {k: d.draw(rng) for k, d in spec.random.axes.items()}
+            for _ in range(spec.random.samples)
+        ]
+    return samples
+
+
+def _run_id(
+    vname: str | None,
+    grid: Iterable[tuple[str, Any]],
+    labels: dict[str, str],
+    ri: int,
+    sample: dict[str, Any] | None,
+    seed: int | None,
+) -> tuple[dict[str, Any], str]:
+    """The axis values of one run and its id: the variant, ``label-value`` of every grid axis,
+    the random sample's index and digest and the seed, joined by ``__`` (hashed when long)."""
+    axes: dict[str, Any] = {}
+    parts: list[str] = []
+    if vname is not None:
+        axes["variant"] = vname
+        parts.append(vname)
+    for path, value in grid:
+        axes[path] = value
+        parts.append(f"{labels[path]}-{id_value(value)}")
+    if sample is not None:
+        axes.update(sample)
+        parts.append(f"rand{ri}-{_digest(sample, 6)}")
+    if seed is not None:
+        parts.append(f"seed-{seed}")
+    run_id = "__".join(parts) or "run"
+    if len(run_id) > MAX_ID_LENGTH:
+        run_id = f"{run_id[: MAX_ID_LENGTH - 10]}-{_digest(parts, 8)}"
+    return axes, run_id
+
+
+def _run_config(
+    base: dict[str, Any],
+    overrides: list[tuple[str, Any]],
+    seed: int | None,
+    run_id: str,
+    described: str,
+    errors: list[str],
+) -> ExperimentConfig | None:
+    """The validated config of one run: ``base`` with the overrides, seed and name applied;
+    None (the reason appended to ``errors``) when it is not a valid experiment."""
+    raw = copy.deepcopy(base)
+    try:
+        for path, value in overrides:
+            set_path(raw, path, value)
+        if seed is not None:
+            raw["seed"] = seed
+        raw["name"] = run_id
+    except ValueError as exc:
+        errors.append(f"run {run_id!r} ({described}): cannot apply override {exc}")
+        return None
+    try:
+        return parse_config(raw, f"run {run_id!r} ({described})")
+    except ConfigError as exc:
+        errors.append(str(exc))
+        return None
+
+
+def _refuse(errors: list[str], n: int, source: Path | None) -> NoReturn:
+    """Raise one :class:`ConfigError` naming the first few of the ``n`` runs' invalid ones."""
+    shown = "\n".join(errors[:5])
+    more = f"\n... and {len(errors) - 5} more invalid runs" if len(errors) > 5 else ""
+    raise ConfigError(
+        f"{source or 'sweep'}: {len(errors)} of {n} runs are not valid; nothing was run\n"
+        f"{shown}{more}"
+    )
 
 
 def _digest(value: Any, n: int) -> str:
