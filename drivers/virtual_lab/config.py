@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 from physlearn.configbase import StrictModel
 from physlearn.drivers.station.roles import TapLaw, graph_counts
 from physlearn.drivers.virtual_lab.dialects.specs import StockSpec
+from physlearn.drivers.virtual_lab.memristor import MemristorSpec
 from physlearn.simulators.graphs.config import GraphConfig
 
 
@@ -135,6 +136,9 @@ class LabConfig(StrictModel):
     dmm: DMMSpec = Field(default_factory=DMMSpec)
     pots: PotSpec = Field(default_factory=PotSpec)
     switch: SwitchSpec | None = None
+    memristors: MemristorSpec | None = Field(
+        None, description="a memristor board (VLAB-MEM), pulse-programmed weight devices"
+    )
     stock: StockSpec | None = Field(
         None, description="instruments speaking real models' dialects (stock qcodes drivers)"
     )
@@ -152,6 +156,8 @@ class LabConfig(StrictModel):
             names.append(self.switch.name)
         if self.stock is not None:
             names += self.stock.names()
+        if self.memristors is not None:
+            names.append(self.memristors.name)
         return names
 
     def ports(self) -> tuple[list[int], list[int]]:

@@ -478,6 +478,12 @@ class VirtualLab:
         ]
         if c.switch is not None:
             insts.append(SwitchMatrix(c.switch.name, self.bench, c.switch.serial))
+        if c.memristors is not None:  # imported here: the board's module imports this one
+            from physlearn.drivers.virtual_lab.memristor_board import MemristorBoard
+
+            mem = c.memristors
+            n_mem = mem.channels or c.n_edges()
+            insts.append(MemristorBoard(mem.name, self.bench, mem, n_mem, c.seed))
         if c.stock is not None:  # imported here: the dialects import this module
             from physlearn.drivers.virtual_lab.dialects import stock_instruments
 
