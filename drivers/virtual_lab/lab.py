@@ -46,14 +46,13 @@ import numpy as np
 
 from physlearn.drivers.virtual_lab.bench import Bench
 from physlearn.drivers.virtual_lab.config import LabConfig
+from physlearn.drivers.virtual_lab.instrument import Handler, SimInstrument, need_query
 from physlearn.drivers.virtual_lab.scpi import (
-    ErrorQueue,
     ScpiError,
     boolean,
     channel_list,
     fmt,
     format_channels,
-    header_pattern,
     integer,
     number,
     suffix,
@@ -64,99 +63,6 @@ _log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------------------------
 # Instruments
-
-Handler = Callable[[re.Match[str], bool, str | None], str | None]
-
-
-class SimInstrument:
-    """An instrument on the bench: executes SCPI lines, keeps an error queue."""
-
-    model = "VLAB"
-
-    def __init__(self, name: str, bench: Bench, serial: str) -> None:
-        self.name = name
-        self.bench = bench
-        self.serial = serial
-        self.errors = ErrorQueue()
-        self._table: list[tuple[re.Pattern[str], Handler]] = [
-            (self._compile(spec), handler) for spec, handler in self.commands()
-        ]
-
-    @staticmethod
-    def _compile(spec: str) -> re.Pattern[str]:
-        return re.compile(rf":?{header_pattern(spec)}(\?)?(?:\s+(.*))?", re.IGNORECASE | re.DOTALL)
-
-    def commands(self) -> list[tuple[str, Handler]]:
-        return []
-
-    def idn(self) -> str:
-        return f"physlearn,{self.model},{self.serial},1.0"
-
-    def reset(self) -> None:
-        """``*RST``."""
-
-    def report(self, error: ScpiError) -> None:
-        """Queue ``error`` (a line the server refused before it reached :meth:`execute`)."""
-        with self.bench.lock:
-            self.errors.push(error)
-
-    def execute(self, line: str) -> str | None:
-        """Execute one received line; the reply (without terminator) or None."""
-        replies: list[str] = []
-        with self.bench.lock:
-            for cmd in line.split(";"):
-                cmd = cmd.strip()
-                if not cmd:
-                    continue
-                try:
-                    r = self._one(cmd)
-                except ScpiError as err:
-                    self.errors.push(err)
-                    continue
-                except Exception as exc:  # a bug of the simulation, not the client's mistake
-                    _log.exception("%s: %r failed", self.name, cmd[:80])
-                    self.errors.push(ScpiError(-300, f"internal error {type(exc).__name__}"))
-                    continue
-                if r is not None:
-                    replies.append(r)
-        return ";".join(replies) if replies else None
-
-    def _one(self, cmd: str) -> str | None:
-        up = cmd.upper()
-        if up == "*IDN?":
-            return self.idn()
-        if up == "*RST":
-            self.reset()
-            return None
-        if up == "*CLS":
-            self.errors.clear()
-            return None
-        if up == "*OPC?":
-            return "1"
-        if re.fullmatch(r":?SYST(EM)?:ERR(OR)?(:NEXT)?\?", up):
-            return self.errors.pop()
-        for pattern, handler in self._table:
-            m = pattern.fullmatch(cmd)
-            if m is not None:
-                groups = m.groups()
-                query = groups[-2] is not None
-                arg = groups[-1]
-                return handler(m, query, arg)
-        raise ScpiError(-113, repr(cmd.split()[0][:40]))
-
-    def take_delay(self) -> float:
-        """Seconds the server waits before answering the line just executed (timed dialects)."""
-        return 0.0
-
-    def stale_reply(self, line: str) -> str | None:
-        """For a 'stuck' fault: the reply this instrument would repeat instead of answering
-        ``line`` (None: the line is not a reading)."""
-        return None
-
-
-def _need_query(query: bool) -> None:
-    if not query:
-        raise ScpiError(-113, "this header is a query only")
 
 
 class SourceInstrument(SimInstrument):
@@ -194,7 +100,7 @@ class SourceInstrument(SimInstrument):
         b.changed()
 
     def _count(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         return str(len(self.bench.func))
 
     def _func(self, m: re.Match[str], query: bool, arg: str | None) -> str | None:
@@ -277,7 +183,7 @@ class SourceInstrument(SimInstrument):
         return None
 
     def _trips(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         b = self.bench
         b.voltages()  # solving may trip a channel
         mask = sum(1 << k for k in range(len(b.func)) if b.tripped[k])
@@ -321,7 +227,7 @@ class DMMInstrument(SimInstrument):
         return None
 
     def _read(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         if not self.scan_list:
             raise ScpiError(-221, "empty scan list (ROUT:SCAN first)")
         first, vals = self.bench.scan(self.scan_list)
@@ -330,7 +236,7 @@ class DMMInstrument(SimInstrument):
         return reply
 
     def _meas(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         chs = self._channels(arg)
         if len(chs) != 1:
             raise ScpiError(-221, "MEAS:VOLT? takes exactly one channel")
@@ -372,11 +278,11 @@ class PotBank(SimInstrument):
         return suffix(m.group(1), int(self.bench.taps.size), "device")
 
     def _count(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         return str(self.bench.taps.size)
 
     def _ntaps(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         return str(self.bench.config.pots.law.n_taps)
 
     def _tap(self, m: re.Match[str], query: bool, arg: str | None) -> str | None:
@@ -407,7 +313,7 @@ class PotBank(SimInstrument):
         return None
 
     def _meas(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         return fmt(self.bench.measure_device(self._ch(m)))
 
 
@@ -435,7 +341,7 @@ class SwitchMatrix(SimInstrument):
         return [r - 1 for r in channel_list(arg, 1, n, n)]
 
     def _count(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         return str(len(self.bench.relays))
 
     def _set(self, arg: str | None, closed: bool) -> None:

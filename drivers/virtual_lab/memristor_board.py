@@ -34,16 +34,11 @@ import re
 import numpy as np
 
 from physlearn.drivers.virtual_lab.bench import Bench
-from physlearn.drivers.virtual_lab.lab import Handler, SimInstrument
+from physlearn.drivers.virtual_lab.instrument import Handler, SimInstrument, need_query
 from physlearn.drivers.virtual_lab.memristor import RESET, SET, MemristorArray, MemristorSpec
 from physlearn.drivers.virtual_lab.scpi import ScpiError, channel_list, fmt, integer, number
 
 _COUNT_AND_LIST = re.compile(r"\s*([^,(]*?)\s*,\s*(\(@.*\))\s*", re.DOTALL)
-
-
-def _need_query(query: bool) -> None:
-    if not query:
-        raise ScpiError(-113, "this header is a query only")
 
 
 class MemristorBoard(SimInstrument):
@@ -84,7 +79,7 @@ class MemristorBoard(SimInstrument):
 
     # -- queries -----------------------------------------------------------------------------
     def _count(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         return str(self.array.n)
 
     def _devices(self, arg: str | None) -> np.ndarray:
@@ -92,19 +87,19 @@ class MemristorBoard(SimInstrument):
         return np.asarray(channel_list(arg, 1, n, n), dtype=np.int64) - 1
 
     def _read(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         g = self.array.read(self.bench.clock())
         if arg is not None and arg.strip():
             g = g[self._devices(arg)]
         return ",".join(fmt(v) for v in g)
 
     def _window(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         d = self.spec.device
         return f"{fmt(d.g_min)},{fmt(d.g_max)}"
 
     def _max(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         return str(self.spec.max_pulses)
 
     # -- pulses ------------------------------------------------------------------------------
@@ -156,7 +151,7 @@ class MemristorBoard(SimInstrument):
 
     # -- pulse settings ----------------------------------------------------------------------
     def _width_limits(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         return f"{fmt(self.spec.width_min)},{fmt(self.spec.width_max)}"
 
     def _width(self, m: re.Match[str], query: bool, arg: str | None) -> str | None:
@@ -170,7 +165,7 @@ class MemristorBoard(SimInstrument):
         return None
 
     def _volt_limit(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        _need_query(query)
+        need_query(query)
         return fmt(self.spec.max_voltage)
 
     def _amplitude(self, arg: str | None) -> float:

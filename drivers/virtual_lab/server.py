@@ -54,7 +54,8 @@ from typing import Any, Self
 import numpy as np
 
 from physlearn.drivers.virtual_lab.config import FaultSpec, LabConfig
-from physlearn.drivers.virtual_lab.lab import SimInstrument, VirtualLab
+from physlearn.drivers.virtual_lab.instrument import SimInstrument
+from physlearn.drivers.virtual_lab.lab import VirtualLab
 from physlearn.drivers.virtual_lab.scpi import ScpiError
 
 LOOPBACK = "127.0.0.1"

@@ -24,7 +24,7 @@ import re
 
 from physlearn.drivers.virtual_lab.bench import Bench
 from physlearn.drivers.virtual_lab.dialects.specs import TimingSpec
-from physlearn.drivers.virtual_lab.lab import SimInstrument
+from physlearn.drivers.virtual_lab.instrument import SimInstrument
 from physlearn.drivers.virtual_lab.scpi import MESSAGES, ErrorQueue, ScpiError, number
 
 #: standard messages of the codes used by the stock dialects beyond :data:`scpi.MESSAGES`

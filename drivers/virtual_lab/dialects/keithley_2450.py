@@ -43,7 +43,7 @@ from physlearn.drivers.virtual_lab.dialects.base import (
 )
 from physlearn.drivers.virtual_lab.dialects.keysight_n6705b import node_current
 from physlearn.drivers.virtual_lab.dialects.specs import K2450Spec, TimingSpec
-from physlearn.drivers.virtual_lab.lab import Handler
+from physlearn.drivers.virtual_lab.instrument import Handler
 from physlearn.drivers.virtual_lab.scpi import ScpiError, integer, number
 
 SOURCE_RANGES = {

@@ -44,7 +44,7 @@ from physlearn.drivers.virtual_lab.dialects.base import (
 )
 from physlearn.drivers.virtual_lab.dialects.keysight_34980a import Matrix34980A
 from physlearn.drivers.virtual_lab.dialects.specs import K34465ASpec, TimingSpec
-from physlearn.drivers.virtual_lab.lab import Handler
+from physlearn.drivers.virtual_lab.instrument import Handler
 from physlearn.drivers.virtual_lab.scpi import ScpiError, number
 
 NPLCS = (0.001, 0.002, 0.006, 0.02, 0.06, 0.2, 1.0, 10.0, 100.0)

@@ -23,7 +23,7 @@ import re
 from physlearn.drivers.virtual_lab.bench import Bench
 from physlearn.drivers.virtual_lab.dialects.base import StockInstrument, args, bit
 from physlearn.drivers.virtual_lab.dialects.specs import K34980ASpec, TimingSpec
-from physlearn.drivers.virtual_lab.lab import Handler
+from physlearn.drivers.virtual_lab.instrument import Handler
 from physlearn.drivers.virtual_lab.scpi import ScpiError, channel_list, integer
 
 ROWS, COLS = 8, 64

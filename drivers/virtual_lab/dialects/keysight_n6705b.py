@@ -21,7 +21,7 @@ import re
 from physlearn.drivers.virtual_lab.bench import Bench
 from physlearn.drivers.virtual_lab.dialects.base import StockInstrument, args, bit, on_off, sci
 from physlearn.drivers.virtual_lab.dialects.specs import N6705BSpec, TimingSpec
-from physlearn.drivers.virtual_lab.lab import Handler
+from physlearn.drivers.virtual_lab.instrument import Handler
 from physlearn.drivers.virtual_lab.scpi import ScpiError, channel_list, number
 
 
