@@ -91,7 +91,7 @@ def test_axis_values_never_make_an_unsafe_run_id(value: Any) -> None:
         return
     (rid,) = [r.run_id for r in sweep.runs]
     assert rid.startswith(("description-", "flush_every-"))
-    assert all(c.isascii() and (c.isalnum() or c in "._+=-") for c in rid), rid
+    assert all(c.isascii() and (c.isalnum() or c in "._-") for c in rid), rid
 
 
 def _two_seed_store(tmp_path: Path) -> tuple[Path, Path]:

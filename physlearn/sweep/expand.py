@@ -5,7 +5,7 @@ A run's id is a pure function of its axis values, e.g. ``skip__beta-0.0001__size
 (variant name, then ``<axis>-<value>`` per grid axis with the shortest unambiguous suffix of its
 path, ``rand<i>-<hash>`` per random sample, ``seed-<s>``). Values that do not print losslessly as
 a file-safe word (mappings, lists, long strings) appear as a short hash. A run id is one path
-component of letters, digits and ``. _ + = -``, not starting with ``.`` (a variant name must be
+component of letters, digits and ``. _ -``, not starting with ``.`` (a variant name must be
 one: ``..`` or ``a/b`` is refused when the file is validated). The config's ``name`` is set to
 the run id. The sweep store (default ``sweeps/<name>.zarr``, relative to the working
 directory like ``store.root``) is a Zarr group whose attributes hold the spec and the run

@@ -51,7 +51,7 @@ SAFE_WORD = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
 MAX_ID_LENGTH = 150
 #: A run id: one path component, never ``.``/``..`` nor hidden (inside a sweep store, hidden
 #: entries are the lock file and run stores still being created), from a portable character set.
-RUN_ID = re.compile(rf"^[A-Za-z0-9_+=-][A-Za-z0-9._+=-]{{0,{MAX_ID_LENGTH - 1}}}$")
+RUN_ID = re.compile(rf"^[A-Za-z0-9_-][A-Za-z0-9._-]{{0,{MAX_ID_LENGTH - 1}}}$")
 MAX_VARIANT_LENGTH = 64
 
 DottedPath = Annotated[
@@ -59,7 +59,7 @@ DottedPath = Annotated[
     StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*(\.([A-Za-z_][A-Za-z0-9_]*|[0-9]+))*$"),
 ]
 FileSafeName = Annotated[
-    str, StringConstraints(pattern=r"^[A-Za-z0-9_+=-][A-Za-z0-9._+=-]*$", max_length=64)
+    str, StringConstraints(pattern=r"^[A-Za-z0-9_-][A-Za-z0-9._-]*$", max_length=64)
 ]
 
 
@@ -166,7 +166,8 @@ class SweepSpec(StrictModel):
     variants: dict[str, Variant] = Field(
         default_factory=dict,
         description="named patches (an axis of the sweep); a name is 1-64 letters, digits and "
-        ". _ + = -, not starting with '.' (it begins the run ids, the runs' directory names)",
+        ". _ -, not starting with '.' (it begins the run ids, the runs' directory names, and "
+        "each run's name)",
     )
     grid: dict[DottedPath, list[Any]] = Field(
         default_factory=dict, description="config field (dotted path) -> list of values"
@@ -186,7 +187,7 @@ class SweepSpec(StrictModel):
             if len(vname) > MAX_VARIANT_LENGTH or not RUN_ID.match(vname):
                 raise ValueError(
                     f"{vname!r} is not a valid variant name: it names the runs' directories, so "
-                    f"use 1-{MAX_VARIANT_LENGTH} letters, digits and . _ + = - (not starting "
+                    f"use 1-{MAX_VARIANT_LENGTH} letters, digits and . _ - (not starting "
                     "with '.')"
                 )
         return variants
