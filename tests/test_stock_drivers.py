@@ -55,6 +55,9 @@ def _inputs(b: dict[str, Any], volts: list[float]) -> None:
     for ch, v in zip(chans, volts, strict=True):
         ch.source_voltage(v)
         ch.enable("on")
+    # writes are not acknowledged: one query per supply returns after its writes were executed
+    for name in ("psu1", "psu2", "psu3"):
+        b[name].ask("*OPC?")
 
 
 def _read_node(b: dict[str, Any], node: int) -> float:
@@ -66,6 +69,7 @@ def _read_node(b: dict[str, Any], node: int) -> float:
         card.disconnect(1, node + 1)
 
 
+@pytest.mark.slow
 def test_idn_of_every_driver(bench: dict[str, Any]) -> None:
     assert bench["psu1"].IDN()["model"] == "N6705B"
     assert bench["psu1"].IDN()["vendor"] == "Agilent Technologies"
@@ -238,9 +242,11 @@ def test_2450_current_injection_moves_nodes(bench: dict[str, Any]) -> None:
     k.source.limit(10.0)
     k.source.current(0.0)
     k.output_enabled(True)
+    k.ask("*OPC?")  # the writes above executed before other instruments read the nodes
     try:
         before = [_read_node(bench, n) for n in (12, 26)]
         k.source.current(2e-5)
+        k.ask("*OPC?")
         after = [_read_node(bench, n) for n in (12, 26)]
         want0, want1 = _independent(server, 26, 0.0), _independent(server, 26, 2e-5)
         assert before == pytest.approx([want0[12], want0[26]], abs=3e-5)
