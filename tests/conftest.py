@@ -10,6 +10,13 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import settings
+
+# CI draws the same examples on every run (a red CI names a reproducible example); a developer's
+# run keeps exploring new ones, and failures it finds are kept in .hypothesis/ and fixed.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "configs"

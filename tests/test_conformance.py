@@ -166,6 +166,15 @@ def station_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callab
         Instrument.close_all()
 
 
+def test_every_registered_system_kind_runs_the_kit() -> None:
+    """The kit covers every system the registry offers (physlearn's own register by entry
+    point like a third party's): a kind added without a small config here fails."""
+    from physlearn.registry import kinds
+
+    covered = {section["kind"] for section, _ in SYSTEMS.values()} | {"station"}
+    assert set(kinds()) <= covered, f"no conformance config for {sorted(set(kinds()) - covered)}"
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("check", list(CHECKS))
 def test_station_conforms(station_factory: Callable[[], PhysicalSystem], check: str) -> None:

@@ -147,6 +147,7 @@ def test_datasets_are_deterministic_and_disjoint():
     assert x.y_train.tolist() == [0, 1, 1, 0]
 
 
+@pytest.mark.slow
 def test_iris_and_digits_are_scikit_learns_tables():
     # physlearn reads the CSV files scikit-learn ships (no sklearn.datasets import per process)
     from sklearn.datasets import load_digits, load_iris

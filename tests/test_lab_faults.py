@@ -89,6 +89,7 @@ def _assert_safe(lab: Any) -> None:
     assert not s["closed"].any(), "a relay is still closed"
 
 
+@pytest.mark.slow
 def test_retried_faults_leave_no_trace_in_the_data(tmp_path, reference):
     faults = {"timeout": 0.004, "drop": 0.004, "garble": 0.02, "stuck": 0.05, "seed": 3}
     with running_lab(BENCH, **QUIET, faults=faults) as lab:
@@ -103,6 +104,7 @@ def test_retried_faults_leave_no_trace_in_the_data(tmp_path, reference):
     _assert_same(reference, tmp_path / "faulty.zarr")
 
 
+@pytest.mark.slow
 def test_fault_aborts_to_the_safe_state_then_the_run_resumes(tmp_path, reference):
     # seed 1: the 118th reply of the DMM is garbled -- during step 3 (3 set-up replies, 45
     # scans of the first evaluation, 24 scans per step)
@@ -128,6 +130,7 @@ def test_fault_aborts_to_the_safe_state_then_the_run_resumes(tmp_path, reference
     _assert_same(reference, out)
 
 
+@pytest.mark.slow
 def test_interrupt_in_the_loop_ramps_to_safe_and_resumes(tmp_path, reference):
     with running_lab(BENCH, **QUIET) as lab:
         raw = experiment(tmp_path, write_station(lab, tmp_path / "station.yaml"))
@@ -158,6 +161,7 @@ def test_compliance_trip_is_not_retried_and_ends_safe(tmp_path):
     assert RunStore.open(tmp_path / "trip.zarr").status() == "fail"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("instrument", ["src", "dmm"])
 def test_a_ctrl_c_between_a_query_and_its_reply_ends_safe_with_ramps(
     tmp_path, reference, monkeypatch, instrument

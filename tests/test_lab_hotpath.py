@@ -1128,6 +1128,7 @@ def test_a_batch_result_is_what_its_scans_say_assembled_early_or_not(tmp_path, m
         np.testing.assert_array_equal(early.energy, plain.energy)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("settle", [0.0, 1e-4])
 def test_the_nudged_phases_in_one_sweep_measure_what_one_call_each_measures(
     tmp_path, monkeypatch, settle

@@ -206,6 +206,7 @@ def malformed_channel_lists(draw: st.DrawFn) -> str:
     return "(@" + body + ")"
 
 
+@pytest.mark.slow
 def test_fuzzed_bad_channel_lists_queue_exactly_one_error_each():
     with serving() as server, client(server, "swm") as swm:
         idn = swm.query("*IDN?")
@@ -230,6 +231,7 @@ _LINE = st.text(
 )
 
 
+@pytest.mark.slow
 def test_fuzzed_command_lines_never_drop_the_connection():
     with serving() as server:
         clients = {name: Client(server, name) for name in server.ports}
@@ -310,6 +312,7 @@ def test_connections_beyond_the_limit_are_refused_promptly_and_logged(caplog):
                 c.close()
 
 
+@pytest.mark.slow
 def test_an_idle_connection_is_closed_after_the_timeout_and_logged(caplog):
     caplog.set_level(logging.INFO, logger=LOGGER)
     with serving(idle_timeout=0.3) as server:
@@ -348,6 +351,7 @@ def test_bounds_must_be_positive_and_finite(bounds):
 # -- the command line -----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_lab_serve_documents_and_enforces_its_bounds(tmp_path):
     help_text = subprocess.run(
         [sys.executable, "-m", "physlearn.cli", "lab", "serve", "--help"],

@@ -45,6 +45,7 @@ def _lab_threads() -> list[threading.Thread]:
     return [t for t in threading.enumerate() if t.name == "physlearn-virtual-lab"]
 
 
+@pytest.mark.slow
 def test_training_through_the_virtual_lab_over_tcp(tmp_path):
     xr = pytest.importorskip("xarray")
     with running_lab(BENCH, record=True) as lab:
@@ -73,6 +74,7 @@ def test_training_through_the_virtual_lab_over_tcp(tmp_path):
     assert not _lab_threads()
 
 
+@pytest.mark.slow
 def test_noise_free_lab_reproduces_the_simulator(tmp_path):
     """Same network, same initial taps, ideal instruments: the virtual lab's measurements give
     the simulator's outputs, gradients and trajectory (only leakage of 1e-12 S differs)."""
@@ -188,6 +190,7 @@ def test_every_nudge_the_bench_realises_matches_the_simulator(tmp_path):
     assert not state["output"].any() and not state["closed"].any()
 
 
+@pytest.mark.slow
 def test_equilibrium_waits_until_the_scans_are_stable(tmp_path):
     """A slow network (tau = 30 ms, long against a round trip even on a loaded machine):
     without waiting the first scan is caught mid-transient; with a tolerance the system scans

@@ -70,6 +70,7 @@ print(json.dumps({"faults": faults(nbytes, 5), "pages": 2 * 5 * nbytes // 4096})
 """
 
 
+@pytest.mark.slow
 @linux
 @pytest.mark.parametrize("retain", [False, True])
 def test_a_run_changes_the_allocator_only_when_asked(
@@ -92,6 +93,7 @@ def test_a_run_changes_the_allocator_only_when_asked(
     assert reused == retain, seen
 
 
+@pytest.mark.slow
 def test_cli_takes_the_allocator_flag_on_run_resume_and_sweep(
     quick_raw: dict[str, Any], write_config: Any, tmp_path: Path
 ) -> None:

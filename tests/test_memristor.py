@@ -108,6 +108,7 @@ def test_noise_free_pulses_walk_the_neurosim_exponential_curves(nu: float) -> No
     np.testing.assert_allclose(down, (m.g_min + m.g_max) - curve, rtol=1e-9)
 
 
+@pytest.mark.slow
 @FAST
 @given(seed=st.integers(0, 2**31), sigma=st.floats(0.02, 0.3), ratio=st.floats(6, 50),
        step=st.floats(0.02, 0.5))  # fmt: skip
@@ -215,6 +216,7 @@ def _wv_model(pulses: int, nu: float, c2c: float, d2d_step: float, stuck: float)
                           stuck=stuck)  # fmt: skip
 
 
+@pytest.mark.slow
 @FAST
 @given(seed=st.integers(0, 2**31), pulses=st.integers(300, 1000), nu=st.floats(0, 2),
        c2c=st.floats(0, 0.2), d2d_step=st.floats(0, 0.1), stuck=st.floats(0, 0.1),

@@ -192,6 +192,7 @@ def _experiment(tmp_path: Path, system: str, dataset: dict[str, Any]) -> str:
 # Through an installed third-party distribution
 
 
+@pytest.mark.slow
 def test_a_third_party_dataset_is_validated_trained_described_and_resumed(
     plug_site: Path, tmp_path: Path
 ) -> None:
@@ -216,6 +217,7 @@ def test_a_third_party_dataset_is_validated_trained_described_and_resumed(
     assert "task.dataset.spread: Input should be greater than 0" in line
 
 
+@pytest.mark.slow
 def test_plugin_commands_are_listed_and_run_and_a_broken_one_spoils_only_itself(
     plug_site: Path, tmp_path: Path
 ) -> None:

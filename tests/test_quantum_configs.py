@@ -50,6 +50,7 @@ def _shrink(raw: dict[str, Any], tmp_path: Path) -> dict[str, Any]:
     return raw
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", QUANTUM)
 def test_quantum_configs_run_a_few_steps(name: str, tmp_path: Path) -> None:
     raw = _shrink(yaml.safe_load((CONFIGS / name).read_text()), tmp_path)
@@ -83,6 +84,7 @@ def test_cluster_ising_labels_follow_the_known_phases() -> None:
     assert data.x_train.shape == (20, 2) and set(np.unique(data.y_train)) <= {0, 1}
 
 
+@pytest.mark.slow
 def test_a_degenerate_ground_state_fails_the_run_cleanly(tmp_path: Path) -> None:
     """Deep in the ferromagnet (weak field, strong Ising coupling) the two ordered states split by
     ~4e-9, below gap_tol, so EP's free phase is ill-defined. The run fails with the solver's

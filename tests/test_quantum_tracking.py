@@ -197,6 +197,7 @@ def _exploration(tmp_path: Path, steps: int = 20) -> dict[str, Any]:
     return raw
 
 
+@pytest.mark.slow
 def test_quantum_run_resumed_from_a_checkpoint_is_bit_identical(tmp_path, monkeypatch) -> None:
     cfg = parse_config(_exploration(tmp_path))
     ref = tmp_path / "ref.zarr"
@@ -241,6 +242,7 @@ def _interrupt(done: int, at: int) -> None:
         raise KeyboardInterrupt
 
 
+@pytest.mark.slow
 def test_a_run_created_without_carried_state_resumes_as_it_began(tmp_path, monkeypatch) -> None:
     cfg = parse_config(_exploration(tmp_path, steps=8))
     with monkeypatch.context() as m:  # the store of an older version: no carry slots

@@ -246,6 +246,7 @@ def _toy_config(tmp_path: Path) -> dict[str, Any]:
     }
 
 
+@pytest.mark.slow
 def test_an_installed_third_party_system_is_listed_trained_and_resumed(
     toy_site: Path, tmp_path: Path
 ) -> None:
@@ -323,6 +324,7 @@ def test_a_broken_entry_point_is_one_line_naming_it(
     assert problem in line
 
 
+@pytest.mark.slow
 def test_a_broken_plugin_spoils_only_its_own_kinds(broken_site: Path, tmp_path: Path) -> None:
     ok = _cli([broken_site], "validate", str(CONFIGS / "quickstart.yaml"), cwd=tmp_path)
     assert ok.returncode == 0, ok.stderr
@@ -337,6 +339,7 @@ def test_a_broken_plugin_spoils_only_its_own_kinds(broken_site: Path, tmp_path: 
     assert schema.returncode == 2 and "entry point misnamed = " in _one_line(schema)
 
 
+@pytest.mark.slow
 def test_a_kind_registered_twice_names_both_distributions(
     toy_site: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> None:

@@ -107,6 +107,7 @@ def test_run_stores_its_graph_layout(run_path: Path) -> None:
     assert layout["node_roles"].count("output") == 3
 
 
+@pytest.mark.slow
 def test_run_report(run_path: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "rep"
     assert main(["report", str(run_path), "--out", str(out)]) == 0
@@ -127,6 +128,7 @@ def test_report_of_something_else_is_a_user_error(
     assert not (tmp_path / "nothing.zarr.report").exists()
 
 
+@pytest.mark.slow
 def test_sweep_report(tmp_path: Path) -> None:
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(tiny_raw(6)))
     spec = {

@@ -32,6 +32,7 @@ def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return store
 
 
+@pytest.mark.slow
 def test_a_report_with_mathtext_in_axis_values_is_written(
     sweep_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -42,6 +43,7 @@ def test_a_report_with_mathtext_in_axis_values_is_written(
     assert "$x^2$" in page and "a$b \\$ {c}_d" in page  # HTML-escaped, not altered
 
 
+@pytest.mark.slow
 def test_axis_values_are_drawn_as_typed(sweep_store: Path) -> None:
     from matplotlib.text import Text
 

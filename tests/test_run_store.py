@@ -108,6 +108,7 @@ def _wait_committed(out: Path, at_least: int, proc: subprocess.Popen[str], timeo
     raise AssertionError("run did not commit in time")
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_steps_then_resume_is_exact(quick_raw, write_config, tmp_path):
     quick_raw["schedule"]["steps"] = 60
     quick_raw["store"]["flush_every"] = 1
@@ -143,6 +144,7 @@ def test_sigkill_at_random_steps_then_resume_is_exact(quick_raw, write_config, t
     _assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_ctrl_c_once_stops_at_step_boundary_and_resumes(quick_raw, write_config, tmp_path):
     quick_raw["schedule"]["steps"] = 200
     cfg_path = write_config(quick_raw)
@@ -165,6 +167,7 @@ def test_ctrl_c_once_stops_at_step_boundary_and_resumes(quick_raw, write_config,
     _assert_same_run(ref, out)
 
 
+@pytest.mark.slow
 def test_ctrl_c_twice_leaves_a_resumable_store(quick_raw, write_config, tmp_path):
     quick_raw["schedule"]["steps"] = 200
     cfg_path = write_config(quick_raw)
@@ -181,6 +184,7 @@ def test_ctrl_c_twice_leaves_a_resumable_store(quick_raw, write_config, tmp_path
     assert res.status == "success" and res.committed_steps == 200
 
 
+@pytest.mark.slow
 def test_run_stopped_between_last_step_and_its_evaluation_resumes_exactly(
     quick_raw, tmp_path, monkeypatch
 ):

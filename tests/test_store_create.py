@@ -44,6 +44,7 @@ def _kill_while_creating(final: Path, rng: np.random.Generator) -> None:
     assert proc.returncode == -9, "the creation finished before the kill: make it longer"
 
 
+@pytest.mark.slow
 def test_sigkill_during_creation_leaves_nothing_under_the_name(
     quick_raw: dict[str, Any],
     write_config: Any,

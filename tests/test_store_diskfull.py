@@ -51,6 +51,7 @@ def _fill(disk: Path, leave: int) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_disk_full_ends_in_one_line_and_resumes_exactly(
     quick_raw: dict[str, Any], write_config: Any, tmp_path: Path, tiny_disk: Path
 ) -> None:

@@ -130,6 +130,7 @@ def scratch(stores: dict[str, Path]) -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
+@pytest.mark.slow
 def test_clean_store_verifies_and_names_what_it_checked(stores: dict[str, Path]) -> None:
     code, out, err = cli("inspect", str(stores["stopped"]), "--verify")
     assert code == 0, err

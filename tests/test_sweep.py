@@ -184,6 +184,7 @@ def test_imports_stay_lazy() -> None:
 # Execution
 
 
+@pytest.mark.slow
 def test_sweep_on_a_local_cluster_of_processes(tmp_path: Path, scheduler: str) -> None:
     path = write_sweep(
         tmp_path, {"name": "four", "grid": {"system.graph.sizes.1": [4, 8]}, "seeds": 2}
@@ -219,6 +220,7 @@ def test_sweep_on_a_local_cluster_of_processes(tmp_path: Path, scheduler: str) -
     assert main(["inspect", str(out / "sizes.1-8__seed-1"), "--json"]) == 0
 
 
+@pytest.mark.slow
 def test_a_local_cluster_starts_while_planning_and_runs_go_longest_first(tmp_path: Path) -> None:
     path = write_sweep(tmp_path, {"name": "order", "grid": {"schedule.steps": [2, 4, 6]}})
     out = tmp_path / "order.zarr"
@@ -256,6 +258,7 @@ def test_physlearns_local_cluster_turns_dask_bookkeeping_down() -> None:
         cluster.close()
 
 
+@pytest.mark.slow
 def test_a_failing_run_is_recorded_and_the_others_complete(
     tmp_path: Path, scheduler: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -331,6 +334,7 @@ def _statuses(out: Path) -> dict[str, str]:
     return found
 
 
+@pytest.mark.slow
 def test_an_interrupted_sweep_is_finished_by_running_it_again(
     tmp_path: Path, scheduler: str
 ) -> None:

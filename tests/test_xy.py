@@ -663,6 +663,7 @@ def test_shipped_xy_configs_validate() -> None:
         assert isinstance(cfg.system, XYConfig), path
 
 
+@pytest.mark.slow
 def test_xor_on_a_3x3_lattice_end_to_end(tmp_path: Path) -> None:
     from physlearn.run.start import start_run
 
