@@ -25,7 +25,10 @@ from physlearn.dryrun import Check
 
 if TYPE_CHECKING:
     from physlearn.config import ExperimentConfig
+    from physlearn.drivers.station.phases import _Source
     from physlearn.drivers.station.system import StationSystem
+    from physlearn.estimators.ep import EquilibriumPropagation
+    from physlearn.losses import Loss
 
 
 def _check(ok: bool, what: str, detail: str = "") -> Check:
@@ -33,13 +36,12 @@ def _check(ok: bool, what: str, detail: str = "") -> Check:
 
 
 def station_checks(system: StationSystem, experiment: ExperimentConfig | None) -> list[Check]:
-    """Every dry-run check of a station system (see the module docstring)."""
-    import yaml
-    from qcodes.station import Station
+    """Every dry-run check of a station system (see the module docstring).
 
-    from physlearn.drivers.station.safety import hardware_range
-
-    cfg = system.config
+    The sections run in order; a failure that makes the later ones meaningless (lab not
+    started, an instrument not connected, a role not resolved, the state not readable) ends
+    the list there.
+    """
     out: list[Check] = []
     try:
         system._start_lab()
@@ -48,6 +50,42 @@ def station_checks(system: StationSystem, experiment: ExperimentConfig | None) -
     if system.lab is not None:
         out.append(_check(True, "virtual lab", f"serving {system.lab.addresses}"))
 
+    out.extend(_connect_checks(system))
+    if not all(c.ok for c in out):
+        return out
+    out.extend(_identity_checks(system))
+
+    try:
+        system._bind()
+    except KeyError as exc:
+        out.append(_check(False, "roles", str(exc.args[0])))
+        return out
+    out.append(_check(True, "roles", "every channel and parameter of the config resolves"))
+
+    for src in system._sources.values():
+        out.extend(_envelope_checks(src))
+
+    try:
+        system._install_envelope()
+        system._resync()
+    except Exception as exc:  # noqa: BLE001
+        out.append(_check(False, "present state", f"cannot read: {exc}"))
+        return out
+    for src in system._sources.values():
+        out.extend(_present_state_checks(src))
+
+    out.append(_bank_check(system))
+    if experiment is not None:
+        out.extend(experiment_checks(system, experiment))
+    return out
+
+
+def _connect_checks(system: StationSystem) -> list[Check]:
+    """Load every needed instrument of the station YAML into a fresh qcodes station."""
+    import yaml
+    from qcodes.station import Station
+
+    out: list[Check] = []
     station = Station(default=False, update_snapshot=False)
     station.load_config(yaml.safe_dump(system._station_yaml()))
     system._station = station
@@ -59,131 +97,125 @@ def station_checks(system: StationSystem, experiment: ExperimentConfig | None) -
             continue
         system._instruments[name] = inst
         out.append(_check(True, f"{name}: connect", str(getattr(inst, "address", ""))))
-    if not all(c.ok for c in out):
-        return out
+    return out
 
+
+def _identity_checks(system: StationSystem) -> list[Check]:
+    """Compare every connected instrument's ``*IDN?`` with its ``identity`` pattern."""
+    import re
+
+    out: list[Check] = []
     for name, inst in system._instruments.items():
         try:
             idn = inst.ask("*IDN?").strip()
         except Exception as exc:  # noqa: BLE001
             out.append(_check(False, f"{name}: identity", f"*IDN? failed: {exc}"))
             continue
-        pattern = cfg.identity.get(name)
+        pattern = system.config.identity.get(name)
         if pattern is None:
             out.append(_check(True, f"{name}: identity", f"{idn!r} (no identity pattern set)"))
         else:
-            import re
-
             ok = re.search(pattern, idn) is not None
             verdict = "matches" if ok else "does NOT match"
             out.append(_check(ok, f"{name}: identity", f"{idn!r} {verdict} {pattern!r}"))
+    return out
 
-    try:
-        system._bind()
-    except KeyError as exc:
-        out.append(_check(False, "roles", str(exc.args[0])))
-        return out
-    out.append(_check(True, "roles", "every channel and parameter of the config resolves"))
 
-    for src in system._sources.values():
-        lim = src.env.limits
-        bad = []
-        for p in src.levels:
-            lo, hi = hardware_range(p)
-            if lim.min < lo or lim.max > hi:
-                bad.append(f"{p.full_name} [{lo:g}, {hi:g}]")
+def _envelope_checks(src: _Source) -> list[Check]:
+    """The source's envelope against its drivers' hardware ranges, and its compliance value."""
+    from physlearn.drivers.station.safety import hardware_range
+
+    out: list[Check] = []
+    lim = src.env.limits
+    bad = []
+    for p in src.levels:
+        lo, hi = hardware_range(p)
+        if lim.min < lo or lim.max > hi:
+            bad.append(f"{p.full_name} [{lo:g}, {hi:g}]")
+    out.append(
+        _check(
+            not bad,
+            f"{src.name}: envelope within hardware",
+            f"[{lim.min:g}, {lim.max:g}] {src.env.unit}, step {lim.step}, "
+            f"rate <= {lim.rate():g} {src.env.unit}/s"
+            + (f"; beyond the range of {', '.join(bad[:3])}" if bad else ""),
+        )
+    )
+    if src.compliance is not None and src.cfg.compliance is not None:
+        value = src.cfg.compliance.value
+        errs = []
+        for p in src.compliance:
+            try:
+                p.validate(value)
+            except (ValueError, TypeError) as exc:
+                errs.append(f"{p.full_name}: {exc.args[0]}")
         out.append(
             _check(
-                not bad,
-                f"{src.name}: envelope within hardware",
-                f"[{lim.min:g}, {lim.max:g}] {src.env.unit}, step {lim.step}, "
-                f"rate <= {lim.rate():g} {src.env.unit}/s"
-                + (f"; beyond the range of {', '.join(bad[:3])}" if bad else ""),
+                not errs,
+                f"{src.name}: compliance",
+                f"{src.cfg.compliance.parameter} = {value:g}" + (f"; {errs[0]}" if errs else ""),
             )
         )
-        if src.compliance is not None and src.cfg.compliance is not None:
-            value = src.cfg.compliance.value
-            errs = []
-            for p in src.compliance:
-                try:
-                    p.validate(value)
-                except (ValueError, TypeError) as exc:
-                    errs.append(f"{p.full_name}: {exc.args[0]}")
+    return out
+
+
+def _present_state_checks(src: _Source) -> list[Check]:
+    """The source's cached levels against its envelope (a live output outside fails), and trips."""
+    out: list[Check] = []
+    lim = src.env.limits
+    live, stray = [], []
+    for k, p in enumerate(src.levels):
+        v = p.cache.get(get_if_invalid=False)
+        on = True if src.outputs is None else bool(src.outputs[k].cache.get(get_if_invalid=False))
+        inside = v is not None and lim.min <= float(v) <= lim.max
+        if not inside and on:
+            live.append(f"{p.full_name} = {v}")
+        elif not inside:
+            stray.append(f"{p.full_name} = {v}")
+    detail = "every level inside the envelope"
+    if live:
+        detail = f"output ON outside the envelope: {', '.join(live[:4])}; bring inside by hand"
+    elif stray:
+        detail = f"outputs off; {', '.join(stray[:3])} will be reset to the safe level at open"
+    out.append(_check(not live, f"{src.name}: present state", detail))
+    if src.trip is not None:
+        try:
+            mask = int(src.trip.get())
+        except Exception as exc:  # noqa: BLE001
+            out.append(_check(False, f"{src.name}: trip status", str(exc)))
+        else:
             out.append(
                 _check(
-                    not errs,
-                    f"{src.name}: compliance",
-                    f"{src.cfg.compliance.parameter} = {value:g}"
-                    + (f"; {errs[0]}" if errs else ""),
+                    mask == 0,
+                    f"{src.name}: trip status",
+                    "no channel tripped" if mask == 0 else f"tripped channels (mask {mask})",
                 )
             )
+    return out
 
-    try:
-        system._install_envelope()
-        system._resync()
-    except Exception as exc:  # noqa: BLE001
-        out.append(_check(False, "present state", f"cannot read: {exc}"))
-        return out
-    for src in system._sources.values():
-        lim = src.env.limits
-        live, stray = [], []
-        for k, p in enumerate(src.levels):
-            v = p.cache.get(get_if_invalid=False)
-            on = (
-                True
-                if src.outputs is None
-                else bool(src.outputs[k].cache.get(get_if_invalid=False))
-            )
-            inside = v is not None and lim.min <= float(v) <= lim.max
-            if not inside and on:
-                live.append(f"{p.full_name} = {v}")
-            elif not inside:
-                stray.append(f"{p.full_name} = {v}")
-        detail = "every level inside the envelope"
-        if live:
-            detail = f"output ON outside the envelope: {', '.join(live[:4])}; bring inside by hand"
-        elif stray:
-            detail = f"outputs off; {', '.join(stray[:3])} will be reset to the safe level at open"
-        out.append(_check(not live, f"{src.name}: present state", detail))
-        if src.trip is not None:
-            try:
-                mask = int(src.trip.get())
-            except Exception as exc:  # noqa: BLE001
-                out.append(_check(False, f"{src.name}: trip status", str(exc)))
-            else:
-                out.append(
-                    _check(
-                        mask == 0,
-                        f"{src.name}: trip status",
-                        "no channel tripped" if mask == 0 else f"tripped channels (mask {mask})",
-                    )
-                )
 
+def _bank_check(system: StationSystem) -> Check:
+    """The potentiometer bank: one device per edge, taps matching the law and the tap limits."""
+    cfg = system.config
     bank = system._taps.root_instrument
     try:
         taps = np.asarray(system._taps.get())
     except Exception as exc:  # noqa: BLE001
-        out.append(_check(False, "weights: bank", f"cannot read taps: {exc}"))
-    else:
-        n_taps = getattr(bank, "n_taps", None)
-        hi = cfg.weights.tap_limits[1]
-        ok = taps.size == system.edges.shape[0] and (n_taps is None or hi <= n_taps - 1)
-        law_taps = cfg.weights.law.n_taps
-        if n_taps is not None and n_taps != law_taps:
-            ok = False
-        out.append(
-            _check(
-                ok,
-                "weights: bank",
-                f"{taps.size} devices for {system.edges.shape[0]} edges, {n_taps} taps "
-                f"(law: {law_taps}), tap limits {list(cfg.weights.tap_limits)}, "
-                f"conductance [{system._group.lower:g}, {system._group.upper:g}] S "
-                f"({system.tapmap.source})",
-            )
-        )
-    if experiment is not None:
-        out.extend(experiment_checks(system, experiment))
-    return out
+        return _check(False, "weights: bank", f"cannot read taps: {exc}")
+    n_taps = getattr(bank, "n_taps", None)
+    hi = cfg.weights.tap_limits[1]
+    ok = taps.size == system.edges.shape[0] and (n_taps is None or hi <= n_taps - 1)
+    law_taps = cfg.weights.law.n_taps
+    if n_taps is not None and n_taps != law_taps:
+        ok = False
+    return _check(
+        ok,
+        "weights: bank",
+        f"{taps.size} devices for {system.edges.shape[0]} edges, {n_taps} taps "
+        f"(law: {law_taps}), tap limits {list(cfg.weights.tap_limits)}, "
+        f"conductance [{system._group.lower:g}, {system._group.upper:g}] S "
+        f"({system.tapmap.source})",
+    )
 
 
 def _input_range(experiment: ExperimentConfig, n_out: int) -> tuple[np.ndarray, np.ndarray]:
@@ -218,51 +250,7 @@ def experiment_checks(system: StationSystem, experiment: ExperimentConfig) -> li
     except Exception as exc:  # noqa: BLE001
         return [*out, _check(False, "estimator", str(exc))]
     if isinstance(est, EquilibriumPropagation):
-        try:
-            kind = est.nudge_kind(system, loss)
-        except ValueError as exc:
-            return [*out, _check(False, "nudge", str(exc))]
-        betas = [b for b, _ in est.pairs if b != 0]
-        if any(b.imag != 0 for b in betas):
-            return [*out, _check(False, "nudge", "complex (holomorphic) nudges need a simulator")]
-        bmax = max(abs(b.real) for b in betas)
-        if kind == "error":
-            if loss.name == "cross_entropy":
-                eps = 1.0 / experiment.task.temperature
-            elif loss.name == "mse":
-                eps = max(abs(v_hi - t_lo), abs(t_hi - v_lo))
-            else:
-                eps = math.nan
-            lim = system.envelopes["nudge.error"].limits
-            if math.isnan(eps):
-                out.append(_check(True, "nudge.error: worst case", f"cannot bound {loss.name}"))
-            else:
-                imax = bmax * eps
-                ok = -imax >= lim.min and imax <= lim.max
-                out.append(
-                    _check(
-                        ok,
-                        "nudge.error: worst case",
-                        f"|I| <= beta * max|dL/dV| = {bmax:g} * {eps:g} = {imax:.4g} A within "
-                        f"[{lim.min:g}, {lim.max:g}] A"
-                        if ok
-                        else f"|I| may reach {imax:.4g} A, outside [{lim.min:g}, {lim.max:g}] A: "
-                        "lower beta or widen the envelope",
-                    )
-                )
-        elif kind == "target":
-            assert system.config.nudge.target is not None
-            hw = system.config.nudge.target.conductance
-            wrong = [b.real for b in betas if not math.isclose(b.real, hw, rel_tol=1e-9)]
-            out.append(
-                _check(
-                    not wrong,
-                    "nudge.target: beta",
-                    f"hardware nudge conductance {hw:g} S"
-                    + (f"; the estimator asks for beta {wrong}" if wrong else ""),
-                )
-            )
-            out.append(_range_check(system, "nudge.target", t_lo, t_hi))
+        out.extend(_ep_nudge_checks(system, experiment, est, loss, (v_lo, v_hi), (t_lo, t_hi)))
     elif type(est).__name__ == "CoupledLearning":
         if "clamp" not in system.supported_nudges:
             out.append(_check(False, "nudge", "coupled learning needs nudge.clamp"))
@@ -271,6 +259,69 @@ def experiment_checks(system: StationSystem, experiment: ExperimentConfig) -> li
     elif type(est).__name__ == "ThermalCovariance":
         out.append(_check(False, "estimator", "thermal EP needs thermal samples (a simulator)"))
     return out
+
+
+def _ep_nudge_checks(
+    system: StationSystem,
+    experiment: ExperimentConfig,
+    est: EquilibriumPropagation,
+    loss: Loss,
+    v: tuple[float, float],
+    t: tuple[float, float],
+) -> list[Check]:
+    """The nudges of equilibrium propagation: the worst-case error current or the target nudge.
+
+    ``v`` and ``t`` are the (low, high) spans of the free-state voltages and the targets.
+    """
+    (v_lo, v_hi), (t_lo, t_hi) = v, t
+    try:
+        kind = est.nudge_kind(system, loss)
+    except ValueError as exc:
+        return [_check(False, "nudge", str(exc))]
+    betas = [b for b, _ in est.pairs if b != 0]
+    if any(b.imag != 0 for b in betas):
+        return [_check(False, "nudge", "complex (holomorphic) nudges need a simulator")]
+    bmax = max(abs(b.real) for b in betas)
+    if kind == "error":
+        if loss.name == "cross_entropy":
+            eps = 1.0 / experiment.task.temperature
+        elif loss.name == "mse":
+            eps = max(abs(v_hi - t_lo), abs(t_hi - v_lo))
+        else:
+            eps = math.nan
+        return [_error_nudge_check(system, loss.name, bmax, eps)]
+    if kind == "target":
+        assert system.config.nudge.target is not None
+        hw = system.config.nudge.target.conductance
+        wrong = [b.real for b in betas if not math.isclose(b.real, hw, rel_tol=1e-9)]
+        return [
+            _check(
+                not wrong,
+                "nudge.target: beta",
+                f"hardware nudge conductance {hw:g} S"
+                + (f"; the estimator asks for beta {wrong}" if wrong else ""),
+            ),
+            _range_check(system, "nudge.target", t_lo, t_hi),
+        ]
+    return []
+
+
+def _error_nudge_check(system: StationSystem, loss_name: str, bmax: float, eps: float) -> Check:
+    """The worst-case error-nudge current ``bmax * eps`` against the ``nudge.error`` envelope."""
+    lim = system.envelopes["nudge.error"].limits
+    if math.isnan(eps):
+        return _check(True, "nudge.error: worst case", f"cannot bound {loss_name}")
+    imax = bmax * eps
+    ok = -imax >= lim.min and imax <= lim.max
+    return _check(
+        ok,
+        "nudge.error: worst case",
+        f"|I| <= beta * max|dL/dV| = {bmax:g} * {eps:g} = {imax:.4g} A within "
+        f"[{lim.min:g}, {lim.max:g}] A"
+        if ok
+        else f"|I| may reach {imax:.4g} A, outside [{lim.min:g}, {lim.max:g}] A: "
+        "lower beta or widen the envelope",
+    )
 
 
 def _range_check(system: StationSystem, role: str, lo: float, hi: float) -> Check:
