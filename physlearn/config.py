@@ -194,7 +194,11 @@ class EPConfig(StrictModel):
 
     kind: Literal["ep"] = "ep"
     nudging: Literal["one_sided", "centred", "n_point", "holomorphic", "custom"] = "centred"
-    beta: float = Field(0.1, gt=0, description="Nudge strength (units of 1/cost).")
+    beta: float = Field(
+        0.1,
+        gt=0,
+        description="Nudge strength (energy per unit cost: e.g. S = W/V^2 for a resistor network with mse).",
+    )
     n_points: int = Field(4, ge=2, description="Points of n_point / holomorphic nudging.")
     pairs: list[tuple[float, float]] = Field(
         default_factory=list, description="custom: [[beta, weight], ...]; beta=0 is the free phase."

@@ -14,7 +14,7 @@ Physics and sign conventions are those of :mod:`physlearn.simulators.resistor.li
 * inputs: voltage-source channels clamp the input nodes (V); outputs: output-node voltages (V);
 * nudges (what the hardware realises; ``supported_nudges`` follows the config):
     - ``error``: current I_o = -beta * eps_o (A) injected into output o by current-mode channels;
-      beta real (W for a loss in 1/V, S for a loss in V), either sign;
+      beta real (W for an error eps in 1/V, S for eps in V), either sign;
     - ``clamp``: output o held at the clamp voltage by a voltage source switched onto it (coupled
       learning); beta unused;
     - ``target``: relays connect each output through the hardware nudge conductance beta_hw (S)

@@ -2,7 +2,7 @@
 
     H = sum_{i<j} J_ij X_i X_j + sum_i B_i Z_i  (+ h_x sum_i X_i, fixed, optional),
 
-with ``J_ij = J0 / |i - j|**alpha`` (``0 < alpha < 3``: alpha -> 0 is all-to-all, large alpha
+with ``J_ij = J0 / |i - j|**alpha`` (``0 <= alpha <= 3``: alpha -> 0 is all-to-all, large alpha
 nearest-neighbour) or every ``J_ij`` trainable on its own. Energies, couplings and fields share
 one unit (e.g. units of a reference J).
 
