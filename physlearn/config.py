@@ -197,7 +197,8 @@ class EPConfig(StrictModel):
     beta: float = Field(
         0.1,
         gt=0,
-        description="Nudge strength (energy per unit cost: e.g. S = W/V^2 for a resistor network with mse).",
+        description="Nudge strength, energy per unit cost (S = W/V^2 for a resistor network "
+        "with mse).",
     )
     n_points: int = Field(4, ge=2, description="Points of n_point / holomorphic nudging.")
     pairs: list[tuple[float, float]] = Field(
