@@ -87,8 +87,9 @@ def test_cluster_ising_labels_follow_the_known_phases() -> None:
 @pytest.mark.slow
 def test_a_degenerate_ground_state_fails_the_run_cleanly(tmp_path: Path) -> None:
     """Deep in the ferromagnet (weak field, strong Ising coupling) the two ordered states split by
-    ~4e-9, below gap_tol, so EP's free phase is ill-defined. The run fails with the solver's
-    message and no traceback, and its store records the failure."""
+    ~4e-9, below gap_tol, so with ``degenerate: fail`` (the default) EP's free phase is
+    ill-defined. The run fails with the solver's message and no traceback, and its store records
+    the failure."""
     from physlearn.store.run_store import RunStore
     from tests.conftest import run_cli
 
@@ -101,6 +102,8 @@ def test_a_degenerate_ground_state_fails_the_run_cleanly(tmp_path: Path) -> None
         "--set",
         "system.trainable.1.init=1.5",
         "--set",
+        "system.solver.degenerate=fail",
+        "--set",
         f"store.root={tmp_path}",
     )
     assert res.returncode == 1, res.stderr
@@ -110,3 +113,21 @@ def test_a_degenerate_ground_state_fails_the_run_cleanly(tmp_path: Path) -> None
     store = RunStore.open(store_path)
     assert store.attrs["exit_status"] == "fail"
     assert "degenerate" in store.attrs["error"]
+
+
+@pytest.mark.slow
+def test_phase_exploration_runs_from_the_published_doublet_start_point(tmp_path: Path) -> None:
+    """Issue 23: from theta = (0.2, 0.9) the open chain's edge doublet is split by ~2e-7 <
+    gap_tol; the shipped config (``degenerate: manifold``) runs from it, with EP equal to the
+    manifold's linear-response gradient."""
+    raw = _shrink(
+        yaml.safe_load((CONFIGS / "quantum_phase_exploration.yaml").read_text()), tmp_path
+    )
+    raw["system"]["trainable"][0]["init"] = 0.2
+    raw["system"]["trainable"][1]["init"] = 0.9
+    cfg = parse_config(raw, "quantum_phase_exploration.yaml")
+    res = start_run(cfg, tmp_path / "run.zarr")
+    assert res.status == "success" and res.committed_steps == 3
+    g = zarr.open_group(str(tmp_path / "run.zarr"), mode="r")
+    assert np.nanmin(np.asarray(g["grad_cosine"])) > 0.999
+    assert np.all(np.asarray(g["converged"]))

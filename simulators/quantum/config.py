@@ -138,6 +138,16 @@ class EigensolverConfig(StrictModel):
         description="threads for the sparse products of registers of 17 qubits and more (the "
         "same products, in row blocks); default: the available CPUs, at most OMP_NUM_THREADS",
     )
+    degenerate: Literal["fail", "manifold"] = Field(
+        "fail",
+        description="a ground state within gap_tol of the next level: 'fail' stops the run; "
+        "'manifold' takes the equal mixture over the levels within manifold_tol of E0 (the "
+        "T -> 0 thermal state over a quasi-degenerate manifold, e.g. an open chain's edge "
+        "doublet) and still stops at a level crossing (docs/physics.md, Quantum EP)",
+    )
+    manifold_tol: float = Field(
+        1e-4, ge=0, description="energy window of a 'manifold' ground manifold (energy unit)"
+    )
 
     def options(self) -> SolverOptions:
         from physlearn.simulators.quantum.lanczos import SolverOptions
@@ -149,6 +159,8 @@ class EigensolverConfig(StrictModel):
             warm_ncv=self.warm_ncv,
             dense_below=self.dense_below,
             threads=self.threads,
+            degenerate=self.degenerate,
+            manifold_tol=self.manifold_tol,
         )
 
 

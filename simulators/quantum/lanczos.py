@@ -102,6 +102,11 @@ class SolverOptions:
             to 1); 1: serial.
         parallel_from: Hilbert-space dimension from which the products are split (below it a
             product is too short to pay for handing half of it to another thread).
+        degenerate: ``"fail"``: a ground state split from the next level by ``<= gap_tol``
+            raises; ``"manifold"``: the levels within ``manifold_tol`` of ``E0`` form a
+            quasi-degenerate manifold and the state is its equal mixture (the T -> 0 limit of
+            the thermal state over it; :mod:`physlearn.simulators.quantum.manifold`).
+        manifold_tol: energy window of a ``"manifold"`` ground manifold (energy unit).
     """
 
     tol: float = 1e-10
@@ -114,10 +119,14 @@ class SolverOptions:
     dense_below: int = 64
     threads: int | None = None
     parallel_from: int = 1 << 17
+    degenerate: Literal["fail", "manifold"] = "fail"
+    manifold_tol: float = 1e-4
 
     def __post_init__(self) -> None:
-        if self.tol < 0 or self.gap_tol < 0:
-            raise ValueError("tol and gap_tol must be >= 0")
+        if self.tol < 0 or self.gap_tol < 0 or self.manifold_tol < 0:
+            raise ValueError("tol, gap_tol and manifold_tol must be >= 0")
+        if self.degenerate not in ("fail", "manifold"):
+            raise ValueError(f"unknown degenerate policy {self.degenerate!r} (fail or manifold)")
         if self.method not in ("lanczos", "arpack"):
             raise ValueError(f"unknown solver method {self.method!r} (lanczos or arpack)")
         if self.threads is not None and self.threads < 1:

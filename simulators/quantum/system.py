@@ -47,6 +47,7 @@ from numpy.typing import NDArray
 
 from physlearn.losses import Loss
 from physlearn.simulators.quantum.lanczos import SolverOptions
+from physlearn.simulators.quantum.manifold import ground_manifold, manifold_response_operator
 from physlearn.simulators.quantum.operators import SumOperator
 from physlearn.simulators.quantum.pauli import PauliBasis
 from physlearn.simulators.quantum.shots import MeasurementPlan
@@ -275,6 +276,8 @@ class QuantumSystem(PhysicalSystem):
         rng: np.random.Generator | None = None,
     ) -> Equilibrium:
         """Ground (or Gibbs) state of every sample; see the module docstring for conventions."""
+        if self.temperature == 0 and self.solver.degenerate == "manifold":
+            return self._equilibrate_manifold(inputs, nudge, warm_start, rng)
         coeffs = self._coefficients(inputs, nudge)
         batch = coeffs.shape[0]
         jac = self.model.jacobian(self._params)
@@ -376,9 +379,45 @@ class QuantumSystem(PhysicalSystem):
         if plan is not None:
             assert rng is not None
             return plan.sample(vecs, weights, self.shots, rng)
-        if self.temperature > 0:
+        if self.temperature > 0 or vecs.shape[1] > 1:
             return basis.expectations_mixed(vecs, weights, strings)
         return basis.expectations(vecs[:, 0], strings)
+
+    def _equilibrate_manifold(
+        self,
+        inputs: FloatArray,
+        nudge: Nudge | None,
+        warm_start: Any,
+        rng: np.random.Generator | None,
+    ) -> Equilibrium:
+        """:meth:`equilibrate` with ``solver.degenerate = "manifold"`` (T = 0): every sample in
+        the equal mixture over its quasi-degenerate ground manifold
+        (:func:`~physlearn.simulators.quantum.manifold.ground_manifold`). A nudged phase from a
+        free state keeps each sample's manifold size and must overlap its free manifold."""
+        coeffs = self._coefficients(inputs, nudge)
+        batch = coeffs.shape[0]
+        jac = self.model.jacobian(self._params)
+        strings = self._measured_strings(jac)
+        plan = MeasurementPlan(self.model.basis, strings) if self.shots else None
+        if plan is not None and rng is None:
+            raise ValueError("a finite-shot measurement needs the rng passed to equilibrate")
+        free = warm_start.manifolds if isinstance(warm_start, QuantumState) else None
+        if free is not None and len(free) != batch:
+            raise ValueError("warm start is from a batch of a different size")
+        nudged = nudge is not None and nudge.beta != 0 and free is not None
+        values = np.empty((batch, strings.size))
+        energy, residual = np.empty(batch), np.empty(batch)
+        manifolds = []
+        for b in range(batch):
+            h = self.model.basis.operator(coeffs[b])
+            ref = free[b] if nudged and free is not None else None
+            gm = ground_manifold(h, self.solver, None if ref is None else ref.shape[1], ref)
+            manifolds.append(gm.vectors)
+            values[b] = self._measure(plan, gm.vectors, gm.weights, strings, rng)
+            energy[b], residual[b] = gm.energy, gm.residual
+        state = QuantumState(None, manifolds=tuple(manifolds))
+        iters = np.zeros(batch, dtype=np.int64)
+        return self._equilibrium(values, jac, strings, plan, energy, residual, iters, state)
 
     def _equilibrium(
         self,
@@ -421,7 +460,8 @@ class QuantumSystem(PhysicalSystem):
         """Whether free states are worth carrying: T = 0 and a register the Lanczos path
         solves (dense solves take no start vector)."""
         dim = self.model.basis.dim
-        return self.temperature == 0 and dim > self.solver.dense_below and dim >= 3
+        fail = self.solver.degenerate == "fail"  # a manifold solve is cold every step
+        return self.temperature == 0 and fail and dim > self.solver.dense_below and dim >= 3
 
     def _complex_layout(self) -> bool:
         """Whether a Hamiltonian of this machine can be complex (strings with an odd number of
@@ -502,6 +542,13 @@ class QuantumSystem(PhysicalSystem):
                 eps = loss.grad((y @ self.model.output_ops[:, strings].T)[None], targets[b : b + 1])
                 o_eps = basis.operator(eps[0] @ self.model.output_ops)
                 r = thermal_response_operator(th, o_eps)
+                grad_strings[b] = basis.traces(r, strings).real
+            elif self.solver.degenerate == "manifold":
+                gm = ground_manifold(h, self.solver)
+                y = basis.expectations_mixed(gm.vectors, gm.weights, strings)
+                eps = loss.grad((y @ self.model.output_ops[:, strings].T)[None], targets[b : b + 1])
+                o_eps = basis.operator(eps[0] @ self.model.output_ops)
+                r = manifold_response_operator(h, gm.size, o_eps)
                 grad_strings[b] = basis.traces(r, strings).real
             else:
                 gs = ground_state(h, None, self.solver)

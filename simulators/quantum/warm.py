@@ -48,6 +48,9 @@ class QuantumState:
     nudged: dict[int, list[tuple[FloatArray, Any, Any]]] = field(
         default_factory=dict, compare=False, repr=False
     )
+    #: ``solver.degenerate = "manifold"``: every sample's ground-manifold vectors ``(dim, d)``
+    #: (a nudged phase keeps ``d`` and must overlap them), else None
+    manifolds: tuple[NDArray[Any], ...] | None = None
 
 
 @dataclass(frozen=True)
