@@ -128,6 +128,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def inspect_summary(path: str) -> dict[str, Any]:
+    from physlearn.run.nonconverged_log import nonconverged_summary
     from physlearn.run.result import last_metrics
     from physlearn.store.run_store import RunStore
 
@@ -135,6 +136,7 @@ def inspect_summary(path: str) -> dict[str, Any]:
     a = store.attrs
     cfg = a.get("config", {})
     return {
+        "nonconverged": nonconverged_summary(store),
         "path": str(path),
         "name": cfg.get("name"),
         "system": cfg.get("system", {}).get("kind"),
@@ -147,10 +149,15 @@ def inspect_summary(path: str) -> dict[str, Any]:
         "completed_timestamp": a.get("completed_timestamp"),
         "error": a.get("error"),
         "metrics": last_metrics(store),
+        # reference models on the same split (physlearn.baselines); absent in older runs
+        "baselines": a.get("baselines"),
+        "baselines_note": a.get("baselines_note", "not computed (run created before baselines)"),
     }
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    from physlearn.run.nonconverged_log import nonconverged_text
+
     verdict = None
     if args.verify:  # first: a damaged store is reported as such, not by a failing read
         from physlearn.store.run_store import RunStore
@@ -170,11 +177,27 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     print(f"  started {summary['run_timestamp']}, completed {summary['completed_timestamp']}")
     for k, v in summary["metrics"].items():
         print(f"  {k}: {v:.4g}" if not math.isnan(v) else f"  {k}: n/a")
+    _print_baselines(summary)
+    print(f"  non-converged samples: {nonconverged_text(summary['nonconverged'])}")
     if summary["error"]:
         print(f"  error: {summary['error']}")
     if verdict is not None:
         print(f"  {verdict}")
     return 0
+
+
+def _print_baselines(summary: dict[str, Any]) -> None:
+    """The baselines beside the machine's metrics: one line per model, or why there are none."""
+    entries = summary.get("baselines") or {}
+    print(f"  baselines: {summary['baselines_note']}")
+    for name, entry in entries.items():
+        shown = [
+            f"{k} {v:.4g}" for k, v in entry.items() if isinstance(v, (int, float)) and k != "model"
+        ]
+        for k in ("error", "warning"):
+            if k in entry:
+                shown.append(f"{k}: {entry[k]}")
+        print(f"    {name} ({entry.get('model', '?')}): {', '.join(shown) or 'n/a'}")
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:

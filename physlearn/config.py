@@ -30,7 +30,7 @@ from pydantic_core import PydanticCustomError, core_schema
 from physlearn import registry
 from physlearn.configbase import MAX_BATCH_VALUES, MAX_STEPS, StrictModel, SystemConfigBase
 from physlearn.datasets import DatasetConfigBase
-from physlearn.losses import LOSSES
+from physlearn.losses import LOSSES, UNBOUNDED_COSTS
 from physlearn.yamlload import YAMLInputError, load_yaml_file, load_yaml_text
 
 M = TypeVar("M", bound=StrictModel)
@@ -174,12 +174,23 @@ class TaskConfig(StrictModel):
         gt=0,
         description="cross_entropy: logits = outputs / temperature (output unit, e.g. V).",
     )
+    baselines: list[Literal["majority", "mean", "linear"]] | None = Field(
+        None,
+        description="Reference models fitted at run start on the run's split and encoded inputs "
+        "(physlearn.baselines): majority (classification) or mean (regression) predictor, and "
+        "linear (logistic regression / least squares); shown beside the machine's metrics. "
+        "Default (null): both for labelled datasets, none without labels; [] turns them off.",
+    )
 
     @model_validator(mode="after")
     def _known_losses(self) -> TaskConfig:
         for name in (self.loss, self.report_loss):
             if name is not None and name not in LOSSES:
                 raise ValueError(f"unknown loss {name!r}; known: {sorted(LOSSES)}")
+        if self.baselines is not None:
+            from physlearn.baselines import check_baselines
+
+            check_baselines(self.baselines, self.dataset)
         return self
 
 
@@ -187,7 +198,29 @@ class TaskConfig(StrictModel):
 # Estimators
 
 
-class EPConfig(StrictModel):
+class NonConvergedConfig(StrictModel):
+    """What a step does with samples whose equilibrium did not converge (``converged`` false in
+    any measured phase). ``drop`` (the default) estimates the gradient and the loss from the
+    other samples of the batch, ``retry`` first re-measures the affected samples up to
+    ``retries`` times from a cold start (those still unconverged are then dropped), ``fail``
+    stops the run naming the step, phase and samples. Every step logs how many samples were
+    retried and dropped; a step whose every sample is dropped fails. A run where everything
+    converges is the same under every policy."""
+
+    policy: Literal["drop", "retry", "fail"] = Field(
+        "drop", description="drop the samples, retry them (then drop), or fail the run."
+    )
+    retries: int = Field(1, ge=1, le=100, description="retry: re-measurements of the samples.")
+
+
+class _EstimatorBase(StrictModel):
+    nonconverged: NonConvergedConfig = Field(
+        default_factory=NonConvergedConfig,
+        description="Samples whose equilibrium did not converge: drop, retry or fail.",
+    )
+
+
+class EPConfig(_EstimatorBase):
     """Equilibrium propagation. ``nudging``: one_sided (error O(beta)), centred (O(beta^2)),
     n_point (real central stencil on n_points nudges, O(beta^n)), holomorphic (complex nudges on a
     circle of radius beta; simulators only), custom (``pairs`` of [beta, weight])."""
@@ -218,22 +251,29 @@ class EPConfig(StrictModel):
             raise ValueError("n_point nudging needs an even n_points")
         return self
 
+    def has_negative_beta(self) -> bool:
+        """Whether the stencil nudges with a beta of negative real part (every stencil but
+        one-sided and a custom one whose betas are all >= 0)."""
+        if self.nudging == "custom":
+            return any(b < 0 for b, _ in self.pairs)
+        return self.nudging != "one_sided"
 
-class CoupledConfig(StrictModel):
+
+class CoupledConfig(_EstimatorBase):
     """Coupled learning: clamp outputs to y_free + eta (y - y_free)."""
 
     kind: Literal["coupled"] = "coupled"
     eta: float = Field(0.1, gt=0, le=1, description="Clamping fraction towards the target.")
 
 
-class FiniteDifferenceConfig(StrictModel):
+class FiniteDifferenceConfig(_EstimatorBase):
     """Central finite differences on the loss, one parameter at a time (2P measurements)."""
 
     kind: Literal["finite_difference"] = "finite_difference"
     step: float = Field(1e-3, gt=0, description="Perturbation, in each parameter's unit.")
 
 
-class SPSAConfig(StrictModel):
+class SPSAConfig(_EstimatorBase):
     """Simultaneous perturbation: 2 measurements per draw, all parameters at once."""
 
     kind: Literal["spsa"] = "spsa"
@@ -241,7 +281,7 @@ class SPSAConfig(StrictModel):
     n_samples: int = Field(1, ge=1, description="Perturbation draws averaged per step.")
 
 
-class ThermalConfig(StrictModel):
+class ThermalConfig(_EstimatorBase):
     """Thermal EP: -Cov(C, dE/dtheta)/T from the system's thermal samples (needs T > 0)."""
 
     kind: Literal["thermal"] = "thermal"
@@ -380,7 +420,25 @@ class ExperimentConfig(StrictModel):
                 f"{ds.n_train()} training patterns"
             )
         self._budget()
+        self._nudge_has_a_minimum()
         return self
+
+    def _nudge_has_a_minimum(self) -> None:
+        """A target nudge with beta < 0 adds -|beta| C: with a cost that is +inf somewhere
+        (``xy_log`` at the antipode of the target) the nudged energy has no minimum there, and
+        relaxations run into the divergence instead of converging (docs/physics.md, XY)."""
+        est = self.estimator
+        if not isinstance(est, EPConfig) or not est.has_negative_beta():
+            return
+        native = self.system.native_cost
+        loss = self.task.loss or native
+        target = est.nudge == "target" or (est.nudge == "auto" and loss == native)
+        if target and loss in UNBOUNDED_COSTS:
+            raise ValueError(
+                f"estimator.nudging {est.nudging!r} nudges with -beta, and -beta x {loss} "
+                f"(+inf where an output is antipodal to its target) has no minimum: use "
+                f"nudging 'one_sided', or task.loss 'xy_cosine' (bounded)"
+            )
 
     def _budget(self) -> None:
         """Memory and length bounds, checked before anything is built or allocated."""

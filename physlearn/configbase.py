@@ -7,7 +7,7 @@ JSON schema (``physlearn schema``) explains itself in an editor.
 from __future__ import annotations
 
 from abc import abstractmethod
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -54,6 +54,9 @@ class SystemConfigBase(StrictModel):
     #: Narrowed by every subclass to ``Literal["<name>"]``; declared here so that code holding
     #: any system's config can read it.
     kind: str
+    #: The cost a ``target`` nudge realises on this system (``PhysicalSystem.native_cost``),
+    #: known before the system is built so that a config can be checked against it.
+    native_cost: ClassVar[str | None] = None
 
     @abstractmethod
     def input_size(self) -> int:

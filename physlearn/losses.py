@@ -139,6 +139,10 @@ LOSSES: dict[str, Loss] = {
 }
 
 
+#: Costs that are +inf somewhere: a target nudge with beta < 0 (``-|beta| C``) has no minimum.
+UNBOUNDED_COSTS = frozenset({"xy_log"})
+
+
 def value_and_grad(loss: Loss, y: FloatArray, t: FloatArray) -> tuple[FloatArray, FloatArray]:
     """``(loss.value(y, t), loss.grad(y, t))``; a loss with a ``value_and_grad`` method of its
     own (e.g. :class:`CrossEntropy`, one softmax for both) computes them together."""

@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
+from physlearn.estimators.nonconverged import NonConvergedPolicy, apply_policy
 from physlearn.losses import Loss
 from physlearn.system import Equilibrium, FloatArray, Nudge, Params, PhysicalSystem
 
@@ -41,6 +43,13 @@ class Estimate:
     loss: FloatArray  # (batch,) objective at the free equilibrium
     objective: Loss
     extras: dict[str, FloatArray] = field(default_factory=dict)
+    #: ``(batch,)`` samples that did not converge in a measurement outside ``phases`` (the
+    #: black-box estimators' perturbed measurements); None: none such.
+    unconverged: NDArray[np.bool_] | None = None
+    #: Samples the non-convergence policy re-measured, and those left out of ``gradient`` and
+    #: ``loss`` (whose entries are then NaN); see :mod:`physlearn.estimators.nonconverged`.
+    retried: int = 0
+    dropped: int = 0
 
     @property
     def free(self) -> Equilibrium:
@@ -55,6 +64,8 @@ class Estimator(ABC):
     #: Whether each phase keeps its per-sample conjugates; False keeps batch means only (see
     #: :meth:`Equilibrium.keep_means_only`), for runs that log batch means.
     per_sample: bool = True
+    #: What :meth:`estimate_checked` does with samples that did not converge.
+    nonconverged: NonConvergedPolicy = NonConvergedPolicy()
 
     @abstractmethod
     def phase_labels(self) -> list[str]:
@@ -75,6 +86,22 @@ class Estimator(ABC):
         ``warm_start``: a state for the free phase (the orchestrator passes the previous
         step's free state, carried by :meth:`PhysicalSystem.import_state`; None: cold).
         """
+
+    def estimate_checked(
+        self,
+        system: PhysicalSystem,
+        inputs: FloatArray,
+        targets: FloatArray,
+        loss: Loss,
+        rng: np.random.Generator,
+        warm_start: Any = None,
+        step: int | None = None,
+    ) -> Estimate:
+        """:meth:`estimate`, then the :attr:`nonconverged` policy applied to the samples whose
+        equilibrium did not converge in any phase (``step`` names the step in a failure).
+        Returns :meth:`estimate`'s result unchanged when every sample converged."""
+        est = self.estimate(system, inputs, targets, loss, rng, warm_start)
+        return apply_policy(self, system, inputs, targets, loss, rng, est, step)
 
 
 @dataclass

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
 from physlearn.estimators.base import Estimate, Estimator, Phase, measure
 from physlearn.losses import Loss
@@ -23,9 +24,13 @@ def _perturbed_loss(
     targets: FloatArray,
     loss: Loss,
     rng: np.random.Generator,
+    bad: NDArray[np.bool_],
 ) -> float:
+    """The batch-mean loss at ``params``; marks the samples that did not converge in ``bad``."""
     system.set_parameters(params)
     eq = measure(system, inputs, None, None, rng)
+    if eq.converged is not None:
+        bad |= ~np.asarray(eq.converged, dtype=bool)
     return float(loss.value(eq.outputs, targets).mean())
 
 
@@ -57,6 +62,7 @@ class FiniteDifference(Estimator):
     ) -> Estimate:
         base = system.get_parameters()
         free = measure(system, inputs, None, warm_start, rng)
+        bad = np.zeros(inputs.shape[0], dtype=bool)
         grad: Params = {}
         try:
             for g in system.parameter_groups:
@@ -67,14 +73,20 @@ class FiniteDifference(Estimator):
                         p = {k: v.copy() for k, v in base.items()}
                         pf = p[g.name].reshape(-1)
                         pf[i] = np.clip(pf[i] + sign * self.step, g.lower, g.upper)
-                        vals.append((pf[i], _perturbed_loss(system, p, inputs, targets, loss, rng)))
+                        vals.append(
+                            (pf[i], _perturbed_loss(system, p, inputs, targets, loss, rng, bad))
+                        )
                     dx = vals[0][0] - vals[1][0]
                     flat[i] = (vals[0][1] - vals[1][1]) / dx if dx != 0 else 0.0
                 grad[g.name] = flat.reshape(g.shape)
         finally:
             system.set_parameters(base)
         return Estimate(
-            grad, [Phase("free", 0.0, "free", free)], loss.value(free.outputs, targets), loss
+            grad,
+            [Phase("free", 0.0, "free", free)],
+            loss.value(free.outputs, targets),
+            loss,
+            unconverged=bad,
         )
 
 
@@ -107,6 +119,7 @@ class SPSA(Estimator):
     ) -> Estimate:
         base = system.get_parameters()
         free = measure(system, inputs, None, warm_start, rng)
+        bad = np.zeros(inputs.shape[0], dtype=bool)
         grad = {k: np.zeros_like(v) for k, v in base.items()}
         diffs = np.zeros(self.n_samples)
         try:
@@ -114,8 +127,8 @@ class SPSA(Estimator):
                 delta = {k: rng.choice([-1.0, 1.0], size=v.shape) for k, v in base.items()}
                 plus = _bounded(system, {k: base[k] + self.c * delta[k] for k in base})
                 minus = _bounded(system, {k: base[k] - self.c * delta[k] for k in base})
-                lp = _perturbed_loss(system, plus, inputs, targets, loss, rng)
-                lm = _perturbed_loss(system, minus, inputs, targets, loss, rng)
+                lp = _perturbed_loss(system, plus, inputs, targets, loss, rng, bad)
+                lm = _perturbed_loss(system, minus, inputs, targets, loss, rng, bad)
                 diffs[s] = lp - lm
                 for k in base:
                     dx = plus[k] - minus[k]
@@ -130,4 +143,5 @@ class SPSA(Estimator):
             loss.value(free.outputs, targets),
             loss,
             extras={"spsa_loss_difference": diffs},
+            unconverged=bad,
         )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from physlearn.baselines import baseline_rows
 from physlearn.report import figures as F
 from physlearn.report.page import (
     PageFigure,
@@ -22,6 +23,7 @@ from physlearn.report.page import (
     write_page,
     yaml_text,
 )
+from physlearn.run.nonconverged_log import nonconverged_summary, nonconverged_text
 from physlearn.run.result import last_metrics
 from physlearn.store.run_store import RunStore
 
@@ -128,6 +130,8 @@ def run_report(store: RunStore, out_dir: Path) -> Report:
         kv_table([(k, number_text(v)) for k, v in metrics.items()])
         if metrics
         else "<p>none yet</p>",
+        "<h2>Baselines</h2>",
+        _baselines_html(attrs),
         "<h2>Figures</h2>",
         *(figure_html(f) for f in figs),
         "<h2>Config</h2>",
@@ -145,9 +149,10 @@ def _run_figures(store: RunStore, attrs: dict[str, Any], title: str) -> list[Pag
     add_figure(
         figs,
         "training.png",
-        F.training_curves(s, title),
+        F.training_curves(s, title, baseline_rows(attrs)),
         "Loss per optimiser step (batch at "
-        "the free equilibrium, moving mean) and on the test split; accuracy; learning rate.",
+        "the free equilibrium, moving mean) and on the test split; accuracy; learning rate. "
+        "Dashed: baselines (reference models) on the same test split.",
     )
     add_figure(
         figs,
@@ -189,6 +194,18 @@ def _run_figures(store: RunStore, attrs: dict[str, Any], title: str) -> list[Pag
     return figs
 
 
+def _baselines_html(attrs: dict[str, Any]) -> str:
+    """The reference models' metrics on the run's split (or why there are none)."""
+    note = str(attrs.get("baselines_note", "not computed (run created before baselines)"))
+    entries = attrs.get("baselines") or {}
+    rows = [
+        (f"{name}: {k}", number_text(v) if isinstance(v, (int, float)) else str(v))
+        for name, entry in entries.items()
+        for k, v in entry.items()
+    ]
+    return f"<p>{esc(note)}</p>" + (kv_table(rows) if rows else "")
+
+
 def _summary(store: RunStore, attrs: dict[str, Any]) -> list[tuple[str, str]]:
     """The summary table's rows: the store, its progress and what the run was."""
     cfg = attrs.get("config", {})
@@ -199,6 +216,7 @@ def _summary(store: RunStore, attrs: dict[str, Any]) -> list[tuple[str, str]]:
         ("evaluations committed", str(store.committed("eval"))),
         ("system", str(cfg.get("system", {}).get("kind", "?"))),
         ("estimator", _estimator_text(cfg.get("estimator", {}))),
+        ("non-converged samples", nonconverged_text(nonconverged_summary(store))),
         ("optimiser", _optimizer_text(cfg.get("optimizer", {}))),
         ("dataset", str(cfg.get("task", {}).get("dataset", {}).get("kind", "?"))),
         ("seed", str(cfg.get("seed", "?"))),

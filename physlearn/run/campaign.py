@@ -40,6 +40,7 @@ from physlearn.estimators import (
     measure,
     one_sided,
 )
+from physlearn.estimators.nonconverged import NonConvergedPolicy
 from physlearn.losses import Loss, get_loss
 from physlearn.optim import Optimizer, lr_factor, project
 from physlearn.run.records import Recorder, StepPlan, describe, step_plan
@@ -53,6 +54,7 @@ def build_estimator(cfg: EstimatorConfig, per_sample: bool = True) -> Estimator:
     are logged (each phase then releases its per-sample conjugates once averaged)."""
     est = _estimator(cfg)
     est.per_sample = per_sample
+    est.nonconverged = NonConvergedPolicy(cfg.nonconverged.policy, cfg.nonconverged.retries)
     return est
 
 
@@ -206,7 +208,10 @@ class Campaign:
         record("outputs", [p.eq.outputs.real for p in phases], m["outputs"])
         self._record_groups(plan, est, params_used, proj)
         self._record_diagnostics(plan, est)
-        record("loss", float(np.mean(est.loss)), m["loss"])
+        # dropped samples (non-converged) have NaN losses and are left out of the mean
+        record("loss", float(np.nanmean(est.loss) if est.dropped else np.mean(est.loss)), m["loss"])
+        record("nonconverged_retried", est.retried, m["nonconverged_retried"])
+        record("nonconverged_dropped", est.dropped, m["nonconverged_dropped"])
         if self.report_loss is not None:
             record(
                 "report_loss", evaluate_loss(self.report_loss, free_outputs, t), m["report_loss"]
@@ -422,7 +427,7 @@ class Campaign:
         x = self.x_train_all[idx]
         t = self.t_train_all[idx]
         warm = None if self.carry is None else self.system.import_state(self.carry)  # carried
-        est = self.estimator.estimate(self.system, x, t, self.loss, rng, warm_start=warm)
+        est = self.estimator.estimate_checked(self.system, x, t, self.loss, rng, warm, step)
         diag = (math.nan, math.nan)
         if cfg.diagnostics.exact_gradient and step % cfg.diagnostics.every == 0:
             assert self._exact is not None, "the system has no exact gradient"

@@ -197,6 +197,8 @@ DESCRIPTIONS: dict[str, tuple[str, str]] = {
     "residual": ("system", "largest residual force at equilibrium"),
     "iterations": ("1", "relaxation iterations"),
     "converged": ("1", "relaxation met its tolerance"),
+    "nonconverged_retried": ("1", "samples measured again because they did not converge"),
+    "nonconverged_dropped": ("1", "samples left out of the gradient and loss (not converged)"),
     "energy": ("system", "energy at equilibrium"),
     "shots": ("1", "projective measurements (or samples) per estimate; 0 = exact"),
     "settle_time": ("s", "time waited for the physics to settle"),
@@ -303,6 +305,8 @@ def step_plan(system: PhysicalSystem, conjugates: str) -> StepPlan:
         "grad_rel_error",
         "timestamp",
         "step_time",
+        "nonconverged_retried",
+        "nonconverged_dropped",
     ):
         m[name] = meta(name, ())
     return StepPlan(m, tuple(groups), conjugates)

@@ -21,7 +21,7 @@ Validation never imports numpy-heavy modules; :meth:`XYConfig.build` does, lazil
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
@@ -144,6 +144,7 @@ class XYConfig(SystemConfigBase):
     """Coupled phase oscillators (XY model) with clamped input phases."""
 
     kind: Literal["xy"] = Field("xy", description="system kind: XY phase oscillators")
+    native_cost: ClassVar[str | None] = "xy_log"
     graph: XYGraphConfig = Field(
         description="topology: layered, lattice (with skips), all_to_all or edges"
     )
