@@ -190,6 +190,7 @@ def _exploration(tmp_path: Path, steps: int = 20) -> dict[str, Any]:
     sys_["trainable"][0]["terms"][0]["range"] = [0, n]
     sys_["trainable"][1]["terms"][0]["range"] = [0, n - 1]
     sys_["solver"]["dense_below"] = 64  # Lanczos on 256 states: the carried state is used
+    sys_["solver"]["degenerate"] = "fail"  # the default policy (manifold solves carry nothing)
     raw["optimizer"]["lr"] = 0.05
     raw["schedule"] = {"steps": steps, "batch_size": 1, "eval_every": 5}
     raw["store"] = {"root": str(tmp_path / "runs"), "flush_every": 4, "flush_seconds": 1e6}
