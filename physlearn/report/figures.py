@@ -94,9 +94,15 @@ def _log_if_positive(ax: Axes, *arrays: np.ndarray) -> None:
 # One run
 
 
-def training_curves(s: dict[str, np.ndarray], title: str) -> Figure | None:
+def training_curves(
+    s: dict[str, np.ndarray],
+    title: str,
+    baselines: Sequence[tuple[str, str, float]] = (),
+) -> Figure | None:
     """Loss (per step, smoothed, and on the test split) and accuracy; the learning rate when it
-    changes. ``s`` holds 1-D arrays named like the run store's."""
+    changes. ``s`` holds 1-D arrays named like the run store's. ``baselines``: (model, metric,
+    value) of reference models (:func:`physlearn.baselines.baseline_rows`); their
+    ``test_loss`` and ``test_accuracy`` are drawn as labelled horizontal lines."""
     loss = s.get("loss", np.array([]))
     if not loss.size and not s.get("test_loss", np.array([])).size:
         return None
@@ -116,7 +122,8 @@ def training_curves(s: dict[str, np.ndarray], title: str) -> Figure | None:
         y = s.get(key, np.array([]))
         if _finite(y) and y.size == ev.size:
             ax.plot(ev, y, style, ms=3, label=key.replace("_", " "))
-    _log_if_positive(ax, loss, s.get("test_loss", np.array([])))
+    ref_loss = _reference_lines(ax, baselines, "test_loss")
+    _log_if_positive(ax, loss, s.get("test_loss", np.array([])), ref_loss)
     ax.set(xlabel="optimiser step", ylabel="loss", title="loss")
     ax.legend(fontsize=8)
     k = 1
@@ -135,6 +142,7 @@ def training_curves(s: dict[str, np.ndarray], title: str) -> Figure | None:
             y = s.get(key, np.array([]))
             if _finite(y) and y.size == ev.size:
                 ax.plot(ev, y, style, ms=3, label=key.replace("_", " "))
+        _reference_lines(ax, baselines, "test_accuracy")
         ax.set(xlabel="optimiser step", ylabel="accuracy", title="accuracy", ylim=(-0.02, 1.02))
         ax.legend(fontsize=8)
     if show_lr:
@@ -143,6 +151,17 @@ def training_curves(s: dict[str, np.ndarray], title: str) -> Figure | None:
         ax.set(xlabel="optimiser step", ylabel="learning rate", title="learning-rate schedule")
     fig.suptitle(title, fontsize=10, **PLAIN_TEXT)
     return as_typed(fig)
+
+
+def _reference_lines(
+    ax: Axes, baselines: Sequence[tuple[str, str, float]], metric: str
+) -> np.ndarray:
+    """Dashed horizontal lines at the baselines' ``metric``, labelled with the model's name;
+    returns their values."""
+    values = [(name, v) for name, m, v in baselines if m == metric and math.isfinite(v)]
+    for k, (name, v) in enumerate(values):
+        ax.axhline(v, color=f"C{5 + k}", ls="--", lw=1, label=f"{name} baseline ({metric})")
+    return np.array([v for _, v in values], dtype=float)
 
 
 def gradient_fidelity(s: dict[str, np.ndarray], title: str) -> Figure | None:

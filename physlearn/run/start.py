@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from physlearn import memory
+from physlearn.baselines import compute_baselines
 from physlearn.config import ConfigError, ExperimentConfig, parse_config
 from physlearn.optim import Optimizer
 from physlearn.run.campaign import Campaign, StopFlag, build_estimator, objective_loss
@@ -105,6 +106,8 @@ def create_store(
         "physlearn_version": __version__,
         "system_snapshot": to_jsonable(system.snapshot()),
         "total_steps": config.total_steps(),
+        # reference models on the run's split (physlearn.baselines): written once, at creation
+        **compute_baselines(config, system.outputs.size, objective_loss(config, system)),
         **(extra_attrs or {}),
     }
     # positions, edges, node roles: for plots on the graph
