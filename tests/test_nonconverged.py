@@ -16,7 +16,15 @@ from physlearn.estimators.nonconverged import NonConvergedPolicy
 from physlearn.losses import get_loss
 from physlearn.simulators.graphs.generators import layered
 from physlearn.simulators.resistor.linear import LinearResistorNetwork
-from physlearn.system import Equilibrium, Nudge, PhysicsError
+from physlearn.system import (
+    Equilibrium,
+    Nudge,
+    ParameterGroup,
+    Params,
+    PhysicalSystem,
+    PhysicsError,
+    Port,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -113,3 +121,82 @@ def test_centred_nudging_with_the_xy_log_cost_is_refused_in_one_line(tmp_path: P
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "xy_log" in lines[0] and "one_sided" in lines[0]
+
+
+class MarkNonConverged(PhysicalSystem):
+    """A real system (delegated to) whose negative-beta phases report the samples whose input
+    row is one of ``bad_rows`` as not converged."""
+
+    def __init__(self, inner: PhysicalSystem, bad_rows: np.ndarray) -> None:
+        self.inner = inner
+        self.bad_rows = bad_rows
+        self.supported_nudges = inner.supported_nudges
+        self.native_cost = inner.native_cost
+        self.max_batch = inner.max_batch
+
+    @property
+    def parameter_groups(self) -> tuple[ParameterGroup, ...]:
+        return self.inner.parameter_groups
+
+    @property
+    def inputs(self) -> Port:
+        return self.inner.inputs
+
+    @property
+    def outputs(self) -> Port:
+        return self.inner.outputs
+
+    def set_parameters(self, params: Params) -> Params:
+        return self.inner.set_parameters(params)
+
+    def get_parameters(self) -> Params:
+        return self.inner.get_parameters()
+
+    def equilibrate(
+        self, inputs: Any, nudge: Nudge | None = None, warm_start: Any = None, rng: Any = None
+    ) -> Equilibrium:
+        eq = self.inner.equilibrate(inputs, nudge, warm_start, rng)
+        if nudge is not None and np.real(nudge.beta) < 0:
+            hit = (inputs[:, None, :] == self.bad_rows[None, :, :]).all(axis=2).any(axis=1)
+            eq.converged = ~hit
+        return eq
+
+
+def test_counts_are_logged_per_step_and_shown_by_inspect_and_the_report(tmp_path: Path) -> None:
+    from physlearn.cli import inspect_summary, main
+    from physlearn.config import parse_config
+    from physlearn.report.command import make_report
+    from physlearn.run.campaign import Campaign
+    from physlearn.run.start import build_system, create_store
+    from physlearn.store.run_store import RunStore
+    from tests.conftest import load_yaml
+
+    raw = load_yaml("quickstart.yaml")
+    raw["schedule"] = {"steps": 6, "batch_size": 16, "eval_every": 3}
+    raw["estimator"]["nonconverged"] = {"policy": "drop"}
+    raw["diagnostics"] = {"exact_gradient": False}
+    cfg = parse_config(raw)
+    inner = build_system(cfg)
+    path = tmp_path / "run.zarr"
+    probe = Campaign(cfg, inner, create_store(cfg, inner, tmp_path / "probe.zarr"))
+    bad = np.arange(0, probe.x_train_all.shape[0], 7)  # every 7th training pattern
+    system = MarkNonConverged(inner, probe.x_train_all[bad])
+    campaign = Campaign(cfg, system, create_store(cfg, system, path))
+    with system:
+        status = campaign.run(campaign.initialise())
+    campaign.store.finish(status)
+    assert status == "success"
+    store = RunStore.open(path)
+    idx = store.read("sample_index")
+    expected = np.isin(idx, bad).sum(axis=1)
+    assert expected.sum() > 0
+    np.testing.assert_array_equal(store.read("nonconverged_dropped"), expected)
+    np.testing.assert_array_equal(store.read("nonconverged_retried"), 0)
+    meta = store.array("nonconverged_dropped")
+    assert meta.metadata.dimension_names == ("step",) and meta.attrs["units"] == "1"
+    summary = inspect_summary(str(path))["nonconverged"]
+    assert summary["dropped"] == expected.sum()
+    assert summary["steps_affected"] == int((expected > 0).sum())
+    assert main(["inspect", str(path)]) == 0
+    page = make_report(path, tmp_path / "rep").html.read_text()
+    assert f"0 samples retried, {expected.sum()} dropped" in page
