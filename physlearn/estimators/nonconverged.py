@@ -21,7 +21,7 @@ measurement of the whole batch, whose ``converged`` marks the samples the policy
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -134,8 +134,6 @@ def _combined(
     est: Estimate, parts: list[tuple[IntArray, Estimate]], retried: int, step: int | None
 ) -> Estimate:
     """The batch-mean estimate over the samples of ``parts`` (each weighted by its count)."""
-    from physlearn.estimators.base import Estimate
-
     n = sum(int(idx.size) for idx, _ in parts)
     batch = est.phases[0].eq.batch
     if n == 0:
@@ -151,13 +149,4 @@ def _combined(
     per_sample = np.full(batch, np.nan)
     for idx, sub in parts:
         per_sample[idx] = sub.loss
-    return Estimate(
-        grad,
-        est.phases,
-        per_sample,
-        est.objective,
-        extras=est.extras,
-        unconverged=est.unconverged,
-        retried=retried,
-        dropped=batch - n,
-    )
+    return replace(est, gradient=grad, loss=per_sample, retried=retried, dropped=batch - n)
