@@ -188,7 +188,7 @@ class TaskConfig(StrictModel):
             if name is not None and name not in LOSSES:
                 raise ValueError(f"unknown loss {name!r}; known: {sorted(LOSSES)}")
         if self.baselines is not None:
-            from physlearn.baselines import check_baselines
+            from physlearn.reference_models import check_baselines
 
             check_baselines(self.baselines, self.dataset)
         return self
