@@ -17,12 +17,11 @@ from typing import Any
 
 import numpy as np
 
-from physlearn.config import (
-    ConfigError,
+from physlearn.config import ConfigError, ExperimentConfig
+from physlearn.estimator_config import (
     CoupledConfig,
     EPConfig,
     EstimatorConfig,
-    ExperimentConfig,
     FiniteDifferenceConfig,
     SPSAConfig,
 )
