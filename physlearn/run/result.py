@@ -29,11 +29,11 @@ def last_metrics(store: RunStore) -> dict[str, float]:
     out: dict[str, float] = {}
     names = set(store.array_names())
     if store.committed("step") and "loss" in names:
-        out["loss"] = float(store.read("loss")[-1])
+        out["loss"] = float(store.read_last("loss"))
     if store.committed("eval"):
         for name in ("test_accuracy", "test_loss", "train_accuracy", "train_loss"):
             if name in names:
-                v = float(store.read(name)[-1])
+                v = float(store.read_last(name))
                 if not math.isnan(v):
                     out[name] = v
     return out

@@ -182,9 +182,13 @@ def _drive(
     try:
         if retain_freed_memory:
             memory.retain_freed_memory()
-        campaign = Campaign(config, system, store)
         status = "fail"
         try:
+            try:
+                campaign = Campaign(config, system, store)
+            except BaseException:
+                system.close()  # the with block below never opened it
+                raise
             with _signals(campaign.flag, handle_signals), system:
                 start = campaign.initialise()
                 status = campaign.run(start, progress, on_step)

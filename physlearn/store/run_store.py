@@ -66,7 +66,7 @@ class Checkpoint:
     held: Params
     optimizer: dict[str, FloatArray]
     # -- carried state (PhysicalSystem.carried_shapes): entries ``carry/<name>`` written with
-    # this checkpoint; only the entries given are written (the orchestrator's ``valid`` says
+    # this checkpoint; only the entries given are written (the campaign's ``valid`` says
     # whether the rest of the slot's carry arrays belong to this commit).
     carry: dict[str, FloatArray] = field(default_factory=dict)
 
@@ -133,7 +133,12 @@ class RunStore:
             lock = build.build(p, coords, checkpoint_shapes, run_attrs, graph)
         except FileExistsError:
             raise StoreError(f"{p} already exists; choose another --out or resume it") from None
-        return cls(p, zarr.open_group(str(p), mode="r+", zarr_format=3), lock)
+        try:
+            group = zarr.open_group(str(p), mode="r+", zarr_format=3)
+        except BaseException:
+            lock.release()
+            raise
+        return cls(p, group, lock)
 
     def release(self) -> None:
         """Give back the writer lock (if this process holds it)."""
@@ -263,11 +268,19 @@ class RunStore:
 
     def read(self, name: str) -> np.ndarray:
         """An appendable array up to its committed length (or a coordinate, whole)."""
+        return self._read(name, last=False)
+
+    def read_last(self, name: str) -> np.ndarray:
+        """The last committed record of an appendable array (only its chunk is read)."""
+        return self._read(name, last=True)
+
+    def _read(self, name: str, last: bool) -> np.ndarray:
         try:
             a = self.array(name)
             dims = a.metadata.dimension_names or ()
             if dims and dims[0] in APPEND_DIMS:
-                return np.asarray(a[: self.committed(dims[0])])
+                n = self.committed(dims[0])
+                return np.asarray(a[n - 1] if last else a[:n])
             return np.asarray(a[...])
         except Exception as exc:  # zarr and numcodecs raise many types for a damaged chunk
             raise StoreError(
@@ -464,6 +477,4 @@ def _default(o: Any) -> Any:
         return o.item()
     if isinstance(o, complex):
         return [o.real, o.imag]
-    if isinstance(o, Path):
-        return str(o)
-    return str(o)
+    return str(o)  # Path and anything else: its text
