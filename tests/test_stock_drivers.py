@@ -333,3 +333,31 @@ def test_datasheet_timing_delays_the_observing_reply_only() -> None:
 def test_stock_config_refuses_bad_wiring(stock: dict[str, Any], match: str) -> None:
     with pytest.raises(ConfigError, match=match):
         lab_config(CONFIG, stock=stock)
+
+
+def test_two_voltage_sources_on_one_node_are_refused() -> None:
+    """A 2450 (bench channel 11) rewired to node 0 beside psu1's module 1: whichever output is
+    switched on second is refused with -221 and stays off, through either dialect."""
+    from qcodes.instrument_drivers.Keithley import Keithley2450
+    from qcodes.instrument_drivers.Keysight import KeysightN6705B
+
+    wiring = [*range(10), 0, 27, 28]  # channel 11 (smu1) on node 0, as channel 1 (psu1 ch1)
+    raw = lab_config(CONFIG).model_dump(mode="json")
+    raw["source"]["wiring"] = wiring
+    with LabServer(lab_config(raw)) as server:
+        p = KeysightN6705B("t_psu_clash", server.address("psu1"), **KW)
+        k = Keithley2450("t_smu_clash", server.address("smu1"), **KW)
+        try:
+            k.source_function("voltage")
+            p.ch1.enable("on")
+            k.output_enabled(True)
+            assert k.ask(":SYST:ERR?").split(",")[0] == "-221"
+            assert k.output_enabled() is False
+            p.ch1.enable("off")
+            k.output_enabled(True)
+            p.ch1.enable("on")
+            assert p.ask("SYST:ERR?").split(",")[0] == "-221"
+            assert p.ch1.enable() == "off" and k.output_enabled() is True
+        finally:
+            p.close()
+            k.close()

@@ -52,6 +52,7 @@ from typing import Any
 import numpy as np
 
 from physlearn.drivers.virtual_lab.config import LabConfig
+from physlearn.drivers.virtual_lab.scpi import ScpiError
 from physlearn.system import FloatArray, Nudge
 
 # --------------------------------------------------------------------------------------------
@@ -141,6 +142,31 @@ class Bench:
         self._t_change = t
         if conductances:
             self._g_version += 1
+
+    def set_output(self, ch: int, on: bool) -> bool:
+        """Switch channel ``ch``'s output (0-based); True when that changed anything.
+
+        Every instrument switches outputs here, so none can wire two voltage sources to one
+        node: switching a ``VOLT`` channel on while another ``VOLT`` channel with its output on
+        holds the same node is refused with -221 (settings conflict). Switching on clears a trip.
+        """
+        node = self.src_node[ch]
+        if on and self.func[ch] == "VOLT" and node is not None:
+            for other in range(len(self.func)):
+                if (
+                    other != ch
+                    and self.output[other]
+                    and self.func[other] == "VOLT"
+                    and self.src_node[other] == node
+                ):
+                    raise ScpiError(-221, f"channel {other + 1} already holds node {node}")
+        if on == bool(self.output[ch]):
+            return False
+        self.output[ch] = on
+        if on:
+            self.tripped[ch] = False
+        self.changed()
+        return True
 
     def _transient(self, t: float) -> FloatArray:
         tau = self.config.settling_tau

@@ -162,24 +162,7 @@ class SourceInstrument(SimInstrument):
         b = self.bench
         if query:
             return "1" if b.output[ch] else "0"
-        on = boolean(arg)
-        if on and b.func[ch] == "VOLT" and b.src_node[ch] is not None:
-            for other in range(len(b.func)):
-                if (
-                    other != ch
-                    and b.output[other]
-                    and b.func[other] == "VOLT"
-                    and b.src_node[other] == b.src_node[ch]
-                ):
-                    raise ScpiError(
-                        -221,
-                        f"channel {other + 1} already holds node {b.src_node[ch]}",
-                    )
-        if on != b.output[ch]:
-            b.output[ch] = on
-            if on:
-                b.tripped[ch] = False
-            b.changed()
+        b.set_output(ch, boolean(arg))
         return None
 
     def _trips(self, m: re.Match[str], query: bool, arg: str | None) -> str:

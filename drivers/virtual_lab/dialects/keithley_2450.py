@@ -218,12 +218,7 @@ class K2450(StockInstrument):
         if query:
             b.voltages()
             return bit(bool(b.output[c]))
-        on = on_off(arg)
-        if on != bool(b.output[c]):
-            b.output[c] = on
-            if on:
-                b.tripped[c] = False
-            b.changed()
+        if b.set_output(c, on_off(arg)):
             self.occupy(self.timing.get("smu_settle"))
         return None
 
@@ -472,7 +467,7 @@ class K2450(StockInstrument):
         if b.func[c] != f:
             raise ScpiError(-221, "the sweep's function is not the source function")
         arr = b.volt if f == "VOLT" else b.curr
-        b.output[c] = True
+        b.set_output(c, True)
         for x in levels:
             arr[c] = x
             b.changed()

@@ -171,11 +171,6 @@ class N6705B(StockInstrument):
             c = self.spec.channels[mod]
             return bit(c is not None and bool(b.output[c - 1]))
         on = on_off(value)
-        c = self._bench(mod)
-        if on != bool(b.output[c]):
-            b.output[c] = on
-            if on:
-                b.tripped[c] = False
-            b.changed()
+        if b.set_output(self._bench(mod), on):
             self.occupy(self.timing.get("psu_settle"))
         return None
