@@ -9,6 +9,8 @@ fixed seed per example a correct model fails such a bound with probability below
 from __future__ import annotations
 
 import math
+import socket
+import threading
 
 import numpy as np
 import pytest
@@ -322,6 +324,9 @@ def test_board_over_tcp_with_our_driver(board_lab) -> None:  # type: ignore[no-u
         assert board.pulse_width() == 1e-7
         with pytest.raises(ValueError):
             board.set_voltage(99.0)
+        for amplitude in (board.set_voltage, board.reset_voltage):
+            with pytest.raises(ValueError):  # the board refuses 0 V: the validator does first
+                amplitude(0.0)
         board.pulse_width(8e-8)
         cfg = ProgrammingConfig(tolerance=0.01, max_iterations=30, max_pulses_per_step=500)
         model = lab.config.memristors.device
@@ -332,3 +337,35 @@ def test_board_over_tcp_with_our_driver(board_lab) -> None:  # type: ignore[no-u
         assert board.errors() == []
     finally:
         board.close()
+
+
+def _canned_board(replies: dict[str, str]) -> tuple[str, threading.Thread, socket.socket]:
+    """A TCP server on 127.0.0.1 answering each query line from ``replies`` (one client)."""
+    srv = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        conn, _ = srv.accept()
+        with conn, conn.makefile("rw", newline="\n") as f:
+            for line in f:
+                cmd = line.strip()
+                if cmd.endswith("?"):
+                    f.write(replies.get(cmd, "0") + "\n")
+                    f.flush()
+
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    return f"TCPIP::127.0.0.1::{srv.getsockname()[1]}::SOCKET", t, srv
+
+
+@pytest.mark.parametrize("reply", ["0", "-3"])
+def test_implausible_max_pulses_reply_names_that_query(reply: str) -> None:
+    from physlearn.drivers.errors import InstrumentReplyError
+    from physlearn.drivers.instruments.memristor_board import MemristorBoard
+
+    address, t, srv = _canned_board({"MEM:COUN?": "8", "MEM:PULS:MAX?": reply})
+    try:
+        with pytest.raises(InstrumentReplyError, match=r"to 'MEM:PULS:MAX\?'; expected at least"):
+            MemristorBoard(f"mem_bad{len(reply)}", address, visalib="@py", timeout=2)
+    finally:
+        srv.close()
+        t.join(5)

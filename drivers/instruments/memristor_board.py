@@ -3,7 +3,8 @@
 devices behind a small SCPI command set, over TCP or serial
 (pyvisa ``TCPIP::host::port::SOCKET`` or ``ASRL...``, ``\\n`` terminated).
 
-Only qcodes' public API: a :class:`~qcodes.instrument.VisaInstrument` with parameters
+A :class:`~physlearn.drivers.instruments.base.LabVisaInstrument` (strict replies, ``errors()``)
+with parameters
 
 * ``conductances`` (get, S): every device's conductance, one array in device order;
 * ``pulse_counts`` (set): signed pulse counts, one per device (``+`` SET, ``-`` RESET), validated
@@ -18,45 +19,47 @@ reply that is not what was asked raises :class:`~physlearn.drivers.errors.Instru
 
 from __future__ import annotations
 
-import re
+import math
 from functools import partial
 from typing import Any
 
 import numpy as np
 from qcodes import validators as vals
-from qcodes.instrument import VisaInstrument
 
-from physlearn.drivers.errors import InstrumentReplyError
+from physlearn.drivers.instruments.base import LabVisaInstrument
 from physlearn.system import FloatArray
 
-_INT = re.compile(r"[+-]?\d+")
+#: the smallest pulse amplitude the validators pass (V): the board takes any amplitude above 0
+_V_MIN = math.nextafter(0.0, math.inf)
 
 
-class MemristorBoard(VisaInstrument):
+class MemristorBoard(LabVisaInstrument):
     """A memristor board: ``count`` devices, nominal ``window`` (S), ``max_pulses`` per command."""
 
-    default_terminator = "\n"
     default_timeout = 5.0
 
     def __init__(self, name: str, address: str, **kwargs: Any) -> None:
         super().__init__(name, address, **kwargs)
-        try:
-            self.count = _query_int(self, "MEM:COUN?")
-            self.max_pulses = _query_int(self, "MEM:PULS:MAX?")
-            if self.count < 1 or self.max_pulses < 1:
-                raise _bad(self, "MEM:COUN?", str(self.count), "at least one device")
-            g_lo, g_hi = _floats(self, "MEM:WIND?", 2)
-            self.window = (float(g_lo), float(g_hi))
-            w_lo, w_hi = _floats(self, "MEM:PULS:WIDT:LIM?", 2)
-            v_max = float(_floats(self, "MEM:VOLT:LIM?", 1)[0])
-        except BaseException:
-            self.close()  # the name would stay taken otherwise
-            raise
+        with self._closed_on_error():
+            self._setup()
+
+    def _setup(self) -> None:
+        """Ask the board its size and limits; add the parameters they bound."""
+        self.count = self.query_int("MEM:COUN?")
+        if self.count < 1:
+            raise self.bad_reply("MEM:COUN?", str(self.count), "at least one device")
+        self.max_pulses = self.query_int("MEM:PULS:MAX?")
+        if self.max_pulses < 1:
+            raise self.bad_reply("MEM:PULS:MAX?", str(self.max_pulses), "at least one pulse")
+        g_lo, g_hi = self._floats("MEM:WIND?", 2)
+        self.window = (float(g_lo), float(g_hi))
+        w_lo, w_hi = self._floats("MEM:PULS:WIDT:LIM?", 2)
+        v_max = float(self._floats("MEM:VOLT:LIM?", 1)[0])
         n, top = self.count, self.max_pulses
         self.conductances = self.add_parameter(
             "conductances",
             unit="S",
-            get_cmd=partial(_floats, self, f"MEM:READ? (@1:{n})", n),
+            get_cmd=partial(self._floats, f"MEM:READ? (@1:{n})", n),
             vals=vals.Arrays(shape=(n,)),
             snapshot_value=False,
             docstring="conductance of every device, in device order (S, read noise included)",
@@ -75,14 +78,22 @@ class MemristorBoard(VisaInstrument):
         )  # fmt: skip
         self.set_voltage = self.add_parameter(
             "set_voltage", unit="V", get_cmd="MEM:VOLT:SET?", set_cmd="MEM:VOLT:SET {!r}",
-            get_parser=float, set_parser=float, vals=vals.Numbers(0.0, v_max),
-            docstring="amplitude of SET pulses (V)",
+            get_parser=float, set_parser=float, vals=vals.Numbers(_V_MIN, v_max),
+            docstring="amplitude of SET pulses (V, above 0)",
         )  # fmt: skip
         self.reset_voltage = self.add_parameter(
             "reset_voltage", unit="V", get_cmd="MEM:VOLT:RES?", set_cmd="MEM:VOLT:RES {!r}",
-            get_parser=float, set_parser=float, vals=vals.Numbers(0.0, v_max),
-            docstring="amplitude of RESET pulses (V)",
+            get_parser=float, set_parser=float, vals=vals.Numbers(_V_MIN, v_max),
+            docstring="amplitude of RESET pulses (V, above 0)",
         )  # fmt: skip
+
+    def _floats(self, cmd: str, n: int) -> FloatArray:
+        """``n`` finite comma-separated numbers asked with ``cmd``."""
+        reply = self.ask(cmd)
+        out = self.parse_floats(cmd, reply, n)
+        if not np.isfinite(out).all():
+            raise self.bad_reply(cmd, reply, f"{n} finite comma-separated numbers")
+        return out
 
     # -- the programming interface -------------------------------------------------------------
     def read_conductances(self) -> FloatArray:
@@ -101,44 +112,6 @@ class MemristorBoard(VisaInstrument):
         for d in devices:
             vals.Ints(1, self.count).validate(d)
         self.write(f"{head} {int(n)},(@{','.join(str(int(d)) for d in devices)})")
-
-    def errors(self, limit: int = 32) -> list[str]:
-        """Drain the error queue (``SYST:ERR?``): the entries, oldest first; empty if none."""
-        out = []
-        for _ in range(limit):
-            reply = self.ask("SYST:ERR?")
-            code = reply.split(",", 1)[0].strip()
-            if not _INT.fullmatch(code):
-                raise _bad(self, "SYST:ERR?", reply, '<code>,"<message>"')
-            if int(code) == 0:
-                break
-            out.append(reply)
-        return out
-
-
-def _bad(inst: MemristorBoard, cmd: str, reply: str, expected: str) -> InstrumentReplyError:
-    return InstrumentReplyError(
-        f"{inst.name} replied {reply!r} to {cmd!r}; expected {expected}", inst.name
-    )
-
-
-def _query_int(inst: MemristorBoard, cmd: str) -> int:
-    reply = inst.ask(cmd).strip()
-    if not _INT.fullmatch(reply):
-        raise _bad(inst, cmd, reply, "an integer")
-    return int(reply)
-
-
-def _floats(inst: MemristorBoard, cmd: str, n: int) -> FloatArray:
-    """``n`` finite comma-separated numbers asked with ``cmd``."""
-    reply = inst.ask(cmd).strip()
-    try:
-        out = np.array([float(x) for x in reply.split(",")], dtype=np.float64)
-    except ValueError:
-        raise _bad(inst, cmd, reply, f"{n} comma-separated numbers") from None
-    if out.size != n or not np.isfinite(out).all():
-        raise _bad(inst, cmd, reply, f"{n} finite comma-separated numbers")
-    return out
 
 
 def _counts_command(counts: np.ndarray) -> str:
