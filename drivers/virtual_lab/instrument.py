@@ -108,6 +108,13 @@ class SimInstrument:
         return None
 
 
-def need_query(query: bool) -> None:
+def need_query(query: bool, header: str = "this header") -> None:
+    """Refuse ``header`` sent as a command: it is a query only (-113)."""
     if not query:
-        raise ScpiError(-113, "this header is a query only")
+        raise ScpiError(-113, f"{header} is a query only")
+
+
+def need_command(query: bool, header: str = "this header") -> None:
+    """Refuse ``header`` sent as a query: it is a command only (-113)."""
+    if query:
+        raise ScpiError(-113, f"{header} is a command, not a query")

@@ -34,7 +34,12 @@ import re
 import numpy as np
 
 from physlearn.drivers.virtual_lab.bench import Bench
-from physlearn.drivers.virtual_lab.instrument import Handler, SimInstrument, need_query
+from physlearn.drivers.virtual_lab.instrument import (
+    Handler,
+    SimInstrument,
+    need_command,
+    need_query,
+)
 from physlearn.drivers.virtual_lab.memristor import RESET, SET, MemristorArray, MemristorSpec
 from physlearn.drivers.virtual_lab.scpi import ScpiError, channel_list, fmt, integer, number
 
@@ -128,18 +133,15 @@ class MemristorBoard(SimInstrument):
         self._apply(counts)
 
     def _pulse_set(self, m: re.Match[str], query: bool, arg: str | None) -> None:
-        if query:
-            raise ScpiError(-113, "MEM:PULS:SET is a command, not a query")
+        need_command(query, "MEM:PULS:SET")
         self._pulse_listed(arg, SET)
 
     def _pulse_reset(self, m: re.Match[str], query: bool, arg: str | None) -> None:
-        if query:
-            raise ScpiError(-113, "MEM:PULS:RES is a command, not a query")
+        need_command(query, "MEM:PULS:RES")
         self._pulse_listed(arg, RESET)
 
     def _pulse_all(self, m: re.Match[str], query: bool, arg: str | None) -> None:
-        if query:
-            raise ScpiError(-113, "MEM:PULS:ALL is a command, not a query")
+        need_command(query, "MEM:PULS:ALL")
         n = self.array.n
         parts = (arg or "").split(",")
         if len(parts) != n:

@@ -6,7 +6,9 @@ it builds anything: a channel list is validated element by element against the i
 channels and its length computed arithmetically before a single channel is expanded, so a
 30-byte ``(@101:30000000)`` costs nothing.
 
-The error codes used (SCPI-99 chapter 21):
+The error codes used (SCPI-99 chapter 21; the stock dialects also use -102 Syntax error, -200
+Execution error, -211 Trigger ignored, -214 Trigger deadlock, -220 Parameter error and -410
+Query INTERRUPTED):
 
 * -104 Data type error (a malformed number, boolean or channel list);
 * -109 Missing parameter;
@@ -28,10 +30,15 @@ from collections.abc import Iterator
 
 #: the standard message of each error code used here (SCPI-99 21.8)
 MESSAGES = {
+    -102: "Syntax error",
     -104: "Data type error",
     -109: "Missing parameter",
     -113: "Undefined header",
     -114: "Header suffix out of range",
+    -200: "Execution error",
+    -211: "Trigger ignored",
+    -214: "Trigger deadlock",
+    -220: "Parameter error",
     -221: "Settings conflict",
     -222: "Data out of range",
     -223: "Too much data",
@@ -39,6 +46,7 @@ MESSAGES = {
     -300: "Device-specific error",
     -350: "Queue overflow",
     -363: "Input buffer overrun",
+    -410: "Query INTERRUPTED",
 }
 #: entries of an instrument's error queue
 QUEUE_SIZE = 32

@@ -25,28 +25,10 @@ import re
 from physlearn.drivers.virtual_lab.bench import Bench
 from physlearn.drivers.virtual_lab.dialects.specs import TimingSpec
 from physlearn.drivers.virtual_lab.instrument import SimInstrument
-from physlearn.drivers.virtual_lab.scpi import MESSAGES, ErrorQueue, ScpiError, number
+from physlearn.drivers.virtual_lab.scpi import ErrorQueue, ScpiError, number
 
-#: standard messages of the codes used by the stock dialects beyond :data:`scpi.MESSAGES`
-EXTRA_MESSAGES = {
-    -102: "Syntax error",
-    -200: "Execution error",
-    -211: "Trigger ignored",
-    -214: "Trigger deadlock",
-    -220: "Parameter error",
-    -410: "Query INTERRUPTED",
-}
 #: ESR bit of each error class (first digit of -code)
 _ESR_BIT = {1: 32, 2: 16, 3: 8, 4: 4}
-
-
-def error(code: int, detail: str = "") -> ScpiError:
-    """A :class:`ScpiError` with the standard message of ``code`` (incl. the extra codes)."""
-    err = ScpiError(code, detail)
-    if code not in MESSAGES and code in EXTRA_MESSAGES:
-        std = EXTRA_MESSAGES[code]
-        err.message = f"{std}; {detail}" if detail else std
-    return err
 
 
 class EventQueue(ErrorQueue):
@@ -181,4 +163,4 @@ class StockInstrument(SimInstrument):
 
     def trigger(self) -> None:
         """``*TRG``: a bus trigger (nothing to trigger by default)."""
-        raise error(-200, "no trigger system")
+        raise ScpiError(-200, "no trigger system")

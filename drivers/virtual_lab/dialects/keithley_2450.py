@@ -43,7 +43,7 @@ from physlearn.drivers.virtual_lab.dialects.base import (
 )
 from physlearn.drivers.virtual_lab.dialects.keysight_n6705b import node_current
 from physlearn.drivers.virtual_lab.dialects.specs import K2450Spec, TimingSpec
-from physlearn.drivers.virtual_lab.instrument import Handler
+from physlearn.drivers.virtual_lab.instrument import Handler, need_query
 from physlearn.drivers.virtual_lab.scpi import ScpiError, integer, number
 
 SOURCE_RANGES = {
@@ -208,8 +208,7 @@ class K2450(StockInstrument):
         return None
 
     def _tripped(self, f: str, m: re.Match[str], query: bool, arg: str | None) -> str:
-        if not query:
-            raise ScpiError(-113, "TRIPped is a query")
+        need_query(query, "TRIPped")
         self.bench.voltages()  # solving may trip the channel
         return bit(bool(self.bench.tripped[self.ch]))
 

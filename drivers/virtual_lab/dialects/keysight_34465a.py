@@ -36,7 +36,6 @@ from physlearn.drivers.virtual_lab.bench import Bench
 from physlearn.drivers.virtual_lab.dialects.base import (
     StockInstrument,
     bit,
-    error,
     in_range,
     on_off,
     sci,
@@ -376,12 +375,12 @@ class DMM34465A(StockInstrument):
 
     def trigger(self) -> None:
         if self.pending <= 0 or self.s["tsrc"] != "BUS":
-            raise error(-211, "no measurement waits for a bus trigger (INIT, TRIG:SOUR BUS)")
+            raise ScpiError(-211, "no measurement waits for a bus trigger (INIT, TRIG:SOUR BUS)")
         self._take()
 
     def _fetch(self, m: re.Match[str], query: bool, arg: str | None) -> str:
         if self.pending > 0:
-            raise error(-214, f"{self.pending} triggers missing")
+            raise ScpiError(-214, f"{self.pending} triggers missing")
         if not self.memory:
             raise ScpiError(-221, "no readings in memory (INIT first)")
         self.observe()
@@ -389,7 +388,7 @@ class DMM34465A(StockInstrument):
 
     def _read(self, m: re.Match[str], query: bool, arg: str | None) -> str:
         if self.s["tsrc"] in ("BUS", "EXT"):
-            raise error(-214, f"READ? with trigger source {self.s['tsrc']}")
+            raise ScpiError(-214, f"READ? with trigger source {self.s['tsrc']}")
         self._init(m, False, None)
         return self._fetch(m, True, None)
 

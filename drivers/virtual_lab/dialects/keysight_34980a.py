@@ -23,7 +23,7 @@ import re
 from physlearn.drivers.virtual_lab.bench import Bench
 from physlearn.drivers.virtual_lab.dialects.base import StockInstrument, args, bit
 from physlearn.drivers.virtual_lab.dialects.specs import K34980ASpec, TimingSpec
-from physlearn.drivers.virtual_lab.instrument import Handler
+from physlearn.drivers.virtual_lab.instrument import Handler, need_command, need_query
 from physlearn.drivers.virtual_lab.scpi import ScpiError, channel_list, integer
 
 ROWS, COLS = 8, 64
@@ -74,15 +74,13 @@ class Matrix34980A(StockInstrument):
         return s
 
     def _ctype(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        if not query:
-            raise ScpiError(-113, "SYST:CTYP is a query")
+        need_query(query, "SYST:CTYP")
         if self._slot(arg) == self.spec.slot:
             return f"Agilent Technologies,34934A-8x64,{self.serial}C,1.00"
         return "Agilent Technologies,0,0,0"
 
     def _terminal(self, m: re.Match[str], query: bool, arg: str | None) -> str:
-        if not query:
-            raise ScpiError(-113, "the terminal type is a query")
+        need_query(query, "the terminal type")
         return "R8_R64" if self._slot(arg) == self.spec.slot else "NONE"
 
     def _protection(self, m: re.Match[str], query: bool, arg: str | None) -> str | None:
@@ -135,8 +133,7 @@ class Matrix34980A(StockInstrument):
         return None
 
     def _open_all(self, m: re.Match[str], query: bool, arg: str | None) -> None:
-        if query:
-            raise ScpiError(-113, "ROUT:OPEN:ALL is not a query")
+        need_command(query, "ROUT:OPEN:ALL")
         if arg is not None and arg.strip().upper() != "ALL":
             self._card(self._slot(arg))
         if self.closed:
