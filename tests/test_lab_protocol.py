@@ -1,13 +1,17 @@
-"""Protocols: the qcodes drivers against pyvisa-sim (canned replies), the SCPI server over a raw
-socket, and the physics the virtual lab puts behind its instruments."""
+"""Protocols: the qcodes drivers against pyvisa-sim (canned replies) and against the virtual
+lab (levels are plain parameters that qcodes ramps), the SCPI server over a raw socket, and the
+physics the virtual lab puts behind its instruments. Strict replies and I/O errors against a
+scripted instrument: ``test_lab_replies.py``."""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from qcodes import validators as vals
 from qcodes.instrument import Instrument
 
@@ -175,101 +179,51 @@ def _lab_source(lab, name: str) -> VirtualLabSource:
     return src
 
 
-def test_bulk_levels_send_exactly_what_setting_each_parameter_would():
-    """VirtualLabSource.set_levels: the same commands (values, ramps, order) as qcodes' set of
-    each parameter in turn, the same caches afterwards; a refused value sends nothing. (With an
-    invalid cache both read the level first, set_levels before its first write.)"""
-    rng = np.random.default_rng(3)
-    targets = [
-        [0.9, -0.9, 0.3, 0.0, 1e-3],  # ramps of 3 steps, an exact multiple of the step
-        [0.9, -0.9, 0.3, 0.0, 1e-3],  # unchanged
-        [-1.0, 1.0, 0.29, 1e-12, -1e-3],
-        *rng.uniform(-1, 1, (6, 5)) * [1, 1, 1, 1, 1e-3],
-    ]
+def test_levels_are_plain_parameters_that_qcodes_ramps():
+    """A level is a qcodes parameter: its validator is the source's hardware range (public
+    bounds), a value outside the installed envelope is refused before anything is sent, and a
+    set with a ``step`` goes out as qcodes' ramp -- exact values, each within the envelope, no
+    change larger than the step, ending at the target."""
     with running_lab(BENCH, record=True) as lab:
-        one, bulk = _lab_source(lab, "src_one"), _lab_source(lab, "src_bulk")
-        levels = {s: [*(ch.volt for ch in s.channels[:4]), s.channels[4].curr] for s in (one, bulk)}
-        sent = {}
-        for src in (one, bulk):
-            src.write("*RST")  # both start from the same levels (0)
-            for p in levels[src]:
-                p.get()  # the caches hold the truth, as after the station system's connect
-            lab.clear_received()
-            for t in targets:
-                with src.deferred_writes():
-                    if src is one:
-                        for p, v in zip(levels[src], t, strict=True):
-                            p.set(float(v))
-                    else:
-                        src.set_levels(levels[src], [float(v) for v in t])
-                assert src.ask("*OPC?") == "1"
-            sent[src.name] = lab.received("src")
-        assert sent["src_one"] == sent["src_bulk"]
-        assert sum(line.count("VOLT ") for _, line in sent["src_bulk"]) > 4 * len(targets)
-        for p, q in zip(levels[one], levels[bulk], strict=True):
-            assert p.cache.get(get_if_invalid=False) == q.cache.get(get_if_invalid=False)
-        np.testing.assert_array_equal(lab.bench.volt[:4], targets[-1][:4])
-        # refused before anything is sent: outside the validator, not a level, an inter-delay
-        lab.clear_received()
-        before = [p.cache.get(get_if_invalid=False) for p in levels[bulk]]
-        with pytest.raises(ValueError):
-            bulk.set_levels(levels[bulk][:2], [0.5, 1.0 + 1e-9])
-        with pytest.raises(ValueError):
-            bulk.set_levels([bulk.channels[0].volt, bulk.channels[0].output], [0.5, 1.0])
-        with pytest.raises(ValueError):
-            bulk.set_levels([bulk.channels[0].volt], [float("nan")])
-        bulk.channels[1].volt.inter_delay = 0.01
-        with pytest.raises(ValueError, match="inter_delay"):
-            bulk.set_levels([bulk.channels[0].volt, bulk.channels[1].volt], [0.5, 0.5])
-        assert lab.received() == []
-        assert [p.cache.get(get_if_invalid=False) for p in levels[bulk]] == before
-
-
-def test_read_scan_is_a_readings_get_and_keeps_the_caches():
-    dmm = VirtualLabDMM("dmm", "GPIB::2::INSTR", pyvisa_sim_file=SIM)
-    dmm.scan_list.set([101, 102, 103])
-    v, n = dmm.read_scan()
-    np.testing.assert_array_equal(v, [0.125, -0.5, 1.0])
-    assert n == 42 and dmm.reading_number.cache.get(get_if_invalid=False) == 42
-    np.testing.assert_array_equal(dmm.readings.cache.get(get_if_invalid=False), v)
-    bad = VirtualLabDMM("baddmm", "GPIB::12::INSTR", pyvisa_sim_file=SIM)
-    bad.scan_list.get()
-    with pytest.raises(InstrumentReplyError, match=r"baddmm replied '43,0.125,#\?~,1.0'"):
-        bad.read_scan()
-
-
-def test_bulk_levels_follow_validator_changes_and_custom_validators():
-    """set_levels' fast bounds check is the validators' own: it follows a new or an added
-    validator, and any other kind of validator is asked itself."""
-    with running_lab(BENCH) as lab:
-        src = _lab_source(lab, "src_vals")
+        bare = VirtualLabSource("src_bare", lab.address("src"), visalib="@py", device_clear=False)
+        assert (bare.ch01.volt.vals.min_value, bare.ch01.volt.vals.max_value) == (-10.0, 10.0)
+        assert (bare.ch01.curr.vals.min_value, bare.ch01.curr.vals.max_value) == (-0.1, 0.1)
+        bare.close()
+        src = _lab_source(lab, "src_ramp")
         p = src.channels[0].volt
-        p.get()
-        src.set_levels([p], [0.5])
-        p.vals = vals.Numbers(-0.4, 0.4)
-        with pytest.raises(ValueError, match="0.5"):
-            src.set_levels([p], [0.5])
-        p.add_validator(vals.Numbers(-0.2, 0.3))
-        with pytest.raises(ValueError):
-            src.set_levels([p], [0.35])
-        src.set_levels([p], [0.25])
-        p.remove_validator()
-        p.vals = vals.Multiples(divisor=2)  # not a plain Numbers: validated by qcodes itself
-        with pytest.raises((TypeError, ValueError)):
-            src.set_levels([p], [0.5])
-        p.vals = vals.Numbers(0.5, 1.0)  # the level (0.25) is now below the bounds
-        p.step = 0.1
-        lab.clear_received()
-        with pytest.raises(ValueError, match="0.35"):  # the ramp's first value is refused
-            src.set_levels([p], [0.9])
-        assert lab.received() == []
-        assert src.ask("SOUR1:VOLT?") == "0.25"
+        p.set(0.0)
+
+        def sent_after(act: Callable[[], None]) -> list[str]:
+            lab.clear_received()
+            try:
+                act()
+            finally:
+                assert src.ask("*OPC?") == "1"  # every line sent before it has been received
+            return [line for _, line in lab.received("src")][:-1]
+
+        @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+        @given(target=st.floats(-1.2, 1.2, allow_nan=False))
+        def check(target: float) -> None:
+            start = p.cache.get()
+            if not -1.0 <= target <= 1.0:
+                with pytest.raises(ValueError):
+                    sent_after(lambda: p.set(target))
+                assert lab.received("src") == [("src", "*OPC?")]
+                return
+            lines = sent_after(lambda: p.set(target))
+            sent = [float(line.removeprefix("SOUR1:VOLT ")) for line in lines]
+            assert sent[-1] == target and p.cache.get(get_if_invalid=False) == target
+            steps = np.abs(np.diff([start, *sent]))
+            assert np.all(steps <= p.step * (1 + 1e-12)) and np.all(np.abs(sent) <= 1.0)
+            assert float(src.ask("SOUR1:VOLT?")) == target
+
+        check()
 
 
 def test_lab_server_refuses_remote_addresses_without_the_flag():
     from physlearn.drivers.virtual_lab.server import LabServer
 
-    cfg = parse_lab_config({"graph": {"type": "layered", "sizes": [2, 2, 1]}})
+    cfg = parse_lab_config({"graph": {"type": "layered", "sizes": [2, 2, 1]}, "pots": {}})
     with pytest.raises(ValueError, match="loopback"):
         LabServer(cfg, host="0.0.0.0")
 

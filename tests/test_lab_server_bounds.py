@@ -338,6 +338,42 @@ def test_an_idle_connection_is_closed_after_the_timeout_and_logged(caplog):
         )
 
 
+def test_a_driver_whose_connection_was_closed_reopens_it_with_set_address():
+    """A driver whose connection the server closed (idle) gets InstrumentIOError naming it, and
+    every cache is invalid; ``set_address(address)`` -- qcodes' public way to reopen a session
+    -- gives a working one with the same terminators, timeout and backend, Nagle's algorithm off
+    again, and the caches invalidated (what the instrument holds is read anew)."""
+    from pyvisa.constants import VI_TRUE, ResourceAttribute
+    from qcodes.instrument import Instrument
+
+    from physlearn.drivers.errors import InstrumentIOError
+    from physlearn.drivers.instruments.source import VirtualLabSource
+
+    nodelay = ResourceAttribute.tcpip_nodelay
+    with serving(idle_timeout=0.2) as server:
+        src = VirtualLabSource("src_idle", server.address("src"), visalib="@py", timeout=0.5,
+                               device_clear=False, max_voltage=10.0, max_current=0.5)  # fmt: skip
+        try:
+            ch = src.channels[0]
+            ch.volt.set(0.25)
+            ch.output.get()
+            wait_until(lambda: server.open_connections("src") == 0, "the idle close")
+            with pytest.raises(InstrumentIOError) as info:
+                ch.volt.get()
+            assert info.value.instrument == "src_idle" and "'SOUR1:VOLT?'" in str(info.value)
+            assert not ch.volt.cache.valid and not ch.output.cache.valid
+            src.set_address(src.address)
+            assert ch.volt.get() == 0.25 and ch.output.get() is False
+            h = src.visa_handle
+            assert (h.read_termination, h.write_termination, h.timeout) == ("\n", "\n", 500)
+            assert src.visabackend == "py" and h.get_visa_attribute(nodelay) == VI_TRUE
+            assert server.connections == 2 and server.open_connections("src") == 1
+            src.set_address(src.address)  # on a live session too: the caches are read anew
+            assert not ch.volt.cache.valid and ch.volt.get() == 0.25
+        finally:
+            Instrument.close_all()
+
+
 @pytest.mark.parametrize(
     "bounds",
     [{"max_connections": 0}, {"idle_timeout": 0.0}, {"idle_timeout": float("inf")},

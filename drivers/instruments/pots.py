@@ -15,10 +15,7 @@ from qcodes import validators as vals
 from qcodes.instrument import InstrumentChannel
 
 from physlearn.drivers.errors import InstrumentReplyError
-from physlearn.drivers.instruments.base import (
-    LabVisaInstrument,
-    _width,
-)
+from physlearn.drivers.instruments.base import LabVisaInstrument, _width
 
 #: a reply of comma-separated integers (as ``_INT`` each, blanks around them allowed)
 _INTS = re.compile(r"\s*[+-]?\d+\s*(?:,\s*[+-]?\d+\s*)*")
@@ -58,6 +55,7 @@ class VirtualLabPots(LabVisaInstrument):
             self._setup()
 
     def _setup(self) -> None:
+        """Ask the bank's size; add the channels and ``taps``."""
         name = self.name
         self.count = self.query_int("POT:COUN?")
         self.n_taps = self.query_int("POT:TAPS?")
@@ -95,25 +93,6 @@ class VirtualLabPots(LabVisaInstrument):
 
     def _set_taps(self, taps: np.ndarray) -> None:
         self.write(_taps_command(taps))
-
-    def write_taps_read_back(self, taps: np.ndarray | None) -> np.ndarray:
-        """``taps.set(taps)`` (unless None) then ``taps.get()`` without qcodes' per-call
-        machinery (the station system's weight update, once per training step): the same
-        validation (the parameter's validators), the same commands -- inside
-        :meth:`deferred_writes` the write joins the query's message -- the same strict parsing,
-        and the cache holding what was read back, as after that set and get."""
-        p = self.taps
-        if taps is not None:
-            p.validate(taps)
-            self.write_raw(_taps_command(taps))
-        try:
-            reply = self.ask_raw(_TAPS_QUERY)
-        except Exception as e:
-            e.args = (*e.args, f"asking {_TAPS_QUERY!r} to {self!r}")  # as qcodes' ask
-            raise
-        back = self._parse_taps(reply)
-        p.cache.set(back)
-        return back
 
 
 _TAPS_QUERY = "POT:TAP:ALL?"

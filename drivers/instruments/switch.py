@@ -13,10 +13,7 @@ from qcodes import validators as vals
 from qcodes.instrument import InstrumentChannel
 
 from physlearn.drivers.errors import InstrumentReplyError
-from physlearn.drivers.instruments.base import (
-    LabVisaInstrument,
-    _width,
-)
+from physlearn.drivers.instruments.base import LabVisaInstrument, _width
 
 
 class SwitchChannel(InstrumentChannel):
@@ -44,6 +41,7 @@ class VirtualLabSwitch(LabVisaInstrument):
             self._setup()
 
     def _setup(self) -> None:
+        """Ask the relay count; add one channel per relay."""
         name = self.name
         n = self.query_int("SYST:CHAN:COUN?")
         if n < 1:
@@ -56,4 +54,5 @@ class VirtualLabSwitch(LabVisaInstrument):
             self.channels.append(ch)
 
     def open_all(self) -> None:
+        """Open every relay (``ROUT:OPEN:ALL``)."""
         self.write("ROUT:OPEN:ALL")
