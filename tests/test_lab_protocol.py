@@ -61,6 +61,9 @@ def test_source_driver_speaks_the_documented_commands():
     assert src.trip_status.get() == 0
     with pytest.raises(ValueError):  # the driver's hardware range
         src.ch1.volt.set(11.0)
+    src.set_address(src.address)  # a new session, on the same (simulated) backend
+    assert src.visabackend == "sim" and src.timeout() == 2.0 and not src.ch1.volt.cache.valid
+    assert src.ch1.volt.get() == 0.5
 
 
 def test_meter_bank_and_switch_drivers():

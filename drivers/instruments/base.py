@@ -117,12 +117,14 @@ class LabVisaInstrument(VisaInstrument):
         with suppress(Exception):  # the old session may already be dead: closing it may fail
             old.close()
         self.invalidate_cache()
+        backend = self._backend if visalib is None else visalib
         try:
-            super().set_address(address, self._backend if visalib is None else visalib)
+            super().set_address(address, backend)
         except Exception as exc:
             raise InstrumentIOError(
                 f"{self.name}: cannot open a session at {address} ({exc})", self.name
             ) from exc
+        self._backend = backend
         h = self.visa_handle
         h.read_termination, h.write_termination = read_term, write_term
         h.timeout = timeout
