@@ -3,10 +3,20 @@
 Physics
 -------
 The network of :class:`~physlearn.drivers.virtual_lab.config.LabConfig` (``graph``) carries node
-voltages V (volts); edge e holds the digital potentiometer wired to it, of conductance
-``g_e = f(tap) * (1 + spread_e) * (1 + drift_e * t)`` (S), where ``f`` is the bank's tap law,
-``spread_e`` a per-device gain error and ``drift_e`` a per-device drift rate (1/s), both drawn
-once from the lab seed (drift applied in steps of ``pots.drift_interval``).
+voltages V (volts); each edge's conductance (S) comes from the lab's weight bank:
+
+* ``pots``: edge e holds the digital potentiometer wired to it, of conductance
+  ``g_e = f(tap) * (1 + spread_e) * (1 + drift_e * t)``, where ``f`` is the bank's tap law,
+  ``spread_e`` a per-device gain error and ``drift_e`` a per-device drift rate (1/s), both drawn
+  once from the lab seed (drift applied in steps of ``pots.drift_interval``);
+* ``memristors``: edge e is memristive device e of :attr:`Bench.memristors` (a
+  :class:`~physlearn.drivers.virtual_lab.memristor.MemristorArray` seeded from the lab seed,
+  programmed by the memristor board's pulses); the network sees each device's *true*
+  conductance at the time of the reading, retention drift included (re-evaluated at every
+  reading while the devices drift), never the read noise of the board's ``MEM:READ?``.
+
+Drift moves the equilibrium the node voltages relax to; unlike a change of the instruments'
+state it does not restart their relaxation (below).
 
 What drives the network is decided by the instrument states, exactly as on a bench:
 
@@ -51,7 +61,8 @@ from typing import Any
 
 import numpy as np
 
-from physlearn.drivers.virtual_lab.config import LabConfig
+from physlearn.drivers.virtual_lab.config import LabConfig, PotSpec
+from physlearn.drivers.virtual_lab.memristor import MemristorArray
 from physlearn.drivers.virtual_lab.scpi import ScpiError
 from physlearn.system import FloatArray, Nudge
 
@@ -85,12 +96,8 @@ class Bench:
         self.n_nodes = int(graph.n_nodes)
         self.edges = np.asarray(graph.edges, dtype=np.int64)
         c = config
-        rng = np.random.default_rng([c.seed, 0])
-        n_pots = c.pot_count()
-        self.pot_edge = np.asarray(c.pot_wiring(), dtype=np.int64)
-        self.gain = np.clip(1.0 + c.pots.spread * rng.standard_normal(n_pots), 0.05, None)
-        self.drift_rate = c.pots.drift * rng.standard_normal(n_pots)
-        self.taps = np.full(n_pots, c.pots.initial_tap, dtype=np.int64)
+        self.t0 = clock()
+        self._init_weights()
         self.noise_rng = np.random.default_rng([c.seed, 1])
         n_ch = c.source.channels
         self.src_node = c.source_wiring()
@@ -105,7 +112,6 @@ class Bench:
         self.closed = np.zeros(len(self.relays), dtype=bool)
         self.mux_node = c.mux_wiring()
         self.reading_number = 0
-        self.t0 = clock()
         self._g_version = 0
         self._t_drift = self.t0
         self._nets: dict[tuple[Any, ...], _Net] = {}
@@ -118,19 +124,64 @@ class Bench:
         self.trip_log: list[str] = []
 
     # -- conductances ------------------------------------------------------------------------
+    def _init_weights(self) -> None:
+        """The weight bank's devices: potentiometers (taps, gain errors, drift rates drawn from
+        ``[seed, 0]``) or memristors (``memristors``, drawn from ``[seed, 11]``)."""
+        c = self.config
+        n_edges = self.edges.shape[0]
+        #: the memristive devices when the bank is a memristor board (device k on edge k)
+        self.memristors: MemristorArray | None = None
+        if c.memristors is not None:
+            mem = c.memristors
+            self.memristors = MemristorArray(mem.device, n_edges, [c.seed, 11], t=self.t0)
+            g0 = mem.device.g_min if mem.initial is None else mem.initial
+            self.memristors.initialise(g0, self.t0)
+            self.device_edge = np.arange(n_edges, dtype=np.int64)
+            self.gain = np.ones(n_edges)
+            self.drift_rate = np.zeros(n_edges)
+            self.taps = np.zeros(0, dtype=np.int64)
+            return
+        pots = self.pot_spec()
+        rng = np.random.default_rng([c.seed, 0])
+        n_pots = c.pot_count()
+        self.device_edge = np.asarray(c.pot_wiring(), dtype=np.int64)
+        self.gain = np.clip(1.0 + pots.spread * rng.standard_normal(n_pots), 0.05, None)
+        self.drift_rate = pots.drift * rng.standard_normal(n_pots)
+        self.taps = np.full(n_pots, pots.initial_tap, dtype=np.int64)
+
+    def pot_spec(self) -> PotSpec:
+        """The potentiometer bank's spec (a bench whose weights are memristors has none)."""
+        if self.config.pots is None:
+            raise RuntimeError("virtual lab: this bench's weights are memristors, not pots")
+        return self.config.pots
+
     def device_conductance(self, t: float | None = None) -> FloatArray:
-        """True conductance of every device (S) at time ``t`` (default: the last drift step)."""
-        law = self.config.pots.law
-        g = np.asarray(law.conductance(self.taps)) * self.gain
-        if self.config.pots.drift > 0:
-            tt = self._t_drift if t is None else t
+        """True conductance of every weight device (S) at time ``t`` (default: the time the
+        network's conductances were last brought up to date)."""
+        tt = self._t_drift if t is None else t
+        if self.memristors is not None:
+            return self.memristors.conductance(tt)
+        pots = self.pot_spec()
+        g = np.asarray(pots.law.conductance(self.taps)) * self.gain
+        if pots.drift > 0:
             g = g * np.clip(1.0 + self.drift_rate * (tt - self.t0), 0.01, None)
         return np.asarray(g)
 
     def edge_conductance(self) -> FloatArray:
+        """Conductance of every network edge (S), in edge order, as the network sees it."""
         g = np.empty(self.edges.shape[0])
-        g[self.pot_edge] = self.device_conductance()
+        g[self.device_edge] = self.device_conductance()
         return g
+
+    def _drift_due(self, t: float) -> bool:
+        """Whether the devices' conductances have drifted since they were last evaluated."""
+        if t <= self._t_drift:
+            return False
+        mem = self.config.memristors
+        if mem is not None:
+            return mem.device.drift != "none" and mem.device.drift_nu > 0
+        pots = self.pot_spec()
+        return pots.drift > 0 and t - self._t_drift >= pots.drift_interval
 
     # -- state changes -----------------------------------------------------------------------
     def changed(self, conductances: bool = False) -> None:
@@ -178,9 +229,11 @@ class Bench:
     def voltages(self) -> FloatArray:
         """Node voltages (V) now, including settling, without meter imperfections."""
         t = self.clock()
-        if self.config.pots.drift > 0 and t - self._t_drift >= self.config.pots.drift_interval:
+        if self._drift_due(t):
+            # a new equilibrium to relax to; the relaxation in progress is not restarted
             self._t_drift = t
-            self.changed(conductances=True)
+            self._g_version += 1
+            self._dirty = True
         if self._dirty:
             self._settle_topology()
             self._dirty = False
@@ -363,7 +416,7 @@ class Bench:
     def measure_device(self, k: int) -> float:
         """Conductance (S) of device k (0-based), isolated from the network."""
         g = float(self.device_conductance(self.clock())[k])
-        noise = self.config.pots.measure_noise
+        noise = self.pot_spec().measure_noise
         if noise > 0:
             g *= 1.0 + noise * float(self.noise_rng.standard_normal())
         return g

@@ -9,13 +9,17 @@ Example (``configs/virtual_lab.yaml``)::
     source: {channels: 16}     # ch 1..10 -> input nodes, ch 11..13 -> output nodes (default)
     dmm: {noise: 1.0e-6, resolution: 1.0e-7}
     pots: {law: {kind: linear, n_taps: 1024, g_min: 1.0e-5, g_max: 1.0e-2}, spread: 0.0}
+    # or, instead of pots, a memristor board whose device k is edge k:
+    # memristors: {name: mem, device: {g_min: 1.0e-5, g_max: 1.0e-3, ...}, initial: 1.0e-4}
     switch: {relays: [{source: 14, node: 26, conductance: 1.0e-4}, ...]}
     faults: {timeout: 0.0, drop: 0.0, garble: 0.0, stuck: 0.0}
 
 Node and edge numbering are those of :mod:`physlearn.simulators.graphs.generators` (the same graph
-config as the simulator's). Source channels, relays and potentiometer channels count from 1;
-multiplexer channels from ``dmm.first_channel`` (101). Validation is pure pydantic (no numpy work,
-no I/O).
+config as the simulator's). The edges' conductances come from exactly one weight bank: ``pots``
+(digital potentiometers, wired to edges by ``pots.wiring``) or ``memristors`` (a memristor board,
+device k on edge k; :class:`~physlearn.drivers.virtual_lab.memristor.MemristorSpec`). Source
+channels, relays, potentiometer channels and memristor devices count from 1; multiplexer channels
+from ``dmm.first_channel`` (101). Validation is pure pydantic (no numpy work, no I/O).
 """
 
 from __future__ import annotations
@@ -134,10 +138,14 @@ class LabConfig(StrictModel):
     )
     source: SourceSpec = Field(default_factory=SourceSpec)
     dmm: DMMSpec = Field(default_factory=DMMSpec)
-    pots: PotSpec = Field(default_factory=PotSpec)
+    pots: PotSpec | None = Field(
+        None, description="the weight bank as digital potentiometers (VLAB-POT); or memristors"
+    )
     switch: SwitchSpec | None = None
     memristors: MemristorSpec | None = Field(
-        None, description="a memristor board (VLAB-MEM), pulse-programmed weight devices"
+        None,
+        description="the weight bank as a memristor board (VLAB-MEM): device k is edge k, "
+        "pulse-programmed; or pots",
     )
     stock: StockSpec | None = Field(
         None, description="instruments speaking real models' dialects (stock qcodes drivers)"
@@ -151,7 +159,9 @@ class LabConfig(StrictModel):
         return graph_counts(self.graph)[1]
 
     def instrument_names(self) -> list[str]:
-        names = [self.source.name, self.dmm.name, self.pots.name]
+        names = [self.source.name, self.dmm.name]
+        if self.pots is not None:
+            names.append(self.pots.name)
         if self.switch is not None:
             names.append(self.switch.name)
         if self.stock is not None:
@@ -187,11 +197,17 @@ class LabConfig(StrictModel):
         return [k if k < n else None for k in range(self.dmm.mux_channels)]
 
     def pot_wiring(self) -> list[int]:
+        """Edge of each potentiometer (index = channel - 1); [] without pots."""
+        if self.pots is None:
+            return []
         if self.pots.wiring is not None:
             return list(self.pots.wiring)
         return list(range(self.pot_count()))
 
     def pot_count(self) -> int:
+        """Number of potentiometers (0 without pots)."""
+        if self.pots is None:
+            return 0
         return self.pots.channels if self.pots.channels is not None else self.n_edges()
 
     @model_validator(mode="after")
@@ -222,16 +238,7 @@ class LabConfig(StrictModel):
                 raise ValueError(f"dmm.wiring names node {node}, outside 0..{n - 1}")
         if self.dmm.wiring is None and self.dmm.mux_channels < n:
             raise ValueError(f"the multiplexer has {self.dmm.mux_channels} channels for {n} nodes")
-        pots = self.pot_wiring()
-        if len(pots) != self.pot_count():
-            raise ValueError("pots.wiring must list one edge per device")
-        if sorted(pots) != list(range(e)):
-            raise ValueError(
-                f"pots.wiring must put exactly one device on each of the {e} edges"
-                f" (got {len(pots)} devices)"
-            )
-        if self.pots.initial_tap > self.pots.law.n_taps - 1:
-            raise ValueError("pots.initial_tap exceeds the top tap")
+        self._check_weight_bank(e)
         if self.switch is not None:
             direct = self.source_wiring()
             for k, r in enumerate(self.switch.relays, start=1):
@@ -251,6 +258,34 @@ class LabConfig(StrictModel):
             if unknown:
                 raise ValueError(f"faults.instruments names unknown instruments {sorted(unknown)}")
         return self
+
+    def _check_weight_bank(self, e: int) -> None:
+        """Exactly one of pots and memristors, covering each of the ``e`` edges once."""
+        if (self.pots is None) == (self.memristors is None):
+            got = "both" if self.pots is not None else "neither"
+            raise ValueError(
+                "give exactly one weight bank for the edges, pots (digital potentiometers) or "
+                f"memristors (a memristor board); got {got}"
+            )
+        if self.memristors is not None:
+            n = self.memristors.channels
+            if n is not None and n != e:
+                raise ValueError(
+                    f"memristors.channels is {n} but the graph has {e} edges (device k is edge "
+                    "k): omit channels or make it the number of edges"
+                )
+            return
+        assert self.pots is not None
+        pots = self.pot_wiring()
+        if len(pots) != self.pot_count():
+            raise ValueError("pots.wiring must list one edge per device")
+        if sorted(pots) != list(range(e)):
+            raise ValueError(
+                f"pots.wiring must put exactly one device on each of the {e} edges"
+                f" (got {len(pots)} devices)"
+            )
+        if self.pots.initial_tap > self.pots.law.n_taps - 1:
+            raise ValueError("pots.initial_tap exceeds the top tap")
 
 
 def parse_lab_config(raw: Any, source: str = "lab config") -> LabConfig:

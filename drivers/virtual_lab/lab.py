@@ -30,6 +30,8 @@ the last entry becomes ``-350,"Queue overflow"``, later errors are discarded unt
     ``POT:TAP:ALL <k1>,...,<kn>`` / ``?`` (every device at once);
     ``POT<c>:MEAS:COND?`` -> the device's conductance (S), measured with the device isolated
     from the network (for calibration).
+``VLAB-MEM<n>`` -- memristor board (devices ``d = 1..n``, device d on edge d - 1), instead of
+    the potentiometers: see :mod:`physlearn.drivers.virtual_lab.memristor_board`.
 ``VLAB-SWM<n>`` -- switch matrix (relays ``r = 1..n``)
     ``SYST:CHAN:COUN?``; ``ROUT:CLOS (@r,...)``; ``ROUT:OPEN (@r,...)``; ``ROUT:OPEN:ALL``;
     ``ROUT:CLOS? (@r,...)`` -> ``1,0,...`` (1 = closed).
@@ -249,11 +251,11 @@ class PotBank(SimInstrument):
         ]
 
     def reset(self) -> None:
-        self.bench.taps[:] = self.bench.config.pots.initial_tap
+        self.bench.taps[:] = self.bench.pot_spec().initial_tap
         self.bench.changed(conductances=True)
 
     def _check_tap(self, k: int) -> None:
-        top = self.bench.config.pots.law.n_taps - 1
+        top = self.bench.pot_spec().law.n_taps - 1
         if not 0 <= k <= top:
             raise ScpiError(-222, f"tap {k} not in 0..{top}")
 
@@ -266,7 +268,7 @@ class PotBank(SimInstrument):
 
     def _ntaps(self, m: re.Match[str], query: bool, arg: str | None) -> str:
         need_query(query)
-        return str(self.bench.config.pots.law.n_taps)
+        return str(self.bench.pot_spec().law.n_taps)
 
     def _tap(self, m: re.Match[str], query: bool, arg: str | None) -> str | None:
         ch = self._ch(m)
@@ -363,16 +365,15 @@ class VirtualLab:
         insts: list[SimInstrument] = [
             SourceInstrument(c.source.name, self.bench, c.source.serial),
             DMMInstrument(c.dmm.name, self.bench, c.dmm.serial),
-            PotBank(c.pots.name, self.bench, c.pots.serial),
         ]
+        if c.pots is not None:
+            insts.append(PotBank(c.pots.name, self.bench, c.pots.serial))
         if c.switch is not None:
             insts.append(SwitchMatrix(c.switch.name, self.bench, c.switch.serial))
         if c.memristors is not None:  # imported here: the board's module imports this one
             from physlearn.drivers.virtual_lab.memristor_board import MemristorBoard
 
-            mem = c.memristors
-            n_mem = mem.channels or c.n_edges()
-            insts.append(MemristorBoard(mem.name, self.bench, mem, n_mem, c.seed))
+            insts.append(MemristorBoard(c.memristors.name, self.bench, c.memristors))
         if c.stock is not None:  # imported here: the dialects import this module
             from physlearn.drivers.virtual_lab.dialects import stock_instruments
 

@@ -284,15 +284,23 @@ class MemristorArray:
 
 
 class MemristorSpec(StrictModel):
-    """The virtual lab's memristor board (VLAB-MEM): its devices and its pulse limits."""
+    """The virtual lab's memristor board (VLAB-MEM): its devices and its pulse limits. Its
+    devices are the bench's weights: device k is the conductance of network edge k."""
 
     name: str = Field("mem", pattern=r"^[a-z][a-z0-9_]*$", description="instrument name")
     channels: int | None = Field(
-        None, ge=1, le=1_000_000, description="number of devices (default: one per edge)"
+        None,
+        ge=1,
+        le=1_000_000,
+        description="number of devices: the number of edges if given (device k is edge k)",
     )
     device: MemristorModel = Field(default_factory=MemristorModel, description="device model")
     initial: float | None = Field(
-        None, gt=0, le=1.0, description="conductance of every device at power-on (S; g_min)"
+        None,
+        gt=0,
+        le=1.0,
+        description="conductance of every device at power-on (S, clipped to its window; "
+        "default device.g_min)",
     )
     max_pulses: int = Field(
         1000, ge=1, le=100_000, description="most pulses one command may ask of a device"

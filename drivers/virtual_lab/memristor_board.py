@@ -2,6 +2,12 @@
 devices (:mod:`physlearn.drivers.virtual_lab.memristor`) behind the small SCPI command set a
 lab's microcontroller board speaks, served over TCP like every virtual-lab instrument.
 
+The devices are the bench's weights (the lab config's ``memristors`` section instead of
+``pots``): device ``d`` is the conductance of network edge ``d - 1``, held by the bench
+(:attr:`Bench.memristors <physlearn.drivers.virtual_lab.bench.Bench.memristors>`). Every pulse
+command that applies a pulse changes the network; the network sees the true conductances,
+``MEM:READ?`` reports them with the devices' read noise.
+
 Commands (besides ``*IDN?``, ``*RST``, ``*CLS``, ``*OPC?``, ``SYST:ERR?``; see
 :mod:`physlearn.drivers.virtual_lab.lab` for the common rules and error codes):
 
@@ -47,17 +53,17 @@ _COUNT_AND_LIST = re.compile(r"\s*([^,(]*?)\s*,\s*(\(@.*\))\s*", re.DOTALL)
 
 
 class MemristorBoard(SimInstrument):
-    """VLAB-MEM: the memristor board. ``array`` holds the devices (seeded from ``seed``)."""
+    """VLAB-MEM: the memristor board. ``array`` holds the devices: the bench's weights."""
 
     driver = "physlearn.drivers.instruments.memristor_board.MemristorBoard"
 
-    def __init__(self, name: str, bench: Bench, spec: MemristorSpec, n: int, seed: int) -> None:
+    def __init__(self, name: str, bench: Bench, spec: MemristorSpec) -> None:
+        if bench.memristors is None:
+            raise ValueError(f"{name}: the bench's weights are not memristors (no memristors)")
         self.spec = spec
-        self.array = MemristorArray(spec.device, n, [seed, 11], t=bench.clock())
-        g0 = spec.device.g_min if spec.initial is None else spec.initial
-        self.array.initialise(g0, bench.clock())
+        self.array: MemristorArray = bench.memristors
         super().__init__(name, bench, spec.serial)
-        self.model = f"VLAB-MEM{n}"
+        self.model = f"VLAB-MEM{self.array.n}"
         self.width = spec.device.width
         self.v_set = spec.device.v_set
         self.v_reset = spec.device.v_reset
@@ -114,10 +120,14 @@ class MemristorBoard(SimInstrument):
             raise ScpiError(-222, f"pulse count {k} not in -{top}..{top}")
 
     def _apply(self, counts: np.ndarray) -> None:
+        """Apply checked pulse counts now; the network changes with the devices."""
+        if not counts.any():
+            return
         d = self.spec.device
         self.array.pulse(counts, self.bench.clock(),
                          s_set=d.pulse_scale(self.width, self.v_set, SET),
                          s_reset=d.pulse_scale(self.width, self.v_reset, RESET))  # fmt: skip
+        self.bench.changed(conductances=True)
 
     def _pulse_listed(self, arg: str | None, sign: int) -> None:
         mm = _COUNT_AND_LIST.fullmatch(arg or "")

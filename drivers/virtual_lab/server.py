@@ -3,8 +3,8 @@
 Each instrument listens on its own TCP port, like a LAN instrument on its own address: VISA
 resource ``TCPIP::127.0.0.1::<port>::SOCKET``, messages terminated by ``\\n`` in both
 directions. Ports are ephemeral (``port=0``) or consecutive from a base port in instrument order
-(source, dmm, pots, switch). The server binds 127.0.0.1 only, unless ``allow_remote=True`` is
-passed explicitly with another host.
+(source, dmm, pots, switch, memristor board, stock instruments; those the lab has). The server
+binds 127.0.0.1 only, unless ``allow_remote=True`` is passed explicitly with another host.
 
 Faults (``LabConfig.faults``; probabilities, drawn from a seeded generator, per instrument):
 
