@@ -171,10 +171,10 @@ def test_calibration_measures_every_device_and_the_system_uses_it(tmp_path):
         "system.weights.conductance.max=8.0e-3",
     ]
     system = build_system(load_config(DEMO, overrides))
-    assert system.tapmap.source == "calibration cal.json"  # type: ignore[attr-defined]
+    assert system.bank.tapmap.source == "calibration cal.json"  # type: ignore[attr-defined]
     g = np.full(208, 2e-3)
-    taps_for = system.tapmap.nearest(g)  # type: ignore[attr-defined]
-    held = system.tapmap.conductance(taps_for)  # type: ignore[attr-defined]
+    taps_for = system.bank.tapmap.nearest(g)  # type: ignore[attr-defined]
+    held = system.bank.tapmap.conductance(taps_for)  # type: ignore[attr-defined]
     # calibrated: each device's held conductance is within half a tap step of the request
     step = np.diff(truth, axis=1).mean(axis=1) / np.diff(taps).mean()
     assert np.all(np.abs(held - g) <= 0.5 * step + 1e-15)

@@ -88,11 +88,7 @@ def bench(request, tmp_path_factory) -> Iterator[tuple[Any, Any, dict[str, Any]]
         system = build_system(parse_config(raw))
         try:
             with system:
-                # every source role on the one source instrument: one shared bulk writer,
-                # flushed before the relays are switched (with relays) or at the sync (without)
-                (writer,) = system._writers
-                assert all(src.bulk is writer for src in system._sources.values())
-                assert bool(system._switches) == relays
+                assert bool(system.switches) == relays
                 yield lab, system, raw
         finally:
             Instrument.close_all()
@@ -207,7 +203,7 @@ def test_nothing_outside_the_envelope_reaches_an_instrument(bench, ops):
 def test_qcodes_itself_refuses_a_level_outside_the_envelope(bench, value, channel):
     lab, system, _ = bench
     lab.clear_received()
-    param = system._instruments["src"].channels[channel - 1].volt
+    param = system.insts.by_name["src"].channels[channel - 1].volt
     with pytest.raises(ValueError):
         param.set(value)
     assert lab.received() == []

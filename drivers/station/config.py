@@ -48,6 +48,7 @@ from physlearn.drivers.station.roles import (
     SourceRole,
     TapLaw,
     WeightRole,
+    check_public,
     expand_names,
     graph_counts,
     resolve_path,
@@ -121,21 +122,15 @@ class StationConfig(SystemConfigBase):
     def referenced(self) -> list[tuple[str, str]]:
         """(field, dotted name) of every instrument path the roles use."""
         out = [("inputs.channels", n) for n in self.inputs.names()]
-        if self.inputs.trip_status is not None:
-            out.append(("inputs.trip_status", self.inputs.trip_status))
+        out += [("inputs.trip_status", n) for n in self.inputs.trip_names()]
         for kind in self.nudge.kinds():
             role = getattr(self.nudge, kind)
             out += [(f"nudge.{kind}.sources.channels", n) for n in role.sources.names()]
-            if role.sources.trip_status is not None:
-                out.append((f"nudge.{kind}.sources.trip_status", role.sources.trip_status))
+            out += [(f"nudge.{kind}.sources.trip_status", n) for n in role.sources.trip_names()]
             sw = getattr(role, "switches", None)
             if sw is not None:
                 out += [(f"nudge.{kind}.switches.channels", n) for n in sw.names()]
-        out.append(("probes.readings", self.probes.readings))
-        for field in ("scan_list", "counter"):
-            name = getattr(self.probes, field)
-            if name is not None:
-                out.append((f"probes.{field}", name))
+        out += self.probes.paths()
         out.append(("weights.taps", self.weights.taps))
         if self.weights.channels is not None:
             out += [("weights.channels", n) for n in expand_names(self.weights.channels)]
@@ -190,6 +185,10 @@ class StationConfig(SystemConfigBase):
                 )
         known = self.station_instruments()
         for field, name in self.referenced():
+            try:
+                check_public(name)
+            except ValueError as exc:
+                raise ValueError(f"{field}: {exc}") from None
             inst = name.split(".")[0]
             if inst not in known:
                 raise ValueError(

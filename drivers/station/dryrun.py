@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from physlearn.drivers.errors import EnvelopeViolation
+from physlearn.drivers.station.binding import is_off
 from physlearn.dryrun import Check
 
 if TYPE_CHECKING:
     from physlearn.config import ExperimentConfig
-    from physlearn.drivers.station.phases import _Source
+    from physlearn.drivers.station.binding import BoundSource
     from physlearn.drivers.station.system import StationSystem
     from physlearn.estimators.ep import EquilibriumPropagation
     from physlearn.losses import Loss
@@ -44,7 +45,7 @@ def station_checks(system: StationSystem, experiment: ExperimentConfig | None) -
     """
     out: list[Check] = []
     try:
-        system._start_lab()
+        system.insts.start_lab()
     except Exception as exc:  # noqa: BLE001 - report, do not raise
         return [_check(False, "virtual lab", f"cannot start: {exc}")]
     if system.lab is not None:
@@ -56,22 +57,23 @@ def station_checks(system: StationSystem, experiment: ExperimentConfig | None) -
     out.extend(_identity_checks(system))
 
     try:
-        system._bind()
+        system.bind()
     except KeyError as exc:
         out.append(_check(False, "roles", str(exc.args[0])))
         return out
     out.append(_check(True, "roles", "every channel and parameter of the config resolves"))
 
-    for src in system._sources.values():
+    for src in system.sources.values():
         out.extend(_envelope_checks(src))
 
     try:
-        system._install_envelope()
-        system._resync()
+        system.install_envelope()
+        assert system.phases is not None
+        system.phases.resync()
     except Exception as exc:  # noqa: BLE001
         out.append(_check(False, "present state", f"cannot read: {exc}"))
         return out
-    for src in system._sources.values():
+    for src in system.sources.values():
         out.extend(_present_state_checks(src))
 
     out.append(_bank_check(system))
@@ -82,20 +84,15 @@ def station_checks(system: StationSystem, experiment: ExperimentConfig | None) -
 
 def _connect_checks(system: StationSystem) -> list[Check]:
     """Load every needed instrument of the station YAML into a fresh qcodes station."""
-    import yaml
-    from qcodes.station import Station
-
     out: list[Check] = []
-    station = Station(default=False, update_snapshot=False)
-    station.load_config(yaml.safe_dump(system._station_yaml()))
-    system._station = station
-    for name in system._needed_instruments():
+    station = system.insts.new_station()
+    for name in system.insts.needed():
         try:
             inst = station.load_instrument(name, update_snapshot=False)
         except Exception as exc:  # noqa: BLE001
             out.append(_check(False, f"{name}: connect", f"{type(exc).__name__}: {exc}"))
             continue
-        system._instruments[name] = inst
+        system.insts.by_name[name] = inst
         out.append(_check(True, f"{name}: connect", str(getattr(inst, "address", ""))))
     return out
 
@@ -105,7 +102,7 @@ def _identity_checks(system: StationSystem) -> list[Check]:
     import re
 
     out: list[Check] = []
-    for name, inst in system._instruments.items():
+    for name, inst in system.insts.by_name.items():
         try:
             idn = inst.ask("*IDN?").strip()
         except Exception as exc:  # noqa: BLE001
@@ -121,7 +118,7 @@ def _identity_checks(system: StationSystem) -> list[Check]:
     return out
 
 
-def _envelope_checks(src: _Source) -> list[Check]:
+def _envelope_checks(src: BoundSource) -> list[Check]:
     """The source's envelope against its drivers' hardware ranges, and its compliance value."""
     from physlearn.drivers.station.safety import hardware_range
 
@@ -159,14 +156,14 @@ def _envelope_checks(src: _Source) -> list[Check]:
     return out
 
 
-def _present_state_checks(src: _Source) -> list[Check]:
+def _present_state_checks(src: BoundSource) -> list[Check]:
     """The source's cached levels against its envelope (a live output outside fails), and trips."""
     out: list[Check] = []
     lim = src.env.limits
     live, stray = [], []
     for k, p in enumerate(src.levels):
         v = p.cache.get(get_if_invalid=False)
-        on = True if src.outputs is None else bool(src.outputs[k].cache.get(get_if_invalid=False))
+        on = src.outputs is None or not is_off(src.outputs[k].cache.get(get_if_invalid=False))
         inside = v is not None and lim.min <= float(v) <= lim.max
         if not inside and on:
             live.append(f"{p.full_name} = {v}")
@@ -177,29 +174,32 @@ def _present_state_checks(src: _Source) -> list[Check]:
         detail = f"output ON outside the envelope: {', '.join(live[:4])}; bring inside by hand"
     elif stray:
         detail = f"outputs off; {', '.join(stray[:3])} will be reset to the safe level at open"
+    if src.pending:
+        detail = f"levels resolve once the settings are written at open ({src.pending})"
     out.append(_check(not live, f"{src.name}: present state", detail))
-    if src.trip is not None:
+    for trip in src.trips:
         try:
-            mask = int(src.trip.get())
+            status = trip.get()
         except Exception as exc:  # noqa: BLE001
             out.append(_check(False, f"{src.name}: trip status", str(exc)))
-        else:
-            out.append(
-                _check(
-                    mask == 0,
-                    f"{src.name}: trip status",
-                    "no channel tripped" if mask == 0 else f"tripped channels (mask {mask})",
-                )
+            continue
+        ok = not status or is_off(status)
+        out.append(
+            _check(
+                ok,
+                f"{src.name}: trip status",
+                f"{trip.full_name}: " + ("not tripped" if ok else f"TRIPPED ({status})"),
             )
+        )
     return out
 
 
 def _bank_check(system: StationSystem) -> Check:
     """The potentiometer bank: one device per edge, taps matching the law and the tap limits."""
     cfg = system.config
-    bank = system._taps.root_instrument
+    bank = system.bank.taps.root_instrument
     try:
-        taps = np.asarray(system._taps.get())
+        taps = np.asarray(system.bank.taps.get())
     except Exception as exc:  # noqa: BLE001
         return _check(False, "weights: bank", f"cannot read taps: {exc}")
     n_taps = getattr(bank, "n_taps", None)
@@ -213,8 +213,8 @@ def _bank_check(system: StationSystem) -> Check:
         "weights: bank",
         f"{taps.size} devices for {system.edges.shape[0]} edges, {n_taps} taps "
         f"(law: {law_taps}), tap limits {list(cfg.weights.tap_limits)}, "
-        f"conductance [{system._group.lower:g}, {system._group.upper:g}] S "
-        f"({system.tapmap.source})",
+        f"conductance [{system.bank.group.lower:g}, {system.bank.group.upper:g}] S "
+        f"({system.bank.tapmap.source})",
     )
 
 

@@ -19,9 +19,9 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from physlearn.configbase import StrictModel
 from physlearn.simulators.graphs.config import GraphConfig
@@ -99,6 +99,15 @@ def graph_counts(graph: GraphConfig) -> tuple[int, int]:
         return graph.n_nodes, len(graph.edges)
     g = graph.build()  # lattice: build (imports scipy)
     return int(g.n_nodes), int(g.n_edges)
+
+
+def check_public(path: str) -> str:
+    """Refuse a dotted name with a private part: roles reach instruments through public
+    attributes only."""
+    bad = [p for p in path.split(".") if p.startswith("_") or not p]
+    if bad:
+        raise ValueError(f"{path!r}: {bad[0]!r} is not a public attribute name")
+    return path
 
 
 def resolve_path(path: str) -> str:
@@ -186,6 +195,8 @@ class Compliance(StrictModel):
     parameter: str = Field(description="parameter on each channel, e.g. curr_limit")
     value: float = Field(gt=0, description="limit (A for voltage sources, V for current sources)")
 
+    _public = field_validator("parameter")(check_public)
+
 
 class SourceRole(StrictModel):
     """Source channels playing one role, in port order."""
@@ -197,23 +208,38 @@ class SourceRole(StrictModel):
     unit: Literal["V", "A"] = Field("V", description="unit of the level")
     limits: Limits = Field(description="envelope of the level")
     output: str | None = Field(
-        "output", description="boolean on/off parameter on each channel (null: none)"
+        "output", description="on/off parameter on each channel (null: none)"
+    )
+    output_values: tuple[bool | int | str, bool | int | str] = Field(
+        (True, False),
+        description="what the output parameter is set to for on and for off, e.g. [on, off]",
     )
     compliance: Compliance | None = Field(None, description="protection limit set at open")
     settings: dict[str, float | int | str | bool] = Field(
         default_factory=dict,
         description="other parameters written on each channel at open, e.g. {function: VOLT}",
     )
-    trip_status: str | None = Field(
+    trip_status: str | list[str] | None = Field(
         None,
-        description="instrument parameter that is non-zero while a channel is tripped by its "
-        "compliance, e.g. src.trip_status (queried after every change)",
+        description="parameter(s) non-zero while a channel is tripped by its compliance, "
+        "queried after every change: src.trip_status, or 'smu{1..3}.source.limit_tripped'",
     )
 
     _channels = field_validator("channels")(check_channels)
 
+    @field_validator("level", "output", "settings")
+    @classmethod
+    def _public(cls, v: Any) -> Any:
+        for name in v if isinstance(v, dict) else [v]:
+            if name is not None:
+                check_public(str(name))
+        return v
+
     def names(self) -> list[str]:
         return expand_names(self.channels)
+
+    def trip_names(self) -> list[str]:
+        return [] if self.trip_status is None else expand_names(self.trip_status)
 
 
 class SwitchRole(StrictModel):
@@ -260,9 +286,10 @@ class NudgeConfig(StrictModel):
         return [k for k in ("target", "error", "clamp") if getattr(self, k) is not None]
 
 
-class ProbeRole(StrictModel):
-    """A meter scanning every node of the network through its multiplexer."""
+class ScanProbe(StrictModel):
+    """A meter scanning every node of the network through its multiplexer (one query per scan)."""
 
+    kind: Literal["scan"] = Field("scan", description="a meter with a scan list")
     readings: str = Field(
         "dmm.readings", description="array parameter: one reading (V) per scanned channel"
     )
@@ -283,6 +310,57 @@ class ProbeRole(StrictModel):
 
     def channel_list(self) -> list[int]:
         return expand_ints(self.channels)
+
+    def paths(self) -> list[tuple[str, str]]:
+        """(field, dotted name) of every instrument path this section uses."""
+        out = [("probes.readings", self.readings)]
+        out += [(f"probes.{f}", getattr(self, f)) for f in ("scan_list", "counter")]
+        return [(f, p) for f, p in out if p is not None]
+
+
+class SwitchedProbe(StrictModel):
+    """A switch matrix connecting one node at a time to a DMM's input (stock drivers: a
+    Keysight 34980A's 34934A card and a 34465A on one of its rows)."""
+
+    kind: Literal["switched"] = Field(description="a switch matrix routing nodes to a DMM")
+    switch: str = Field(
+        description="switch-matrix module with connect(row, column) / disconnect(row, column), "
+        "e.g. mux.slot_1_34934A"
+    )
+    row: int = Field(ge=1, description="matrix row wired to the DMM input")
+    columns: str | list[int] = Field(
+        description="matrix column of each node, in node order: '{1..29}'"
+    )
+    meter: str = Field(description="parameter reading the DMM once (V), e.g. dmm.volt")
+    settings: dict[str, float | int | str | bool] = Field(
+        default_factory=dict,
+        description="parameters of the meter written at open, in order, e.g. {NPLC: 0.02}",
+    )
+    range: float = Field(10.0, gt=0, description="|reading| above this is an overload (V)")
+
+    _columns = field_validator("columns")(check_channels)
+
+    def column_list(self) -> list[int]:
+        return expand_ints(self.columns)
+
+    def channel_list(self) -> list[int]:
+        return self.column_list()
+
+    def paths(self) -> list[tuple[str, str]]:
+        return [("probes.switch", self.switch), ("probes.meter", self.meter)]
+
+
+def probe_kind(raw: Any) -> str:
+    """Discriminator of the ``probes`` section (``kind``, default ``scan``)."""
+    if isinstance(raw, dict):
+        return str(raw.get("kind", "scan"))
+    return str(getattr(raw, "kind", "scan"))
+
+
+ProbeRole = Annotated[
+    Annotated[ScanProbe, Tag("scan")] | Annotated[SwitchedProbe, Tag("switched")],
+    Discriminator(probe_kind),
+]
 
 
 class WeightBounds(StrictModel):

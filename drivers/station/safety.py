@@ -94,8 +94,8 @@ def check_taps(taps: np.ndarray, tap_limits: tuple[int, int], channels: Sequence
 def _hardware_range(param: Any) -> tuple[float, float]:
     """(min, max) of a parameter's existing Numbers-like validator, or (-inf, inf)."""
     v = getattr(param, "vals", None)
-    lo = getattr(v, "_min_value", None)
-    hi = getattr(v, "_max_value", None)
+    lo = getattr(v, "min_value", None)  # qcodes Numbers / Ints / Arrays: public bounds
+    hi = getattr(v, "max_value", None)
     lo_f = -np.inf if lo is None else float(lo)
     hi_f = np.inf if hi is None else float(hi)
     return lo_f, hi_f

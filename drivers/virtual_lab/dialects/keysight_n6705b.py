@@ -102,8 +102,9 @@ class N6705B(StockInstrument):
             c = self.spec.channels[mod]
             return sci(0.0 if c is None else b.volt[c - 1])
         v = number(value)
-        if not 0 <= v <= self.spec.max_voltage:
-            raise ScpiError(-222, f"{v:g} V outside the module range 0..{self.spec.max_voltage:g}")
+        lo, hi = self.spec.min_voltage, self.spec.max_voltage
+        if not lo <= v <= hi:
+            raise ScpiError(-222, f"{v:g} V outside the module range {lo:g}..{hi:g}")
         if v > self.ovp[mod]:
             raise ScpiError(-221, f"{v:g} V above the over-voltage protection {self.ovp[mod]:g}")
         c = self._bench(mod)

@@ -53,6 +53,12 @@ class N6705BSpec(StrictModel):
         min_length=4, max_length=4, description="bench source channel of modules 1..4 (null: none)"
     )
     max_voltage: float = Field(20.0, gt=0, description="module voltage range (V), e.g. N6762A 50")
+    min_voltage: float = Field(
+        0.0,
+        le=0,
+        description="lowest module voltage (V): 0 for the unipolar DC modules (N673xB..N676xA), "
+        "-20 for the four-quadrant source/measure module N6784A",
+    )
     max_current: float = Field(3.0, gt=0, description="module current range (A)")
     serial: str = Field("MY50001897")
 
