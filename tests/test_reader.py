@@ -241,6 +241,17 @@ def test_opening_takes_no_lock_and_writes_nothing(finished: Path) -> None:
     }
 
 
+@pytest.mark.filterwarnings("ignore:Object at writer.lock")  # the lock group's lock file
+def test_open_datatree_reads_the_whole_store(finished: Path) -> None:
+    """Issue 21: xarray.open_datatree failed on a run store (checkpoint arrays had no dimension
+    names); now every group opens, the checkpoint slots included."""
+    tree = xr.open_datatree(finished, engine="zarr", consolidated=False)
+    slot = tree["checkpoint/a"].to_dataset()
+    assert slot["held__conductance"].dims == ("held__conductance_0",)
+    assert slot["held__conductance"].shape == (208,)
+    assert tree["graph"].to_dataset()["edges"].dims == ("edge", "end")
+
+
 def test_import_physlearn_does_not_import_xarray() -> None:
     code = (
         "import sys, physlearn; assert callable(physlearn.open_run); "

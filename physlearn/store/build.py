@@ -86,7 +86,11 @@ def _populate(
     for slot in ("a", "b"):
         sg = ck.create_group(slot)
         for key, shape in checkpoint_shapes.items():
-            sg.create_array(key.replace("/", "__"), shape=shape, dtype="f8", compressors=None)
+            name = key.replace("/", "__")
+            # dimension names as every array has them (xarray.open_datatree needs them); the
+            # entry's own, so that no two entries' sizes can conflict
+            dims = [f"{name}_{i}" for i in range(len(shape))]
+            sg.create_array(name, shape=shape, dtype="f8", compressors=None, dimension_names=dims)
     if graph is not None:
         created |= _write_graph(g.create_group("graph"), graph)
     integrity.create_log(g, created)
