@@ -31,7 +31,8 @@ examples:
   physlearn inspect runs/quickstart-20260101-120000.zarr --json
   physlearn resume runs/quickstart-20260101-120000.zarr
 
-A run is a Zarr v3 group: xarray.open_zarr(PATH, consolidated=False) reads it.
+A run is a Zarr v3 group: physlearn.open_run(PATH) reads its committed steps as an xarray
+Dataset (physlearn.open_sweep a sweep); `physlearn export PATH` writes them to netCDF.
 """
 
 

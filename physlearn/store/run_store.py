@@ -1,5 +1,5 @@
-"""The run store: one Zarr v3 group per run, readable with ``xarray.open_zarr(path,
-consolidated=False)``.
+"""The run store: one Zarr v3 group per run; :func:`physlearn.open_run` reads its committed
+records as an xarray Dataset.
 
 Layout
 ------
