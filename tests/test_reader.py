@@ -73,11 +73,15 @@ def _quickstart(out: Path, *sets: str) -> subprocess.Popen[str]:
 
 
 def _snapshot(ds: Any) -> dict[str, Any]:
-    """The committed counts and the kept records of one open, loaded now."""
-    got = {name: ds[name].values for name in KEPT if name in ds}
-    got["eval_step"] = ds["eval_step"].values if "eval_step" in ds.coords else np.zeros(0)
+    """The committed counts and the kept records of one open, loaded now (in one compute)."""
     n = ds.sizes["step"]
-    last = {name: ds[name].isel(step=n - 1).values for name in KEPT_LAST if name in ds and n}
+    parts = {name: ds[name] for name in KEPT if name in ds}
+    if n:
+        parts |= {f"last:{name}": ds[name].isel(step=n - 1) for name in KEPT_LAST if name in ds}
+    loaded = xr.Dataset(parts).compute()
+    got = {k: v.values for k, v in loaded.data_vars.items() if not k.startswith("last:")}
+    last = {k[5:]: v.values for k, v in loaded.data_vars.items() if k.startswith("last:")}
+    got["eval_step"] = ds["eval_step"].values if "eval_step" in ds.coords else np.zeros(0)
     return {"steps": n, "evals": ds.sizes["eval"], "data": got, "last": last}
 
 
@@ -112,12 +116,12 @@ def test_every_open_during_a_run_is_a_prefix_of_the_finished_run(tmp_path: Path)
     """Hundreds of opens while ``physlearn run`` commits every step (xarray.open_zarr failed a
     third of them or showed uncommitted steps, issue 21); the run is then stopped with Ctrl-C."""
     out = tmp_path / "live.zarr"
-    proc = _quickstart(out, "schedule.epochs=400")
+    proc = _quickstart(out, "schedule.epochs=2000")  # stopped long before its end
     try:
         _wait(out, proc, 1)
         snaps = []
-        deadline = time.monotonic() + 15
-        while len(snaps) < 300 and time.monotonic() < deadline and proc.poll() is None:
+        deadline = time.monotonic() + 30  # 200 opens take 10-20 s on two busy cores
+        while len(snaps) < 200 and time.monotonic() < deadline and proc.poll() is None:
             ds = open_run(out)
             assert ds.sizes["step"] == ds.attrs["committed_steps"]
             snaps.append(_snapshot(ds))
@@ -125,9 +129,9 @@ def test_every_open_during_a_run_is_a_prefix_of_the_finished_run(tmp_path: Path)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err  # interrupted, not finished: the opens saw a live run
-    final = open_run(out).load()
+    final = open_run(out)
     assert final.attrs["exit_status"] == "abort"
-    print(f"{len(snaps)} opens, {len({s['steps'] for s in snaps})} step counts")
+    final = final[[n for n in (*KEPT, *KEPT_LAST) if n in final]].load()
     assert len(snaps) >= 100, f"only {len(snaps)} opens"
     assert len({s["steps"] for s in snaps}) >= 20  # it did commit while being read
     for snap in snaps:
@@ -183,15 +187,20 @@ def test_a_torn_commit_is_not_read(
     xr.testing.assert_identical(ds.load(), ref.load())
 
 
-def test_every_variable_has_units_and_a_long_name_and_every_dimension_a_coordinate(
-    finished: Path,
-) -> None:
-    ds = open_run(finished)
+def _assert_labelled(ds: Any) -> None:
+    """Units and a long name on every variable and coordinate; a coordinate on every dim."""
     for name, var in ds.variables.items():
         assert var.attrs.get("units") not in (None, ""), f"{name} has no units"
         assert var.attrs.get("long_name"), f"{name} has no long_name"
     for dim in ds.dims:
         assert dim in ds.coords, f"dimension {dim!r} has no coordinate"
+
+
+def test_every_variable_has_units_and_a_long_name_and_every_dimension_a_coordinate(
+    finished: Path,
+) -> None:
+    ds = open_run(finished)
+    _assert_labelled(ds)
     assert ds.sizes["step"] == 24 and ds["eval_step"].values.tolist() == [0, 8, 16, 24]
     assert ds["eval_step"].dims == ("eval",) and "eval_step" in ds.coords
     assert list(ds["phase"].values) == ["free", "beta+0.0001", "beta-0.0001"]
@@ -204,6 +213,20 @@ def test_every_variable_has_units_and_a_long_name_and_every_dimension_a_coordina
     assert set(np.unique(ds["edge_layer"].values)) == {0, 1}  # 10 -> 16 -> 3 layers
     assert list(ds["node_role"].values[:10]) == ["input"] * 10
     assert ds["node_layer"].values.tolist() == [0] * 10 + [1] * 16 + [2] * 3
+
+
+def test_an_xy_run_with_observables_and_three_groups_is_labelled(tmp_path: Path) -> None:
+    """Another system: node phases logged as an observable, parameter groups on nodes and edges
+    of an all-to-all graph (no layers)."""
+    raw = yaml.safe_load((CONFIGS / "xy_xor_dense.yaml").read_text())
+    raw["schedule"] = {**raw["schedule"], "steps": 3, "eval_every": 2}
+    raw["store"] = {"root": str(tmp_path)}
+    assert start_run(parse_config(raw), tmp_path / "xy.zarr").status == "success"
+    ds = open_run(tmp_path / "xy.zarr")
+    _assert_labelled(ds)
+    assert ds["obs_phase"].dims[:3] == ("step", "phase", "sample")
+    assert ds["param_bias_amplitude"].dims == ("step", "node") and ds.sizes["edge"] == 10
+    assert "edge_layer" not in ds.coords and ds["edge_source"].size == 10
 
 
 def test_the_readme_example_plots_accuracy_against_eval_step(finished: Path) -> None:
@@ -300,8 +323,16 @@ def _bad_targets(tmp_path: Path, finished: Path) -> dict[str, tuple[list[str], s
             {"zarr_format": 3, "node_type": "group", "attributes": {"kind": "physlearn-sweep"}}
         )
     )
+    chunk = tmp_path / "chunk.zarr"  # a lost chunk's bytes replaced: found when it is read
+    shutil.copytree(finished, chunk)
+    (chunk / "loss" / "c" / "0").write_bytes(b"garbage")
+    meta = tmp_path / "meta.zarr"  # an array's metadata cut short
+    shutil.copytree(finished, meta)
+    (meta / "loss" / "zarr.json").write_text('{"zarr_format": 3, "node_type": "array"}')
     return {
         "missing": (["export", str(tmp_path / "nope.zarr")], "does not exist"),
+        "damaged chunk": (["export", str(chunk)], "array 'loss' cannot be read"),
+        "damaged metadata": (["export", str(meta)], "array 'loss' cannot be opened"),
         "plain directory": (["export", str(tmp_path / "plain")], "not a Zarr group"),
         "a file": (["export", str(tmp_path / "file.zarr")], "file.zarr"),
         "not a run": (["export", str(tmp_path / "group.zarr")], "not a physlearn run"),
@@ -321,6 +352,7 @@ def test_export_refuses_what_is_not_a_run_in_one_line(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and err.startswith("physlearn: error: "), (case, err)
         assert word in err, (case, err)
+    assert not list(tmp_path.rglob("*.partial"))  # a failed export leaves no half file
     proc = run_cli("export", str(tmp_path / "nope.zarr"), "--to", "netcdf")  # the real CLI
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1

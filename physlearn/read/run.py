@@ -87,19 +87,25 @@ def open_run(path: str | os.PathLike[str]) -> xr.Dataset:
 
 def _entries(path: Path) -> list[str]:
     """Names of the arrays and groups directly in the run group that may hold records: every
-    directory but the checkpoint, graph and checksum groups and hidden entries (the lock
-    group, zarr's temporary files)."""
+    directory with metadata but the checkpoint, graph and checksum groups and hidden entries
+    (the lock group)."""
     try:
         names = sorted(e.name for e in os.scandir(path) if e.is_dir(follow_symlinks=False))
     except OSError as exc:
         raise StoreError(f"{path}: cannot list the store ({exc.strerror})") from None
-    return [n for n in names if not n.startswith(".") and n not in _NOT_RECORDS]
+    # no metadata yet: an array a commit in flight is creating (zarr writes its zarr.json
+    # whole, so one that exists is complete)
+    return [
+        n
+        for n in names
+        if not n.startswith(".") and n not in _NOT_RECORDS and (path / n / "zarr.json").is_file()
+    ]
 
 
 def _open_arrays(path: Path, names: list[str]) -> dict[str, Any]:
     """The zarr arrays ``names`` of the group at ``path``, their metadata read concurrently
-    (one round trip instead of one per array). A name without metadata (an array a commit in
-    flight is creating; a run without a graph) or naming a group is left out."""
+    (one round trip instead of one per array). A name without metadata (the graph arrays of a
+    run without a graph) or naming a group is left out; damaged metadata is a StoreError."""
     import zarr
     import zarr.api.asynchronous as za
     from zarr.core.sync import sync
@@ -114,7 +120,8 @@ def _open_arrays(path: Path, names: list[str]) -> dict[str, Any]:
         raise StoreError(f"{path}: cannot open the Zarr group ({exc})") from None
     arrays: dict[str, Any] = {}
     for name, item in zip(names, found, strict=True):
-        if isinstance(item, (KeyError, FileNotFoundError)):
+        missing = isinstance(item, (KeyError, FileNotFoundError))
+        if missing and not (path / name / "zarr.json").is_file():
             continue
         if isinstance(item, BaseException):
             raise StoreError(f"{path}: array {name!r} cannot be opened ({item})")
@@ -134,14 +141,29 @@ def _coordinate(path: Path, name: str, array: Any, dims: tuple[str, ...]) -> Any
     return xr.Variable(dims, values, attrs=_attrs(array, name))
 
 
-def _read(path: Path, name: str, array: Any, rows: slice) -> Any:
+def _read(path: Path, name: str, array: Any, rows: Any) -> Any:
+    """``array[rows]``; a damaged chunk is a :class:`StoreError` naming the array."""
     try:
         return array[rows]
     except Exception as exc:  # zarr and numcodecs raise many types for a damaged chunk
         raise StoreError(
-            f"{path}: array {name!r} cannot be read ({exc}); `physlearn inspect {path} "
-            "--verify` checks the whole store"
+            f"{path}: array {name!r} cannot be read ({type(exc).__name__}: {exc}); "
+            f"`physlearn inspect {path} --verify` checks the whole store"
         ) from None
+
+
+class _Records:
+    """An array's records for dask: reads through :func:`_read`, so that a damaged chunk met
+    when the dataset is computed (a plot, an export) is a one-line StoreError too."""
+
+    def __init__(self, path: Path, name: str, array: Any) -> None:
+        self.path, self.name, self.array = path, name, array
+        self.shape: tuple[int, ...] = tuple(array.shape)
+        self.dtype: np.dtype[Any] = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> Any:
+        return _read(self.path, self.name, self.array, key)
 
 
 def _committed(path: Path, name: str, array: Any, dims: tuple[str, ...], n: int) -> Any:
@@ -161,7 +183,8 @@ def _committed(path: Path, name: str, array: Any, dims: tuple[str, ...], n: int)
         # named by what it reads: opens at other moments must not share dask keys
         key = f"physlearn-{path.resolve()}-{name}-{array.shape[0]}"
         meta = np.empty((0,) * array.ndim, dtype=array.dtype)
-        data = da.from_array(array, chunks=array.chunks, name=key, meta=meta)[:n]
+        records = _Records(path, name, array)
+        data = da.from_array(records, chunks=array.chunks, name=key, meta=meta)[:n]
     return xr.Variable(dims, data, attrs=_attrs(array, name))
 
 
