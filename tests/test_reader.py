@@ -421,23 +421,34 @@ def test_open_sweep_stacks_runs_along_the_axes_while_and_after_it_runs(tmp_path:
         assert set(np.unique(status)) <= {"pending", "unfinished", "success"}
 
 
-def test_open_sweep_marks_a_run_without_a_store_pending(tmp_path: Path) -> None:
+def test_open_sweep_random_samples_and_a_run_without_a_store(tmp_path: Path) -> None:
+    """Random-search samples share one dimension (their values are coordinates on it); a run
+    whose store does not exist (yet) is NaN with run_status pending."""
     spec = {
-        "name": "two",
+        "name": "rnd",
         "base": str(CONFIGS / "quickstart.yaml"),
-        "set": {"schedule.steps": 3, "schedule.epochs": None},
+        "set": {"schedule.steps": 2, "schedule.epochs": None},
+        "random": {"samples": 2, "axes": {"optimizer.lr": {"dist": "log_uniform", "low": 1e-4,
+                                                           "high": 1e-3}}},
         "seeds": [3, 5],
-    }
-    (tmp_path / "two.yaml").write_text(yaml.safe_dump(spec))
-    root = tmp_path / "two.zarr"
-    proc = run_cli("sweep", str(tmp_path / "two.yaml"), "--out", str(root), "--workers", "0")
+    }  # fmt: skip
+    (tmp_path / "rnd.yaml").write_text(yaml.safe_dump(spec))
+    root = tmp_path / "rnd.zarr"
+    proc = run_cli("sweep", str(tmp_path / "rnd.yaml"), "--out", str(root), "--workers", "0")
     assert proc.returncode == 0, proc.stderr
-    (axes, gone), (kept_axes, kept) = _runs(root)
-    shutil.rmtree(gone)
+    table = json.loads((root / "zarr.json").read_text())["attributes"]["runs"]
+    shutil.rmtree(root / table[0]["run_id"])  # random sample 0, seed 3
     ds = open_sweep(root)
-    assert ds["loss"].dims == ("seed", "step") and list(ds["seed"].values) == [3, 5]
-    assert ds["run_status"].sel(axes).item() == "pending"
-    assert np.isnan(ds["loss"].sel(axes).values).all()
-    assert ds["run_status"].sel(kept_axes).item() == "success"
-    np.testing.assert_array_equal(ds["loss"].sel(kept_axes).values, open_run(kept)["loss"].values)
-    assert ds["run_id"].sel(axes).item() == gone.name
+    assert ds["loss"].dims == ("random_sample", "seed", "step")
+    assert list(ds["seed"].values) == [3, 5] and list(ds["random_sample"].values) == [0, 1]
+    lrs = [table[0]["axes"]["optimizer.lr"], table[2]["axes"]["optimizer.lr"]]
+    assert ds["optimizer.lr"].dims == ("random_sample",) and list(ds["optimizer.lr"].values) == lrs
+    gone = {"random_sample": 0, "seed": 3}
+    assert ds["run_status"].sel(gone).item() == "pending"
+    assert ds["run_id"].sel(gone).item() == table[0]["run_id"]
+    assert np.isnan(ds["loss"].sel(gone).values).all()
+    for i, row in enumerate(table[1:], start=1):
+        at = {"random_sample": i // 2, "seed": row["seed"]}
+        assert ds["run_status"].sel(at).item() == "success"
+        one = open_run(root / row["run_id"])["loss"].values
+        np.testing.assert_array_equal(ds["loss"].sel(at).values, one)
