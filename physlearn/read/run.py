@@ -74,7 +74,7 @@ def open_run(path: str | os.PathLike[str]) -> xr.Dataset:
             continue
         dims = tuple(array.metadata.dimension_names or ())
         dims = dims or tuple(f"{name}_{i}" for i in range(array.ndim))
-        if dims[0] not in APPEND_DIMS:
+        if not dims or dims[0] not in APPEND_DIMS:
             coords[name] = _coordinate(store.path, name, array, dims)
         else:
             variables[name] = _committed(store.path, name, array, dims, counts[dims[0]])
@@ -211,7 +211,7 @@ def _add_graph(
     node_layer = pos[:, 0].astype(np.int64)
     new: dict[str, tuple[tuple[str, ...], Any, dict[str, str]]] = {}
     if ds.sizes.get("node", len(pos)) == len(pos):
-        new["node_role"] = (("node",), np.array([str(r) for r in roles], dtype=str), _u("role"))
+        new["node_role"] = (("node",), np.array([str(r) for r in roles], dtype=str), _u(ROLE))
         new["node_x"] = (("node",), pos[:, 0], _u("node position in the drawing plane, x"))
         new["node_y"] = (("node",), pos[:, 1], _u("node position in the drawing plane, y"))
         if layered:
@@ -223,6 +223,9 @@ def _add_graph(
             src = node_layer[edges[:, 0]]
             new["edge_layer"] = (("edge",), src, _u("layer the edge leaves (its source's)"))
     return ds.assign_coords(new)
+
+
+ROLE = "role of the node (input, output, hidden, ...)"
 
 
 def _u(long_name: str) -> dict[str, str]:
