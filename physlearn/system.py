@@ -292,6 +292,10 @@ class PhysicalSystem(ABC):
     thermal: bool = False
     #: Unit of the energy E.
     energy_unit: str = "1"
+    #: Whether ``set_parameters`` returns what a device realised, which may differ from the
+    #: request beyond any declared grid (pulse-programmed hardware, bench read-back): runs then
+    #: log the requested and the realised values of every element per step.
+    realises_parameters: bool = False
 
     # -- description -------------------------------------------------------------------------
     @property

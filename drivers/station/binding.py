@@ -137,10 +137,17 @@ class Instruments:
         return walk(obj, parts[1:], path)
 
     def reconnect(self) -> None:
-        """Reopen every VISA session (``set_address`` to the same address)."""
+        """Reopen every VISA session: qcodes' ``set_address`` to the same address and VISA
+        backend, then the session's terminations and timeout as they were (a new session
+        starts without them)."""
         for name, inst in self.by_name.items():
             try:
-                inst.set_address(inst.address)
+                handle = inst.visa_handle
+                terms = (handle.read_termination, handle.write_termination)
+                timeout = inst.timeout.get()
+                inst.set_address(inst.address, f"@{inst.visabackend}")
+                inst.visa_handle.read_termination, inst.visa_handle.write_termination = terms
+                inst.timeout.set(timeout)
             except Exception as exc:
                 raise classify(exc, name, reading=True) from exc
 

@@ -48,8 +48,8 @@ from physlearn.drivers.station.roles import (
     SourceRole,
     TapLaw,
     WeightRole,
+    WeightsRole,
     check_public,
-    expand_names,
     graph_counts,
     resolve_path,
 )
@@ -97,7 +97,9 @@ class StationConfig(SystemConfigBase):
     inputs: SourceRole = Field(description="voltage sources on the input nodes")
     nudge: NudgeConfig = Field(description="how the outputs are nudged")
     probes: ProbeRole = Field(description="the meter and multiplexer reading node voltages")
-    weights: WeightRole = Field(description="the potentiometer bank setting the conductances")
+    weights: WeightsRole = Field(
+        description="the devices setting the conductances: pots (default) or memristor"
+    )
     equilibrium: EquilibriumConfig = Field(default_factory=EquilibriumConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
 
@@ -131,9 +133,7 @@ class StationConfig(SystemConfigBase):
             if sw is not None:
                 out += [(f"nudge.{kind}.switches.channels", n) for n in sw.names()]
         out += self.probes.paths()
-        out.append(("weights.taps", self.weights.taps))
-        if self.weights.channels is not None:
-            out += [("weights.channels", n) for n in expand_names(self.weights.channels)]
+        out += self.weights.paths()
         return out
 
     @model_validator(mode="after")
@@ -176,13 +176,7 @@ class StationConfig(SystemConfigBase):
                 f"probes.channels lists {n_probe} channels but the graph has {n_nodes} nodes "
                 "(every node is measured)"
             )
-        if self.weights.channels is not None:
-            n_dev = len(expand_names(self.weights.channels))
-            n_edges = self._n_edges()
-            if n_dev != n_edges:
-                raise ValueError(
-                    f"weights.channels names {n_dev} devices but the graph has {n_edges} edges"
-                )
+        self.weights.check_edges(self._n_edges())
         known = self.station_instruments()
         for field, name in self.referenced():
             try:
@@ -202,15 +196,6 @@ class StationConfig(SystemConfigBase):
                 re.compile(self.identity[inst])
             except re.error as exc:
                 raise ValueError(f"identity.{inst}: not a regular expression ({exc})") from None
-        if self.weights.calibration is None:
-            lo, hi = self.weights.tap_limits
-            g = sorted(float(x) for x in self.weights.law.conductance([lo, hi]))
-            b = self.weights.conductance
-            if b.min < g[0] * (1 - 1e-12) or b.max > g[1] * (1 + 1e-12):
-                raise ValueError(
-                    f"weights.conductance [{b.min:g}, {b.max:g}] S is not reachable: taps "
-                    f"{lo}..{hi} give [{g[0]:g}, {g[1]:g}] S"
-                )
         return self
 
     def _n_nodes(self) -> int:

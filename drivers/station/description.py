@@ -45,8 +45,7 @@ def station_snapshot(system: StationSystem) -> dict[str, Any]:
             name: {**env.limits.model_dump(), "unit": env.unit}
             for name, env in system.envelopes.items()
         },
-        "tap_limits": list(cfg.weights.tap_limits),
-        "tap_law": system.bank.tapmap.source,
+        "weights": {"kind": cfg.weights.kind, **system.bank.describe()},
         "n_nodes": system.n_nodes,
         "n_edges": int(system.edges.shape[0]),
         "supported_nudges": sorted(system.supported_nudges),

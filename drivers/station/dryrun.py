@@ -195,26 +195,40 @@ def _present_state_checks(src: BoundSource) -> list[Check]:
 
 
 def _bank_check(system: StationSystem) -> Check:
-    """The potentiometer bank: one device per edge, taps matching the law and the tap limits."""
-    cfg = system.config
-    bank = system.bank.taps.root_instrument
+    """The weight bank: one device per edge; pots: taps matching the law and the tap limits;
+    memristors: every device readable."""
+    from physlearn.drivers.station.weights import PotBank
+
+    bank = system.bank
+    n_edges = system.edges.shape[0]
+    if not isinstance(bank, PotBank):
+        try:
+            g = bank.read_conductances()
+        except Exception as exc:  # noqa: BLE001
+            return _check(False, "weights: bank", f"cannot read the devices: {exc}")
+        return _check(
+            True,
+            "weights: bank",
+            f"{g.size} memristive devices for {n_edges} edges, reading "
+            f"[{g.min():.3g}, {g.max():.3g}] S; trainable [{bank.group.lower:g}, "
+            f"{bank.group.upper:g}] S, programming {bank.cfg.programming.mode}",
+        )
+    cfg = bank.cfg
     try:
-        taps = np.asarray(system.bank.taps.get())
+        taps = np.asarray(bank.taps.get())
     except Exception as exc:  # noqa: BLE001
         return _check(False, "weights: bank", f"cannot read taps: {exc}")
-    n_taps = getattr(bank, "n_taps", None)
-    hi = cfg.weights.tap_limits[1]
-    ok = taps.size == system.edges.shape[0] and (n_taps is None or hi <= n_taps - 1)
-    law_taps = cfg.weights.law.n_taps
-    if n_taps is not None and n_taps != law_taps:
+    n_taps = getattr(bank.taps.root_instrument, "n_taps", None)
+    hi = cfg.tap_limits[1]
+    ok = taps.size == n_edges and (n_taps is None or hi <= n_taps - 1)
+    if n_taps is not None and n_taps != cfg.law.n_taps:
         ok = False
     return _check(
         ok,
         "weights: bank",
-        f"{taps.size} devices for {system.edges.shape[0]} edges, {n_taps} taps "
-        f"(law: {law_taps}), tap limits {list(cfg.weights.tap_limits)}, "
-        f"conductance [{system.bank.group.lower:g}, {system.bank.group.upper:g}] S "
-        f"({system.bank.tapmap.source})",
+        f"{taps.size} devices for {n_edges} edges, {n_taps} taps "
+        f"(law: {cfg.law.n_taps}), tap limits {list(cfg.tap_limits)}, "
+        f"conductance [{bank.group.lower:g}, {bank.group.upper:g}] S ({bank.tapmap.source})",
     )
 
 

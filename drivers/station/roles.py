@@ -24,6 +24,8 @@ from typing import Annotated, Any, Literal
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from physlearn.configbase import StrictModel
+from physlearn.drivers.station.programming import ProgrammingConfig
+from physlearn.drivers.virtual_lab.memristor import MemristorModel
 from physlearn.simulators.graphs.config import GraphConfig
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -396,6 +398,7 @@ class WeightBounds(StrictModel):
 class WeightRole(StrictModel):
     """A bank of digital potentiometers, one per edge (edge order = graph edge order)."""
 
+    kind: Literal["pots"] = Field("pots", description="digital potentiometers set by taps")
     taps: str = Field("pots.taps", description="array parameter of every device's tap")
     channels: str | list[str] | None = Field(
         None, description="per-device channels (for calibration): 'pots.ch{001..208}'"
@@ -434,6 +437,77 @@ class WeightRole(StrictModel):
                 f"{self.law.n_taps - 1}"
             )
         return self
+
+    def paths(self) -> list[tuple[str, str]]:
+        out = [("weights.taps", self.taps)]
+        return out + [("weights.channels", n) for n in expand_names(self.channels or [])]
+
+    def check_edges(self, n_edges: int) -> None:
+        """Refuse a bank naming another number of devices than the graph has edges, or a
+        trainable range the taps cannot reach (nominal law)."""
+        if self.channels is not None and len(expand_names(self.channels)) != n_edges:
+            raise ValueError(
+                f"weights.channels names {len(expand_names(self.channels))} devices but the "
+                f"graph has {n_edges} edges"
+            )
+        if self.calibration is None:
+            lo, hi = self.tap_limits
+            g = sorted(float(x) for x in self.law.conductance([lo, hi]))
+            b = self.conductance
+            if b.min < g[0] * (1 - 1e-12) or b.max > g[1] * (1 + 1e-12):
+                raise ValueError(
+                    f"weights.conductance [{b.min:g}, {b.max:g}] S is not reachable: taps "
+                    f"{lo}..{hi} give [{g[0]:g}, {g[1]:g}] S"
+                )
+
+
+class MemristorWeights(StrictModel):
+    """A board of pulse-programmed memristive devices, one per edge (edge order = device
+    order), programmed as ``programming`` says (:mod:`physlearn.drivers.station.programming`)."""
+
+    kind: Literal["memristor"] = Field(description="pulse-programmed memristive devices")
+    conductances: str = Field(
+        "mem.conductances", description="array parameter reading every device's conductance (S)"
+    )
+    pulses: str = Field(
+        "mem.pulse_counts",
+        description="array parameter taking signed pulses per device (+ SET raises G)",
+    )
+    device: MemristorModel = Field(
+        description="the devices' nominal model (window, pulses across it, nonlinearity), from "
+        "their characterisation: the pulse counts are computed on it"
+    )
+    programming: ProgrammingConfig = Field(default_factory=ProgrammingConfig)
+    conductance: WeightBounds = Field(description="trainable conductance range (S)")
+
+    @model_validator(mode="after")
+    def _check(self) -> MemristorWeights:
+        b, d = self.conductance, self.device
+        if b.min < d.g_min * (1 - 1e-12) or b.max > d.g_max * (1 + 1e-12):
+            raise ValueError(
+                f"weights.conductance [{b.min:g}, {b.max:g}] S lies outside the devices' window "
+                f"[{d.g_min:g}, {d.g_max:g}] S (weights.device)"
+            )
+        return self
+
+    def paths(self) -> list[tuple[str, str]]:
+        return [("weights.conductances", self.conductances), ("weights.pulses", self.pulses)]
+
+    def check_edges(self, n_edges: int) -> None:
+        return None
+
+
+def weights_kind(raw: Any) -> str:
+    """Discriminator of the ``weights`` section (``kind``, default ``pots``)."""
+    if isinstance(raw, dict):
+        return str(raw.get("kind", "pots"))
+    return str(getattr(raw, "kind", "pots"))
+
+
+WeightsRole = Annotated[
+    Annotated[WeightRole, Tag("pots")] | Annotated[MemristorWeights, Tag("memristor")],
+    Discriminator(weights_kind),
+]
 
 
 class EquilibriumConfig(StrictModel):

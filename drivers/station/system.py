@@ -45,7 +45,7 @@ from physlearn.drivers.station.nudges import nudge_levels
 from physlearn.drivers.station.probes import NodeReader, node_reader
 from physlearn.drivers.station.safety import RoleEnvelope, shield_interrupts
 from physlearn.drivers.station.transactions import Timers, Transactions
-from physlearn.drivers.station.weights import GROUP, PotBank
+from physlearn.drivers.station.weights import GROUP, PotBank, weight_bank
 from physlearn.system import (
     Equilibrium,
     FloatArray,
@@ -69,6 +69,7 @@ class StationSystem(PhysicalSystem):
 
     native_cost = "mse"
     energy_unit = "W"
+    realises_parameters = True  # the bank's taps or the devices' read-back, logged per step
 
     def __init__(self, config: StationConfig, seed: int = 0) -> None:
         self.config, self.seed = config, int(seed)
@@ -91,7 +92,7 @@ class StationSystem(PhysicalSystem):
         self.supported_nudges: frozenset[NudgeKind] = frozenset(config.nudge.kinds())
         self.timers = Timers()
         self.events: list[str] = []
-        self.bank = PotBank(config.weights, self.edges.shape[0], self.timers)
+        self.bank = weight_bank(config.weights, self.edges.shape[0], self.timers, self.events)
         self.envelopes = {"inputs": _envelope("inputs", config.inputs)}
         for kind in config.nudge.kinds():
             name = f"nudge.{kind}"
@@ -325,17 +326,15 @@ class StationSystem(PhysicalSystem):
         """Write the conductances (S); returns the conductances the bank holds (see
         :mod:`~physlearn.drivers.station.weights`)."""
         g = check_parameters((self.bank.group,), params)[GROUP]
-        taps = self.bank.nearest(g)
+        plan = self.bank.plan(g)
         self._require(self._opened, "open")
-        self.tx.run("writing the weights", self.bank.write, taps)
-        self._held = self.bank.conductance(taps)
+        self._held = self.tx.run("writing the weights", self.bank.program, plan)
         return {GROUP: self._held.copy()}
 
     def get_parameters(self) -> Params:
         """Read the bank back: the conductances (S) it holds."""
         self._require(self._connected, "connected")
-        taps = self.tx.run("reading the weights", self.bank.read)
-        return {GROUP: self.bank.conductance(taps)}
+        return {GROUP: self.tx.run("reading the weights", self.bank.read)}
 
     def _require(self, ok: bool, what: str) -> None:
         if not ok:
@@ -433,11 +432,14 @@ class StationSystem(PhysicalSystem):
     def calibrate(self, points: int) -> dict[str, Any]:
         """Measure every potentiometer isolated (sources safe), restore the taps; connects and
         closes. See :meth:`PotBank.calibrate`."""
+        if not isinstance(self.bank, PotBank):
+            raise ValueError("weights: only a potentiometer bank (kind: pots) is calibrated")
+        bank = self.bank
         self.connect()
         try:
             self.safe_state()  # no voltage on the network while the devices are measured
             return self.tx.run(
-                "calibrating the bank", self.bank.calibrate, self.insts, points, attempts=1
+                "calibrating the bank", bank.calibrate, self.insts, points, attempts=1
             )
         finally:
             self.close()

@@ -125,6 +125,7 @@ class Campaign:
         self.flag = StopFlag()
         self.shadow: Params = {}
         self.held: Params = {}
+        self._sent: Params = {}  # what the last update asked the system to hold
         self.metrics: dict[str, float] = {}
         self.recorder = Recorder(store, config.store.compress)
         self._last_flush = time.monotonic()
@@ -251,6 +252,9 @@ class Campaign:
             record(n.grad, est.gradient[n.group], m[n.grad])
             record(n.clipped, proj.clipped[n.group], m[n.clipped])
             record(n.projection, proj.max_deviation[n.group], m[n.projection])
+            if n.requested is not None and n.realised is not None:
+                record(n.requested, np.array(self._sent[n.group]), m[n.requested])
+                record(n.realised, np.array(self.held[n.group]), m[n.realised])
 
     def _record_diagnostics(self, plan: StepPlan, est: Estimate) -> None:
         """Per phase: the solver diagnostics (defaults where the system reports none),
@@ -436,6 +440,7 @@ class Campaign:
         used = self.held
         requested = self.optimizer.step(self.shadow, est.gradient, lr)
         self.shadow, held, proj = project(self.groups, requested)
+        self._sent = held
         self.held = self.system.set_parameters(held)
         self.carry = self._export_carry(est)  # carried state
         self._record_step(step, idx, x, t, est, diag, lr, used, proj, t0)

@@ -238,6 +238,10 @@ class GroupRecords:
     grad: str
     clipped: str
     projection: str
+    #: per element, what the update requested and what the system then held (S, ...); only
+    #: for systems that realise parameters (``PhysicalSystem.realises_parameters``)
+    requested: str | None = None
+    realised: str | None = None
 
 
 @dataclass
@@ -291,7 +295,10 @@ def step_plan(system: PhysicalSystem, conjugates: str) -> StepPlan:
             long_name="measured outputs per phase",
         ),
     }
-    groups = [_group_records(g, conjugates, meta, m) for g in system.parameter_groups]
+    groups = [
+        _group_records(g, conjugates, meta, m, system.realises_parameters)
+        for g in system.parameter_groups
+    ]
     for name in ("residual", "iterations", "converged", "energy"):
         m[name] = meta(name, ("phase", "sample"))
     for name in ("shots", "settle_time"):
@@ -317,6 +324,7 @@ def _group_records(
     conjugates: str,
     meta: Callable[..., ArrayMeta],
     m: dict[str, ArrayMeta],
+    realises: bool = False,
 ) -> GroupRecords:
     """The record names of group ``g``; their metadata (made by ``meta``) go into ``m``."""
     unit = f"{g.energy_unit}/{g.unit}"
@@ -327,7 +335,22 @@ def _group_records(
         f"grad_{g.name}",
         f"clipped_{g.name}",
         f"projection_{g.name}",
+        f"requested_{g.name}" if realises else None,
+        f"realised_{g.name}" if realises else None,
     )
+    if names.requested is not None and names.realised is not None:
+        m[names.requested] = meta(
+            names.requested,
+            g.dims,
+            units=g.unit,
+            long_name=f"{g.long_name or g.name} requested by this step's update",
+        )
+        m[names.realised] = meta(
+            names.realised,
+            g.dims,
+            units=g.unit,
+            long_name=f"{g.long_name or g.name} realised by the device for that request",
+        )
     if conjugates == "per_sample":
         m[names.conj] = meta(
             names.conj,
