@@ -375,13 +375,16 @@ class ExperimentConfig(StrictModel):
 def _user_path(raw: Any, loc: tuple[int | str, ...]) -> str:
     """``loc`` as the dotted path the user writes: pydantic puts a tagged union's tag into the
     path (``estimator.ep.beta`` for ``estimator: {kind: ep, beta: ...}``); the tag is dropped
-    where it is not a key of the input but the value of its ``kind``/``type``/``dist``."""
+    where it is not a key of the input but the value of its ``kind``/``type``/``dist``, or a
+    default tag (``probes.scan.channels`` for ``probes`` written without a ``kind``)."""
     parts: list[str] = []
     node = raw
-    for part in loc:
+    for i, part in enumerate(loc):
         if isinstance(node, dict):
             tags = {node.get(k) for k in ("kind", "type", "dist")} - {None}
-            if part not in node and part in tags:
+            after = loc[i + 1] if i + 1 < len(loc) else None
+            # a tag given by its value, or a default tag (no kind written) before a real key
+            if part not in node and (part in tags or (after is not None and after in node)):
                 continue
             node = node.get(part)
         elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
