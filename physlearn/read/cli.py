@@ -80,10 +80,15 @@ def netcdf_engine() -> str:
 def write_netcdf(ds: xr.Dataset, out: Path, engine: str) -> None:
     """Write ``ds`` (attributes encoded by :func:`encode_attrs`) to ``out`` through a temporary
     file in the same directory, renamed over ``out`` when complete."""
+    import dask
+
     fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".partial", dir=out.parent)
     os.close(fd)
     try:
-        ds.assign_attrs(encode_attrs(ds.attrs)).to_netcdf(tmp, engine=engine)  # type: ignore[call-overload]
+        # one thread: a chunk that fails to read must not leave other chunks' writes in flight,
+        # which could reopen (recreate) the temporary file after it is removed below
+        with dask.config.set(scheduler="synchronous"):
+            ds.assign_attrs(encode_attrs(ds.attrs)).to_netcdf(tmp, engine=engine)  # type: ignore[call-overload]
         os.replace(tmp, out)
     finally:
         if os.path.exists(tmp):
