@@ -229,7 +229,8 @@ class Equilibrium:
         samples: for thermal / shot-resolved systems, ``{"outputs": (batch, S, n_out),
             group: (batch, S, *shape)}`` raw samples (thermal estimator uses covariances).
         observables: extra per-sample responses worth logging, ``{name: (batch, ...)}``, e.g.
-            node phases for XY spatial maps; with units in ``observable_units``.
+            node phases for XY spatial maps; their units and dimensions are declared by
+            :meth:`PhysicalSystem.observable_meta`.
         converged: ``(batch,)`` whether the relaxation met its tolerance.
     """
 
@@ -296,12 +297,19 @@ class PhysicalSystem(ABC):
     #: request beyond any declared grid (pulse-programmed hardware, bench read-back): runs then
     #: log the requested and the realised values of every element per step.
     realises_parameters: bool = False
+    #: Unit of ``Equilibrium.residual``; None: the energy unit per unit of the state.
+    residual_unit: str | None = None
 
     # -- description -------------------------------------------------------------------------
     @property
     @abstractmethod
     def parameter_groups(self) -> tuple[ParameterGroup, ...]:
         """The trainable parameter groups."""
+
+    def observable_meta(self, name: str) -> tuple[str, tuple[str, ...], str] | None:
+        """(unit, dimension names after the batch, long name) of the observable ``name`` of
+        :attr:`Equilibrium.observables`; None: undeclared (logged with unit "1")."""
+        return None
 
     @property
     @abstractmethod

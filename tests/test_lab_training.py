@@ -12,6 +12,7 @@ import pytest
 import yaml
 from qcodes.instrument import Instrument
 
+import physlearn
 from physlearn.config import parse_config
 from physlearn.drivers.virtual_lab.testing import bench_experiment, running_lab, write_station
 from physlearn.run.start import start_run
@@ -47,7 +48,7 @@ def _lab_threads() -> list[threading.Thread]:
 
 @pytest.mark.slow
 def test_training_through_the_virtual_lab_over_tcp(tmp_path):
-    xr = pytest.importorskip("xarray")
+    pytest.importorskip("xarray")
     with running_lab(BENCH, record=True) as lab:
         station = write_station(lab, tmp_path / "station.yaml")
         raw = experiment(tmp_path, station)
@@ -58,8 +59,14 @@ def test_training_through_the_virtual_lab_over_tcp(tmp_path):
     assert res.status == "success" and res.committed_steps == 12
     # learning happened: iris from a random network to well above chance in 12 small steps
     assert res.metrics["test_accuracy"] >= 0.8
-    ds = xr.open_zarr(tmp_path / "lab.zarr", consolidated=False)
+    ds = physlearn.open_run(tmp_path / "lab.zarr")
     assert ds["obs_node_voltages"].shape == (12, 3, 8, 29)
+    assert ds["obs_node_voltages"].dims == ("step", "phase", "sample", "node")
+    assert ds["obs_node_voltages"].attrs["units"] == "V"
+    # what the bank was asked to hold and what it holds, per edge and step
+    assert ds["requested_conductance"].dims == ("step", "edge")
+    assert ds["realised_conductance"].attrs["units"] == "S"
+    assert np.all(np.abs(ds["realised_conductance"] - ds["requested_conductance"]) <= 1e-5)
     assert ds["test_accuracy"].values[0] < ds["test_accuracy"].values[-1]
     snap = ds.attrs["system_snapshot"]
     assert snap["instruments"]["src"]["idn"].startswith("physlearn,VLAB-SRC16,")

@@ -224,7 +224,8 @@ def test_an_xy_run_with_observables_and_three_groups_is_labelled(tmp_path: Path)
     assert start_run(parse_config(raw), tmp_path / "xy.zarr").status == "success"
     ds = open_run(tmp_path / "xy.zarr")
     _assert_labelled(ds)
-    assert ds["obs_phase"].dims[:3] == ("step", "phase", "sample")
+    assert ds["obs_phase"].dims == ("step", "phase", "sample", "node")  # declared by the system
+    assert ds["obs_phase"].attrs["units"] == "rad"
     assert ds["param_bias_amplitude"].dims == ("step", "node") and ds.sizes["edge"] == 10
     assert "edge_layer" not in ds.coords and ds["edge_source"].size == 10
 
@@ -452,3 +453,10 @@ def test_open_sweep_random_samples_and_a_run_without_a_store(tmp_path: Path) -> 
         assert ds["run_status"].sel(at).item() == "success"
         one = open_run(root / row["run_id"])["loss"].values
         np.testing.assert_array_equal(ds["loss"].sel(at).values, one)
+
+
+def test_residual_and_observables_carry_the_units_their_system_declares(finished: Path) -> None:
+    """The linear network's residual is a KCL current imbalance (A), not an energy (W)."""
+    ds = open_run(finished)
+    assert ds["residual"].attrs["units"] == "A"
+    assert ds["energy"].attrs["units"] == "W"

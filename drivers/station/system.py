@@ -70,6 +70,12 @@ class StationSystem(PhysicalSystem):
     native_cost = "mse"
     energy_unit = "W"
     realises_parameters = True  # the bank's taps or the devices' read-back, logged per step
+    residual_unit = "A"  # KCL is not measured: NaN
+
+    def observable_meta(self, name: str) -> tuple[str, tuple[str, ...], str] | None:
+        if name == "node_voltages":
+            return "V", ("node",), "node voltages measured (the reading each phase gives)"
+        return None
 
     def __init__(self, config: StationConfig, seed: int = 0) -> None:
         self.config, self.seed = config, int(seed)

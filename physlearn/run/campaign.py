@@ -276,11 +276,13 @@ class Campaign:
         if self.config.store.observables:
             for name in phases[0].eq.observables:
                 o = [p.eq.observables[name].real for p in phases]
+                declared = self.system.observable_meta(name)
+                dims = tuple(f"{name}_{i}" for i in range(o[0].ndim - 1))
+                units, long_name = None, f"{name} per phase and sample"
+                if declared is not None and len(declared[1]) == len(dims):
+                    units, dims, long_name = declared[0], declared[1], declared[2]
                 self._record(
-                    f"obs_{name}",
-                    o,
-                    ("phase", "sample", *[f"{name}_{i}" for i in range(o[0].ndim - 1)]),
-                    long_name=f"{name} per phase and sample",
+                    f"obs_{name}", o, ("phase", "sample", *dims), units=units, long_name=long_name
                 )
         for name, value in est.extras.items():
             v = np.asarray(value)

@@ -301,6 +301,8 @@ def step_plan(system: PhysicalSystem, conjugates: str) -> StepPlan:
     ]
     for name in ("residual", "iterations", "converged", "energy"):
         m[name] = meta(name, ("phase", "sample"))
+    if system.residual_unit is not None:
+        m["residual"] = meta("residual", ("phase", "sample"), units=system.residual_unit)
     for name in ("shots", "settle_time"):
         m[name] = meta(name, ("phase",))
     for name in (

@@ -153,6 +153,13 @@ class QuantumSystem(PhysicalSystem):
     supported_nudges: frozenset[NudgeKind] = frozenset({"error"})
     supports_complex_nudge = False
     native_cost = None
+
+    def observable_meta(self, name: str) -> tuple[str, tuple[str, ...], str] | None:
+        return {
+            "measurement_settings": ("1", (), "measurement settings per estimate"),
+            "total_shots": ("1", (), "shots spent per sample"),
+        }.get(name)
+
     thermal = False  # no thermal samples: quantum fluctuations make -Cov/T the wrong gradient
 
     def __init__(

@@ -129,6 +129,7 @@ class LinearResistorNetwork(PhysicalSystem):
     supports_complex_nudge = True
     native_cost = "mse"
     energy_unit = "W"
+    residual_unit = "A"  # max |KCL current imbalance| over the free nodes
 
     def __init__(
         self,

@@ -143,6 +143,12 @@ class NonlinearResistorNetwork(PhysicalSystem):
     supports_complex_nudge = False
     native_cost = "mse"
     energy_unit = "W"
+    residual_unit = "A"  # max |KCL current imbalance| over the network
+
+    def observable_meta(self, name: str) -> tuple[str, tuple[str, ...], str] | None:
+        if name == "diode_current":
+            return "A", ("diode",), "current through each diode, anode to cathode"
+        return None
 
     def __init__(
         self,

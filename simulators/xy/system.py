@@ -129,6 +129,12 @@ class XYNetwork(PhysicalSystem):
     native_cost = "xy_log"
     energy_unit = "1"
 
+    def observable_meta(self, name: str) -> tuple[str, tuple[str, ...], str] | None:
+        return {
+            "phase": ("rad", ("node",), "node phase"),
+            "langevin_acceptance": ("1", (), "Langevin acceptance rate"),
+        }.get(name)
+
     def __init__(
         self,
         graph: Graph,
