@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
-import math
 import os
 import sys
 from collections.abc import Callable, Sequence
@@ -37,7 +36,19 @@ Dataset (physlearn.open_sweep a sweep); `physlearn export PATH` writes them to n
 
 
 def _progress_wanted(args: argparse.Namespace) -> bool:
-    return not getattr(args, "no_progress", False) and sys.stderr.isatty()
+    """The sweep's bar over its runs: on a terminal, unless ``--progress off``."""
+    return getattr(args, "progress", None) != "off" and sys.stderr.isatty()
+
+
+def _progress(args: argparse.Namespace) -> Any:
+    """How a run reports progress (physlearn.run.progress): ``--progress``, else a bar on a
+    terminal and timed lines otherwise."""
+    from physlearn.run.progress import ProgressSpec
+
+    every = float(args.progress_every)
+    if args.progress is None:
+        return ProgressSpec.default(every)
+    return ProgressSpec(args.progress, every)
 
 
 def _print_result(res: Any) -> None:
@@ -107,7 +118,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     res = start_run(
         cfg,
         args.out,
-        progress=_progress_wanted(args),
+        progress=_progress(args),
         handle_signals=True,
         retain_freed_memory=args.retain_freed_memory,
     )
@@ -120,7 +131,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     res = resume_run(
         args.store,
-        progress=_progress_wanted(args),
+        progress=_progress(args),
         handle_signals=True,
         retain_freed_memory=args.retain_freed_memory,
     )
@@ -128,77 +139,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     return _status_code(res.status)
 
 
-def inspect_summary(path: str) -> dict[str, Any]:
-    from physlearn.run.nonconverged_log import nonconverged_summary
-    from physlearn.run.result import last_metrics
-    from physlearn.store.run_store import RunStore
-
-    store = RunStore.open(path)
-    a = store.attrs
-    cfg = a.get("config", {})
-    return {
-        "nonconverged": nonconverged_summary(store),
-        "path": str(path),
-        "name": cfg.get("name"),
-        "system": cfg.get("system", {}).get("kind"),
-        "status": store.status(),
-        "committed_steps": store.committed("step"),
-        "total_steps": a.get("total_steps"),
-        "guid": a.get("guid"),
-        "physlearn_version": a.get("physlearn_version"),
-        "run_timestamp": a.get("run_timestamp"),
-        "completed_timestamp": a.get("completed_timestamp"),
-        "error": a.get("error"),
-        "metrics": last_metrics(store),
-        # reference models on the same split (physlearn.baselines); absent in older runs
-        "baselines": a.get("baselines"),
-        "baselines_note": a.get("baselines_note", "not computed (run created before baselines)"),
-    }
-
-
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from physlearn.run.nonconverged_log import nonconverged_text
+    from physlearn.run.inspect import follow, inspect_command
 
-    verdict = None
-    if args.verify:  # first: a damaged store is reported as such, not by a failing read
-        from physlearn.store.run_store import RunStore
-
-        verdict = RunStore.open(args.store).verify(full=True)  # damage: StoreError, exit 2
-    summary = inspect_summary(args.store)
-    if verdict is not None:
-        summary["verify"] = verdict
-    if args.json:
-        print(json.dumps(summary, allow_nan=False, default=str))
-        return 0
-    print(f"{summary['path']}: {summary['name']} on a {summary['system']} system")
-    print(
-        f"  status: {summary['status']}, {summary['committed_steps']}/{summary['total_steps']} "
-        "steps committed"
-    )
-    print(f"  started {summary['run_timestamp']}, completed {summary['completed_timestamp']}")
-    for k, v in summary["metrics"].items():
-        print(f"  {k}: {v:.4g}" if not math.isnan(v) else f"  {k}: n/a")
-    _print_baselines(summary)
-    print(f"  non-converged samples: {nonconverged_text(summary['nonconverged'])}")
-    if summary["error"]:
-        print(f"  error: {summary['error']}")
-    if verdict is not None:
-        print(f"  {verdict}")
-    return 0
-
-
-def _print_baselines(summary: dict[str, Any]) -> None:
-    """The baselines beside the machine's metrics: one line per model, or why there are none."""
-    entries = summary.get("baselines") or {}
-    print(f"  baselines: {summary['baselines_note']}")
-    for name, entry in entries.items():
-        shown = [
-            f"{k} {v:.4g}" for k, v in entry.items() if isinstance(v, (int, float)) and k != "model"
-        ]
-        for k in ("error", "warning"):
-            if k in entry:
-                shown.append(f"{k}: {entry[k]}")
-        print(f"    {name} ({entry.get('model', '?')}): {', '.join(shown) or 'n/a'}")
+    if args.follow:
+        return follow(args.store, args.json, args.interval)
+    return inspect_command(args.store, args.json, args.verify)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -292,6 +238,29 @@ def _add(
     return sp
 
 
+def _positive_seconds(text: str) -> float:
+    value = float(text)
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return value
+
+
+def _add_progress_options(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument(
+        "--progress",
+        choices=("bar", "lines", "off"),
+        help="bar: a progress bar; lines: one line every --progress-every seconds on stdout "
+        "(for nohup, CI, services); off. Default: bar on a terminal, lines otherwise",
+    )
+    sp.add_argument(
+        "--progress-every",
+        type=_positive_seconds,
+        default=30.0,
+        metavar="SECONDS",
+        help="seconds between progress lines (default 30)",
+    )
+
+
 def _add_set_option(sp: argparse.ArgumentParser, help_: str | None = None) -> None:
     sp.add_argument("--set", action="append", default=[], metavar="KEY.PATH=VALUE", help=help_)
 
@@ -302,7 +271,7 @@ def _add_run_commands(sub: SubParsers) -> None:
     sp.add_argument("config", help="experiment YAML (see configs/ and `physlearn schema`)")
     sp.add_argument("--out", help="run store path (default: <store.root>/<name>-<time>.zarr)")
     _add_set_option(sp, "override a config field, value parsed as YAML (repeatable)")
-    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_progress_options(sp)
     sp.add_argument(
         "--dry-run",
         action="store_true",
@@ -315,7 +284,7 @@ def _add_run_commands(sub: SubParsers) -> None:
         sub, "resume", cmd_resume, "Continue an interrupted or aborted run from its last commit."
     )
     sp.add_argument("store", help="run store path")
-    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    _add_progress_options(sp)
     _add_retain_flag(sp)
 
     sp = _add(sub, "validate", cmd_validate, "Check a config without running anything.")
@@ -331,6 +300,18 @@ def _add_inspect_command(sub: SubParsers) -> None:
         "--verify",
         action="store_true",
         help="check every committed row and checkpoint against its checksum (exit 2 if damaged)",
+    )
+    sp.add_argument(
+        "--follow",
+        action="store_true",
+        help="print a line (with --json: an object) whenever a commit lands, until the run ends",
+    )
+    sp.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=2.0,
+        metavar="SECONDS",
+        help="--follow: seconds between looks at the store (default 2)",
     )
 
 
@@ -357,7 +338,11 @@ def _add_campaign_commands(sub: SubParsers) -> None:
         "--retry-failed", action="store_true", help="resume failed runs instead of skipping them"
     )
     sp.add_argument("--dry-run", action="store_true", help="validate and list the plan only")
-    sp.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    sp.add_argument(
+        "--progress",
+        choices=("bar", "off"),
+        help="a bar over the sweep's runs (default on a terminal), or off",
+    )
     _add_retain_flag(sp)
 
     sp = _add(sub, "report", cmd_report, "Figures and an HTML page for a run or a sweep store.")

@@ -163,10 +163,11 @@ class MarkNonConverged(PhysicalSystem):
 
 
 def test_counts_are_logged_per_step_and_shown_by_inspect_and_the_report(tmp_path: Path) -> None:
-    from physlearn.cli import inspect_summary, main
+    from physlearn.cli import main
     from physlearn.config import parse_config
     from physlearn.report.command import make_report
     from physlearn.run.campaign import Campaign
+    from physlearn.run.inspect import inspect_summary
     from physlearn.run.start import build_system, create_store
     from physlearn.store.run_store import RunStore
     from tests.conftest import load_yaml

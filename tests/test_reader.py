@@ -67,7 +67,7 @@ def _quickstart(out: Path, *sets: str) -> subprocess.Popen[str]:
     """``physlearn run configs/quickstart.yaml`` committing every step, into ``out``."""
     overrides = ["store.flush_every=1", "schedule.eval_every=5", *sets]
     return _spawn(
-        "run", "configs/quickstart.yaml", "--out", str(out), "--no-progress",
+        "run", "configs/quickstart.yaml", "--out", str(out), "--progress", "off",
         *[a for s in overrides for a in ("--set", s)],
     )  # fmt: skip
 

@@ -42,6 +42,7 @@ from physlearn.estimators import (
 from physlearn.estimators.nonconverged import NonConvergedPolicy
 from physlearn.losses import Loss, get_loss
 from physlearn.optim import Optimizer, lr_factor, project
+from physlearn.run.progress import Progress, ProgressSpec
 from physlearn.run.records import Recorder, StepPlan, describe, step_plan
 from physlearn.store.run_store import Checkpoint, RunStore
 from physlearn.system import ExactGradient, Params, PhysicalSystem
@@ -360,19 +361,12 @@ class Campaign:
 
     # -- the loop ----------------------------------------------------------------------------
     def run(
-        self, start: int, progress: bool = False, on_step: Callable[[int], None] | None = None
+        self,
+        start: int,
+        progress: ProgressSpec | None = None,
+        on_step: Callable[[int], None] | None = None,
     ) -> str:
-        from tqdm import tqdm
-
-        cfg = self.config
-        bar = tqdm(
-            total=self.total,
-            initial=start,
-            disable=not progress,
-            unit="step",
-            dynamic_ncols=True,
-            desc=cfg.name,
-        )
+        bar = Progress(progress or ProgressSpec(), self.config.name, self.total, start)
         status = "success"
         try:
             if self._evaluation_missing(start):
@@ -386,8 +380,7 @@ class Campaign:
                 if self._evaluation_due(done):
                     self.evaluate(done)
                 self.maybe_flush()
-                bar.update(1)
-                bar.set_postfix(self._postfix(), refresh=False)
+                bar.update(done, self._postfix())
                 if on_step is not None:
                     on_step(done)
             self.flush()
@@ -397,9 +390,9 @@ class Campaign:
             self._safe_flush()
         except BaseException:
             self._safe_flush()
+            bar.close("failed")
             raise
-        finally:
-            bar.close()
+        bar.close(status)
         return status
 
     def _safe_flush(self) -> None:

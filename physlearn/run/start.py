@@ -30,6 +30,7 @@ from physlearn.baselines import compute_baselines
 from physlearn.config import ConfigError, ExperimentConfig, parse_config
 from physlearn.optim import Optimizer
 from physlearn.run.campaign import Campaign, StopFlag, build_estimator, objective_loss
+from physlearn.run.progress import ProgressSpec
 from physlearn.run.result import RunResult, last_metrics
 from physlearn.store.run_store import DiskFullError, RunStore, to_jsonable
 from physlearn.system import ExactGradient, Graph, PhysicalSystem
@@ -118,7 +119,7 @@ def create_store(
 def start_run(
     config: ExperimentConfig,
     out: str | Path | None = None,
-    progress: bool = False,
+    progress: ProgressSpec | None = None,
     handle_signals: bool = False,
     on_step: Callable[[int], None] | None = None,
     extra_attrs: dict[str, Any] | None = None,
@@ -142,7 +143,7 @@ def start_run(
 
 def resume_run(
     path: str | Path,
-    progress: bool = False,
+    progress: ProgressSpec | None = None,
     handle_signals: bool = False,
     on_step: Callable[[int], None] | None = None,
     retain_freed_memory: bool = False,
@@ -174,7 +175,7 @@ def _drive(
     config: ExperimentConfig,
     system: PhysicalSystem,
     store: RunStore,
-    progress: bool,
+    progress: ProgressSpec | None,
     handle_signals: bool,
     on_step: Callable[[int], None] | None,
     retain_freed_memory: bool,
