@@ -46,13 +46,11 @@ from physlearn.drivers.station.roles import (
     ProbeRole,
     RetryConfig,
     SourceRole,
-    TapLaw,
-    WeightRole,
-    WeightsRole,
     check_public,
     graph_counts,
     resolve_path,
 )
+from physlearn.drivers.station.weight_roles import TapLaw, WeightRole, WeightsRole
 from physlearn.simulators.graphs.config import GraphConfig
 from physlearn.yamlload import YAMLInputError, load_yaml_file
 

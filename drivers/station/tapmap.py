@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from physlearn.drivers.station.roles import TapLaw
+from physlearn.drivers.station.weight_roles import TapLaw
 from physlearn.system import FloatArray
 
 CALIBRATION_FORMAT = "physlearn-tap-calibration/1"

@@ -28,10 +28,11 @@ import numpy as np
 from physlearn.drivers.errors import InstrumentReplyError
 from physlearn.drivers.station.binding import Instruments, parameter
 from physlearn.drivers.station.programming import ProgrammingResult
-from physlearn.drivers.station.roles import MemristorWeights, WeightRole, expand_names
+from physlearn.drivers.station.roles import expand_names
 from physlearn.drivers.station.safety import apply_tap_limits, check_taps
 from physlearn.drivers.station.tapmap import CALIBRATION_FORMAT, TapMap
 from physlearn.drivers.station.transactions import Timers, call
+from physlearn.drivers.station.weight_roles import MemristorWeights, WeightRole
 from physlearn.system import ParameterGroup
 
 GROUP = "conductance"

@@ -30,7 +30,8 @@ from typing import Any
 from pydantic import Field, model_validator
 
 from physlearn.configbase import StrictModel
-from physlearn.drivers.station.roles import TapLaw, graph_counts
+from physlearn.drivers.station.roles import graph_counts
+from physlearn.drivers.station.weight_roles import TapLaw
 from physlearn.drivers.virtual_lab.dialects.specs import StockSpec
 from physlearn.drivers.virtual_lab.memristor import MemristorSpec
 from physlearn.simulators.graphs.config import GraphConfig
