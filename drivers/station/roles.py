@@ -314,16 +314,20 @@ class SwitchedProbe(StrictModel):
         return [("probes.switch", self.switch), ("probes.meter", self.meter)]
 
 
-def probe_kind(raw: Any) -> str:
-    """Discriminator of the ``probes`` section (``kind``, default ``scan``)."""
-    if isinstance(raw, dict):
-        return str(raw.get("kind", "scan"))
-    return str(getattr(raw, "kind", "scan"))
+def kind_or(default: str) -> Discriminator:
+    """The discriminator of a section told apart by its ``kind``, ``default`` when absent (a
+    config written before the section had kinds stays valid)."""
+
+    def kind(raw: Any) -> str:
+        value = raw.get("kind", default) if isinstance(raw, dict) else getattr(raw, "kind", default)
+        return str(value)
+
+    return Discriminator(kind)
 
 
 ProbeRole = Annotated[
     Annotated[ScanProbe, Tag("scan")] | Annotated[SwitchedProbe, Tag("switched")],
-    Discriminator(probe_kind),
+    kind_or("scan"),
 ]
 
 

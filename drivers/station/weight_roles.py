@@ -15,11 +15,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Field, Tag, field_validator, model_validator
 
 from physlearn.configbase import StrictModel
 from physlearn.drivers.station.programming import ProgrammingConfig
-from physlearn.drivers.station.roles import check_channels, expand_names, resolve_path
+from physlearn.drivers.station.roles import check_channels, expand_names, kind_or, resolve_path
 from physlearn.drivers.virtual_lab.memristor import MemristorModel
 
 # --------------------------------------------------------------------------------------------
@@ -190,14 +190,7 @@ class MemristorWeights(StrictModel):
         return None
 
 
-def weights_kind(raw: Any) -> str:
-    """Discriminator of the ``weights`` section (``kind``, default ``pots``)."""
-    if isinstance(raw, dict):
-        return str(raw.get("kind", "pots"))
-    return str(getattr(raw, "kind", "pots"))
-
-
 WeightsRole = Annotated[
     Annotated[WeightRole, Tag("pots")] | Annotated[MemristorWeights, Tag("memristor")],
-    Discriminator(weights_kind),
+    kind_or("pots"),
 ]
