@@ -93,6 +93,12 @@ def test_n6705b_parameters_and_errors(bench: dict[str, Any]) -> None:
     psu.ch3.source_voltage(25.0)  # beyond the 20 V module range
     assert psu.ask("SYST:ERR?").startswith("-222,")
     assert psu.ch3.source_voltage() == pytest.approx(1.2345678)
+    psu.ch3.source_voltage(-1.5)  # four-quadrant N6784A modules (min_voltage -20 V)
+    assert psu.ch3.source_voltage() == pytest.approx(-1.5)
+    psu.ch3.source_voltage(-25.0)
+    assert psu.ask("SYST:ERR?").startswith("-222,")
+    assert psu.ch3.source_voltage() == pytest.approx(-1.5)
+    psu.ch3.source_voltage(1.2345678)
     psu.ch3.voltage_limit(5.0)  # the driver's malformed channel list @(3)
     assert psu.ask("SYST:ERR?").startswith("-104,")
     ch.source_voltage(1.0)
