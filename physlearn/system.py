@@ -311,6 +311,12 @@ class PhysicalSystem(ABC):
         :attr:`Equilibrium.observables`; None: undeclared (logged with unit "1")."""
         return None
 
+    def counters(self) -> dict[str, tuple[float, str, str]]:
+        """The machine's own bookkeeping after each step, ``{name: (value, unit, long name)}``
+        (an instrument's retries, time inside instrument calls...), logged per step as
+        ``system_<name>``; none by default. The same names at every step."""
+        return {}
+
     @property
     @abstractmethod
     def inputs(self) -> Port:

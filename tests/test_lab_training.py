@@ -67,6 +67,11 @@ def test_training_through_the_virtual_lab_over_tcp(tmp_path):
     assert ds["requested_conductance"].dims == ("step", "edge")
     assert ds["realised_conductance"].attrs["units"] == "S"
     assert np.all(np.abs(ds["realised_conductance"] - ds["requested_conductance"]) <= 1e-5)
+    # the bench's own bookkeeping per step: readings grow, time inside instrument calls too
+    assert ds["system_readings"].attrs["units"] == "1"
+    assert np.all(np.diff(ds["system_readings"].values) > 0)
+    assert np.all(np.diff(ds["system_instrument_time"].values) > 0)
+    assert ds["system_retries"].values[-1] == 0  # a quiet lab: nothing retried
     assert ds["test_accuracy"].values[0] < ds["test_accuracy"].values[-1]
     snap = ds.attrs["system_snapshot"]
     assert snap["instruments"]["src"]["idn"].startswith("physlearn,VLAB-SRC16,")

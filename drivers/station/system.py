@@ -77,6 +77,12 @@ class StationSystem(PhysicalSystem):
             return "V", ("node",), "node voltages measured (the reading each phase gives)"
         return None
 
+    def counters(self) -> dict[str, tuple[float, str, str]]:
+        """The bench's bookkeeping since the system was built (this process), per step."""
+        from physlearn.drivers.station.description import station_counters
+
+        return station_counters(self)
+
     def __init__(self, config: StationConfig, seed: int = 0) -> None:
         self.config, self.seed = config, int(seed)
         self.graph = config.graph.build()

@@ -288,6 +288,8 @@ class Campaign:
         for name, value in est.extras.items():
             v = np.asarray(value)
             self._record(name, v, tuple(f"{name}_{i}" for i in range(v.ndim)))
+        for name, (count, unit, long_name) in self.system.counters().items():
+            self._record(f"system_{name}", float(count), (), units=unit, long_name=long_name)
 
     def evaluate(self, updates: int) -> None:
         rng = step_rng(self.seed, updates, stream=3)
