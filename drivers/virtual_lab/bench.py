@@ -33,6 +33,9 @@ The equilibrium (Kirchhoff's current law) is solved by :class:`LinearResistorNet
 same simulator physlearn trains offline -- on an internal graph made of the network, one extra
 source node per closed relay and the leakage ground; injected currents are its ``error`` nudge
 (``beta = 1``, ``error = -I``). One internal network is built per switching topology and cached.
+A bench with a ``diodes`` section (fixed diodes to bias rails held inside the bench, mirroring a
+``diode_resistor`` system; :mod:`physlearn.drivers.virtual_lab.diodes`) is solved exactly by
+:class:`NonlinearResistorNetwork` on the same internal graph instead.
 
 After any change the node voltages relax exponentially towards the new equilibrium with time
 constant ``settling_tau`` (s): ``V(t) = V_eq + (V_0 - V_eq) exp(-(t - t_change) / tau)``, except
@@ -62,6 +65,7 @@ from typing import Any
 import numpy as np
 
 from physlearn.drivers.virtual_lab.config import LabConfig, PotSpec
+from physlearn.drivers.virtual_lab.diodes import BenchDiodes, solve_free
 from physlearn.drivers.virtual_lab.memristor import MemristorArray
 from physlearn.drivers.virtual_lab.scpi import ScpiError
 from physlearn.system import FloatArray, Nudge
@@ -122,6 +126,8 @@ class Bench:
         self._dirty = True
         self.solves = 0
         self.trip_log: list[str] = []
+        #: fixed diodes and bias rails (a bench mirroring a diode_resistor system), or None
+        self.diodes = BenchDiodes.from_config(config)
 
     # -- conductances ------------------------------------------------------------------------
     def _init_weights(self) -> None:
@@ -281,7 +287,7 @@ class Bench:
         held, inj, terminals = self._drive()
         n = self.n_nodes
         self.solves += 1
-        if not held and not terminals:
+        if not held and not terminals and self.diodes is None:
             return np.zeros(n), {"held": held, "inj": inj, "terminals": terminals, "float": True}
         key = (tuple(sorted(held)), tuple(r for r, _ in terminals), tuple(sorted(inj)))
         entry = self._nets.get(key)
@@ -307,7 +313,12 @@ class Bench:
                 out_nodes = outs if outs.size else free[:1]
                 graph = from_edge_list(n_int, np.concatenate(edges), sources, out_nodes)
                 g0 = np.ones(graph.n_edges)
-                net = LinearResistorNetwork(graph, g0, bounds=(1e-300, 1e300), blas_threads=None)
+                if self.diodes is not None:
+                    net = self.diodes.network(graph, g0)
+                else:
+                    net = LinearResistorNetwork(
+                        graph, g0, bounds=(1e-300, 1e300), blas_threads=None
+                    )
                 entry = _Net(net, sources, out_nodes, free, relay_ids)
             self._nets[key] = entry
         vs = np.array(
@@ -326,6 +337,9 @@ class Bench:
                 )
                 entry.net.set_parameters({"conductance": g})
                 entry.g_version = self._g_version
+            if self.diodes is not None:
+                full_int[:] = solve_free(entry.net, vs, entry.outputs, inj)
+                return full_int[:n].copy(), {"held": held, "inj": inj, "terminals": terminals}
             nudge = None
             if entry.outputs.size and inj:
                 cur = np.array([inj.get(int(k), 0.0) for k in entry.outputs])

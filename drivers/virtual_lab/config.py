@@ -27,7 +27,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, ValidationError, model_validator
 
 from physlearn.configbase import StrictModel
 from physlearn.drivers.station.roles import graph_counts
@@ -35,6 +35,7 @@ from physlearn.drivers.station.weight_roles import TapLaw
 from physlearn.drivers.virtual_lab.dialects.specs import StockSpec
 from physlearn.drivers.virtual_lab.memristor import MemristorSpec
 from physlearn.simulators.graphs.config import GraphConfig
+from physlearn.simulators.resistor.config import DiodeResistorConfig, DiodesConfig
 
 
 class SourceSpec(StrictModel):
@@ -152,6 +153,11 @@ class LabConfig(StrictModel):
         None, description="instruments speaking real models' dialects (stock qcodes drivers)"
     )
     faults: FaultSpec = Field(default_factory=FaultSpec)
+    diodes: DiodesConfig | None = Field(
+        None,
+        description="fixed diodes and bias rails (held inside the bench), as in the "
+        "diode_resistor simulator's diodes section: the bench mirrors that system",
+    )
 
     def n_nodes(self) -> int:
         return graph_counts(self.graph)[0]
@@ -254,11 +260,54 @@ class LabConfig(StrictModel):
                     raise ValueError(f"switch relay {k}: node {r.node} outside 0..{n - 1}")
         if self.stock is not None:
             self.stock.check(self.source.channels, n)
+        self._check_diodes()
         if self.faults.instruments is not None:
             unknown = set(self.faults.instruments) - set(names)
             if unknown:
                 raise ValueError(f"faults.instruments names unknown instruments {sorted(unknown)}")
         return self
+
+    def diode_nodes(self) -> set[int]:
+        """Graph nodes a diode of ``diodes`` touches (empty without diodes)."""
+        d, n = self.diodes, self.n_nodes()
+        if d is None:
+            return set()
+        if d.placement != "hidden":
+            return {k for pair in d.placement for k in pair if k < n}
+        ins, outs = self.ports()
+        return set(range(n)) - set(ins) - set(outs)
+
+    def _check_diodes(self) -> None:
+        """The diodes are a valid diode_resistor section on this graph, and no source channel
+        or relay is wired to a node a diode touches (the rails are held inside the bench)."""
+        if self.diodes is None:
+            return
+        try:
+            DiodeResistorConfig(kind="diode_resistor", graph=self.graph, diodes=self.diodes)
+        except ValidationError as exc:
+            msg = str(exc.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise ValueError(f"diodes: {msg}") from None
+        touched = self.diode_nodes()
+        for ch, node in enumerate(self.source_wiring(), start=1):
+            if node in touched:
+                raise ValueError(
+                    f"diodes: source channel {ch} is wired to node {node}, which a diode joins "
+                    "to a bias rail; wire sources only to nodes without diodes"
+                )
+        for k, r in enumerate(self.switch.relays if self.switch else [], start=1):
+            if r.node in touched:
+                raise ValueError(
+                    f"diodes: switch relay {k} reaches node {r.node}, which a diode joins to a "
+                    "bias rail; connect relays only to nodes without diodes"
+                )
+        if self.diodes.placement != "hidden":
+            n = self.n_nodes()
+            for k, (a, c) in enumerate(self.diodes.placement):
+                if a < n and c < n:
+                    raise ValueError(
+                        f"diodes: diode {k} = [{a}, {c}] joins two network nodes; on the bench "
+                        "every diode joins a node to a bias rail (an index >= n_nodes)"
+                    )
 
     def _check_weight_bank(self, e: int) -> None:
         """Exactly one of pots and memristors, covering each of the ``e`` edges once."""
