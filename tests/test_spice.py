@@ -179,3 +179,85 @@ def test_cli_exports_a_configured_network_that_ngspice_solves_like_us(
     capsys.readouterr()
     assert main(["export-spice", str(cfg_path), "--pattern", "0"]) == 2
     assert "ideal diodes have no SPICE model" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A short quickstart run (a layered linear resistor network, trained for 6 steps)."""
+    from physlearn.config import parse_config
+    from physlearn.run.start import start_run
+    from tests.conftest import load_yaml
+
+    raw = load_yaml("quickstart.yaml")
+    raw["schedule"] = {"steps": 6, "batch_size": 8, "eval_every": 3}
+    path = tmp_path_factory.mktemp("trained") / "run.zarr"
+    assert start_run(parse_config(raw), path).status == "success"
+    return path
+
+
+def test_cli_exports_a_run_stores_trained_network_that_ngspice_solves_like_the_run(
+    ngspice: str, trained_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """export-spice RUN writes the conductances the run held at the chosen step (issue 21,
+    item 5: only a config's initial conductances could be exported)."""
+    import physlearn
+    from physlearn.cli import main
+    from physlearn.config import parse_config
+    from physlearn.task import Task
+
+    run = trained_run
+    ds = physlearn.open_run(run)
+    held = ds.param_conductance.values
+    assert not np.allclose(held[0], held[-1])  # trained: the steps hold different networks
+    for step, row in ((0, 0), (-1, 5), (3, 3)):
+        out = tmp_path / f"step{step}.cir"
+        argv = ["export-spice", str(run), "--step", str(step), "--pattern", "2", "--out", str(out)]
+        assert main(argv) == 0
+        deck = out.read_text()
+        ohms = [float(ln.split()[3]) for ln in deck.splitlines() if ln.startswith("R")]
+        np.testing.assert_allclose(1.0 / np.asarray(ohms), held[row], rtol=1e-12)
+        assert f"parameters held during step {row} of run.zarr" in deck
+        cfg = parse_config(ds.attrs["config"])
+        net = cfg.system.build(cfg.seed)
+        net.set_parameters({"conductance": held[row]})
+        task = Task(cfg.task, cfg.task.dataset.load(cfg.seed), net.outputs.size)
+        x = task.encode_inputs(task.data.x_test[2:3])
+        assert isinstance(net, LinearResistorNetwork)
+        res = spice.run_ngspice(deck, net.graph.n_nodes, 0)
+        assert_agree(linear_node_voltages(net, x), res.voltages)
+    capsys.readouterr()
+    assert main(["export-spice", str(run)]) == 0  # default: the last committed step
+    assert "parameters held during step 5 of run.zarr" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--step", "6"], "--step 6: the run has committed steps 0..5 (or -1..-6)"),
+        (["--step", "-7"], "--step -7: the run has committed steps 0..5 (or -1..-6)"),
+        (["--pattern", "999"], "--pattern 999: the test split has patterns 0..44"),
+        (["--set", "system.kind=xy"], "(stored config) is not a valid experiment"),
+    ],
+)
+def test_export_of_a_run_refuses_bad_arguments_in_one_line(
+    trained_run: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    from physlearn.cli import main
+
+    capsys.readouterr()
+    assert main(["export-spice", str(trained_run), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_step_without_a_run_store_and_a_directory_that_is_no_run_are_user_errors(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from physlearn.cli import main
+
+    cfg_path = Path(__file__).parents[1] / "configs" / "quickstart.yaml"
+    assert main(["export-spice", str(cfg_path), "--step", "1"]) == 2
+    assert "--step 1: only a run store has steps" in capsys.readouterr().err
+    assert main(["export-spice", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert str(tmp_path) in err and len(err.strip().splitlines()) == 1

@@ -202,7 +202,8 @@ def _check_exportable(c: Circuit) -> None:
     if c.diode_model is not None and c.diode_model.kind == "ideal":
         raise ValueError(
             "ideal diodes have no SPICE model: export the same network with a Shockley model "
-            "(and check the ideal solver against its KKT conditions)"
+            "(--set system.diodes.model.kind=shockley) and check the ideal solver against its "
+            "KKT conditions"
         )
     if np.any(c.conductance <= 0) or not np.all(np.isfinite(c.conductance)):
         raise ValueError("every conductance must be finite and > 0 S to be written as a resistor")
@@ -452,23 +453,12 @@ def export_from_config(
     encoded input ``pattern`` of the ``split`` of its dataset; ``nudge_beta`` > 0 adds a target
     nudge (a conductance beta to the encoded target). Used by ``physlearn export-spice``.
 
-    Raises ``ValueError`` with the reason (pattern out of range, ideal diodes, ...).
+    Raises ``ValueError`` with the reason (pattern out of range, ideal diodes, ...). A run
+    store's trained network: :func:`~physlearn.simulators.resistor.spice_export.export_from_run`.
     """
     from physlearn.config import load_config
-    from physlearn.task import Task
+    from physlearn.simulators.resistor.spice_export import netlist_for
 
     cfg = load_config(config_path, overrides)
     system = cfg.system.build(cfg.seed)
-    task = Task(cfg.task, cfg.task.dataset.load(cfg.seed), system.outputs.size)
-    data = task.data
-    xs, ys = (data.x_test, data.y_test) if split == "test" else (data.x_train, data.y_train)
-    if not 0 <= pattern < xs.shape[0]:
-        raise ValueError(
-            f"--pattern {pattern}: the {split} split has patterns 0..{xs.shape[0] - 1}"
-        )
-    x = task.encode_inputs(xs[pattern : pattern + 1])
-    nudge = None
-    if nudge_beta is not None:
-        nudge = Nudge(beta=nudge_beta, target=task.encode_targets(ys[pattern : pattern + 1]))
-    title = f"{cfg.name}: {split} pattern {pattern} (label {ys[pattern]}), seed {cfg.seed}"
-    return to_netlist(system, x, nudge=nudge, title=title)
+    return netlist_for(cfg, system, pattern, split=split, nudge_beta=nudge_beta)
