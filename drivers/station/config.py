@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
 from pydantic import Field, field_validator, model_validator
 
@@ -52,6 +52,7 @@ from physlearn.drivers.station.roles import (
 )
 from physlearn.drivers.station.weight_roles import TapLaw, WeightRole, WeightsRole
 from physlearn.simulators.graphs.config import GraphConfig
+from physlearn.simulators.resistor.config import DiodeResistorConfig, ResistorConfig
 from physlearn.yamlload import YAMLInputError, load_yaml_file
 
 if TYPE_CHECKING:
@@ -60,6 +61,10 @@ if TYPE_CHECKING:
 #: The role types, importable from here as from the roles module (they are this config's
 #: sections).
 __all__ = ["LabServe", "Limits", "SourceRole", "StationConfig", "TapLaw", "WeightRole"]
+
+
+#: Simulator configs a station may mirror (each provides ``conjugates_from_voltages``).
+Mirrored: TypeAlias = ResistorConfig | DiodeResistorConfig
 
 
 class LabServe(StrictModel):
@@ -100,6 +105,54 @@ class StationConfig(SystemConfigBase):
     )
     equilibrium: EquilibriumConfig = Field(default_factory=EquilibriumConfig)
     retry: RetryConfig = Field(default_factory=RetryConfig)
+    mirrors: Mirrored | None = Field(
+        None,
+        discriminator="kind",
+        description="the simulator config the bench mirrors (kind resistor or diode_resistor): "
+        "the graph comes from it, the conjugates and energy of the measured node voltages from "
+        "its conjugates_from_voltages; none: a linear resistor network",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _graph_from_mirror(cls, data: Any) -> Any:
+        """Without ``graph``, the mirrored simulator's graph."""
+        if isinstance(data, dict) and "graph" not in data:
+            mirrors = data.get("mirrors")
+            if isinstance(mirrors, dict) and "graph" in mirrors:
+                data = {**data, "graph": mirrors["graph"]}
+        return data
+
+    def _check_mirror(self) -> None:
+        m = self.mirrors
+        if m is None:
+            return
+        if m.graph != self.graph:
+            raise ValueError(
+                f"graph {self.graph.model_dump(exclude_defaults=True)} disagrees with "
+                f"mirrors.graph {m.graph.model_dump(exclude_defaults=True)}: omit graph (it is "
+                "taken from mirrors) or make them the same"
+            )
+        if m.ground:
+            raise ValueError(
+                "mirrors.ground must be false: the bench has no ground source; wire a 0 V "
+                "input node instead"
+            )
+        if isinstance(m, DiodeResistorConfig) and m.weights.element != "resistor":
+            raise ValueError(
+                "mirrors.weights.element must be resistor: the bench's weights are conductances"
+            )
+        if self.lab is not None:  # the served virtual lab must be the circuit mirrored
+            from physlearn.drivers.virtual_lab.config import load_lab_config
+
+            lab = load_lab_config(self.lab.serve)
+            mine = m.diodes if isinstance(m, DiodeResistorConfig) else None
+            if lab.graph != m.graph or lab.diodes != mine:
+                what = "graph" if lab.graph != m.graph else "diodes"
+                raise ValueError(
+                    f"mirrors.{what} disagrees with the {what} of the lab served "
+                    f"({self.lab.serve}): make them the same circuit"
+                )
 
     @field_validator("station")
     @classmethod
@@ -136,6 +189,7 @@ class StationConfig(SystemConfigBase):
 
     @model_validator(mode="after")
     def _check(self) -> StationConfig:
+        self._check_mirror()
         n_in, n_out = self.graph.n_inputs(), self.graph.n_outputs()
         if len(self.inputs.names()) != n_in:
             raise ValueError(

@@ -4,10 +4,12 @@ Node voltages V (V) are measured (:mod:`~physlearn.drivers.station.probes`); edg
 device of conductance g_e (S), the trainable group ``"conductance"``
 (:mod:`~physlearn.drivers.station.weights`); E = 1/2 sum_e g_e (V_i - V_j)^2 (W) and its
 conjugate dE/dg_e = 1/2 (V_i - V_j)^2 (V^2) come from the measured voltages, per pattern
-(``docs/physics.md``, §Bench). Inputs are voltage sources on the input nodes; the nudges are what
-the hardware realises: ``error`` (current I_o = -beta eps_o injected into the outputs), ``clamp``
-(outputs held by voltage sources, coupled learning), ``target`` (relays connect each output
-through the hardware's nudge conductance beta to a source at the target voltage).
+(``docs/physics.md``, §Bench). With ``system.mirrors`` (a simulator config) they come from that
+simulator's ``conjugates_from_voltages`` instead (e.g. a diode network's diode co-content).
+Inputs are voltage sources on the input nodes; the nudges are what the hardware realises:
+``error`` (current I_o = -beta eps_o injected into the outputs), ``clamp`` (outputs held by
+voltage sources, coupled learning), ``target`` (relays connect each output through the
+hardware's nudge conductance beta to a source at the target voltage).
 
 Every input and nudge value of a batch is checked against the safety envelope before the first
 write (:mod:`~physlearn.drivers.station.safety`); then each phase of each pattern is measured as
@@ -86,6 +88,9 @@ class StationSystem(PhysicalSystem):
     def __init__(self, config: StationConfig, seed: int = 0) -> None:
         self.config, self.seed = config, int(seed)
         self.graph = config.graph.build()
+        #: the simulator the bench mirrors (``system.mirrors``): the conjugates and energy of
+        #: the measured node voltages are its ``conjugates_from_voltages``; None: linear
+        self.mirror: Any = None if config.mirrors is None else config.mirrors.build(self.seed)
         self.edges = np.asarray(self.graph.edges, dtype=np.int64)
         self.n_nodes = int(self.graph.n_nodes)
         self._out_idx = np.asarray(self.graph.output_nodes, dtype=np.int64)
@@ -408,8 +413,14 @@ class StationSystem(PhysicalSystem):
             )
             volts[b] = v
             waited += dt
-        ends = volts[:, self.edges]  # (batch, edge, 2)
-        conj = 0.5 * (ends[..., 0] - ends[..., 1]) ** 2
+        if self.mirror is not None:  # the mirrored family's physics (system.mirrors)
+            group = self.mirror.parameter_groups[0].name
+            mc, energy = self.mirror.conjugates_from_voltages(volts, {group: self._held})
+            conj = mc[group]
+        else:
+            ends = volts[:, self.edges]  # (batch, edge, 2)
+            conj = 0.5 * (ends[..., 0] - ends[..., 1]) ** 2
+            energy = conj @ self._held
         return Equilibrium(
             outputs=volts[:, self._out_idx],
             conjugates={GROUP: conj},
@@ -418,7 +429,7 @@ class StationSystem(PhysicalSystem):
             iterations=reads,
             shots=0,
             settle_time=waited,
-            energy=conj @ self._held,
+            energy=energy,
             observables={"node_voltages": volts},
             converged=converged,
         )

@@ -65,6 +65,11 @@ from physlearn.simulators.graphs.generators import (
     output_voltage_port,
     with_extra_input,
 )
+from physlearn.simulators.resistor.conjugates import (
+    checked_values,
+    checked_voltages,
+    half_square_drops,
+)
 from physlearn.system import (
     Equilibrium,
     FloatArray,
@@ -244,6 +249,18 @@ class LinearResistorNetwork(PhysicalSystem):
 
     def get_parameters(self) -> Params:
         return {GROUP: self._g.copy()}
+
+    def conjugates_from_voltages(
+        self, voltages: ArrayLike, params: Params | None = None
+    ) -> tuple[Params, FloatArray]:
+        """Conjugates ``{"conductance": (batch, E)}`` (V^2) and energy ``(batch,)`` (W) of node
+        voltages ``(batch, n_nodes)`` measured elsewhere -- a bench mirroring this network --
+        at ``params`` (default: the held conductances; not bound-checked, a bench holds what it
+        holds). See :mod:`~physlearn.simulators.resistor.conjugates`."""
+        v = checked_voltages(voltages, self.graph.n_nodes)
+        g = self._g if params is None else checked_values(params.get(GROUP), self._g.size, GROUP)
+        conj = half_square_drops(np.asarray(self.graph.edges), v)
+        return {GROUP: conj}, np.asarray(conj @ g)
 
     # -- linear algebra ----------------------------------------------------------------------
     def _factor(self) -> _Factor:

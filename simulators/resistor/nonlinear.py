@@ -83,6 +83,12 @@ from physlearn.simulators.resistor.circuit import (
     Element,
     LinearPart,
 )
+from physlearn.simulators.resistor.conjugates import (
+    checked_values,
+    checked_voltages,
+    diode_energy,
+    half_square_drops,
+)
 from physlearn.simulators.resistor.elements import DiodeModel, TransistorModel
 from physlearn.simulators.resistor.settings import check_settings, parameter_group
 from physlearn.simulators.resistor.solvers import EquilibriumSolver
@@ -247,6 +253,25 @@ class NonlinearResistorNetwork(PhysicalSystem):
 
     def get_parameters(self) -> Params:
         return {self._gname: self._theta.copy()}
+
+    def conjugates_from_voltages(
+        self, voltages: ArrayLike, params: Params | None = None
+    ) -> tuple[Params, FloatArray]:
+        """Conjugates ``(batch, E)`` of the trainable group and energy ``(batch,)`` (W) of graph
+        node voltages ``(batch, n_nodes)`` measured elsewhere -- a bench mirroring this network,
+        the bias rails at their voltages -- at ``params`` (default: the held values; not
+        bound-checked). See :mod:`~physlearn.simulators.resistor.conjugates`."""
+        v = checked_voltages(voltages, self.graph.n_nodes)
+        th = self._theta
+        if params is not None:
+            th = checked_values(params.get(self._gname), th.size, self._gname)
+        half = half_square_drops(np.asarray(self.graph.edges), v)
+        resistor = self.element == "resistor"
+        g = th if resistor else self.transistor.conductance(th)
+        conj = half if resistor else half * self.transistor.dconductance(th)
+        ext = np.concatenate([v, np.broadcast_to(self.bias, (v.shape[0], self.bias.size))], 1)
+        vd = ext[:, self.ckt.diode_anode] - ext[:, self.ckt.diode_cathode]
+        return {self._gname: conj}, np.asarray(half @ g + diode_energy(self.model, vd))
 
     def edge_conductance(self) -> FloatArray:
         """Conductance of every trainable edge (S): g_e, or g(V_G,e) for transistor edges."""
