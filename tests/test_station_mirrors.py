@@ -190,3 +190,23 @@ def test_a_station_disagreeing_with_its_mirror_is_refused(
     with pytest.raises(ConfigError, match=match) as info:
         parse_config(_raw(**system))
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.slow
+def test_the_deep_diode_bench_config_trains_end_to_end(tmp_path: Path) -> None:
+    """configs/bench_diode.yaml, shortened: it serves its diode lab, trains through the stock
+    drivers with the mirrored physics, logs an evaluation and stops the lab."""
+    from physlearn.run.start import start_run
+    from physlearn.store.run_store import RunStore
+
+    raw = yaml.safe_load((CONFIGS / "bench_diode.yaml").read_text())
+    raw["schedule"] = {"steps": 2, "batch_size": 2, "eval_every": 2}
+    raw["store"] = {"root": str(tmp_path / "runs")}
+    res = start_run(parse_config(raw), tmp_path / "diode.zarr")
+    assert res.status == "success"
+    store = RunStore.open(tmp_path / "diode.zarr")
+    volts = np.asarray(store.read("obs_node_voltages"))
+    assert volts.shape[1:] == (3, 2, 29)  # phases, patterns, nodes
+    assert np.all(np.abs(volts[..., 10:26]) <= 0.3 + 1e-3)  # hidden nodes inside the rails
+    acc = np.asarray(store.read("test_accuracy"))  # before the first step and at the end
+    assert acc.shape == (2,) and np.all((acc >= 0) & (acc <= 1))
