@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
@@ -84,7 +84,8 @@ def _window(n: int) -> int:
     return max(1, n // 25)
 
 
-def _log_if_positive(ax: Axes, *arrays: np.ndarray) -> None:
+def log_if_positive(ax: Axes, *arrays: np.ndarray) -> None:
+    """A log y axis when every finite value is positive and they span more than 30x."""
     vals = np.concatenate([a[np.isfinite(a)] for a in arrays if a.size]) if arrays else np.array([])
     if vals.size and (vals > 0).all() and vals.max() / vals.min() > 30:
         ax.set_yscale("log")
@@ -98,11 +99,14 @@ def training_curves(
     s: dict[str, np.ndarray],
     title: str,
     baselines: Sequence[tuple[str, str, float]] = (),
+    names: dict[str, str] | None = None,
 ) -> Figure | None:
     """Loss (per step, smoothed, and on the test split) and accuracy; the learning rate when it
     changes. ``s`` holds 1-D arrays named like the run store's. ``baselines``: (model, metric,
     value) of reference models (:func:`physlearn.baselines.baseline_rows`); their
-    ``test_loss`` and ``test_accuracy`` are drawn as labelled horizontal lines."""
+    ``test_loss`` and ``test_accuracy`` are drawn as labelled horizontal lines. ``names``: the
+    records' labels (their long names in the store), used in the legends."""
+    names = names or {}
     loss = s.get("loss", np.array([]))
     if not loss.size and not s.get("test_loss", np.array([])).size:
         return None
@@ -115,15 +119,15 @@ def training_curves(
     ax = axes[0]
     steps = np.arange(1, loss.size + 1)
     if loss.size:
-        ax.plot(steps, loss, color="0.75", lw=0.8, label="batch (free phase)")
+        ax.plot(steps, loss, color="0.75", lw=0.8, label=names.get("loss", "batch (free phase)"))
         ax.plot(steps, moving_average(loss, _window(loss.size)), color="C0", label="moving mean")
     ev = s.get("eval_step", np.array([]))
     for key, style in (("test_loss", "C1o-"), ("train_loss", "C2s-")):
         y = s.get(key, np.array([]))
         if _finite(y) and y.size == ev.size:
-            ax.plot(ev, y, style, ms=3, label=key.replace("_", " "))
+            ax.plot(ev, y, style, ms=3, label=names.get(key, key.replace("_", " ")))
     ref_loss = _reference_lines(ax, baselines, "test_loss")
-    _log_if_positive(ax, loss, s.get("test_loss", np.array([])), ref_loss)
+    log_if_positive(ax, loss, s.get("test_loss", np.array([])), ref_loss)
     ax.set(xlabel="optimiser step", ylabel="loss", title="loss")
     ax.legend(fontsize=8)
     k = 1
@@ -136,12 +140,12 @@ def training_curves(
                 np.arange(1, acc.size + 1),
                 moving_average(acc, _window(acc.size)),
                 color="C0",
-                label="training batches (moving mean)",
+                label=f"{names.get('batch_accuracy', 'training batches')} (moving mean)",
             )
         for key, style in (("test_accuracy", "C1o-"), ("train_accuracy", "C2s-")):
             y = s.get(key, np.array([]))
             if _finite(y) and y.size == ev.size:
-                ax.plot(ev, y, style, ms=3, label=key.replace("_", " "))
+                ax.plot(ev, y, style, ms=3, label=names.get(key, key.replace("_", " ")))
         _reference_lines(ax, baselines, "test_accuracy")
         ax.set(xlabel="optimiser step", ylabel="accuracy", title="accuracy", ylim=(-0.02, 1.02))
         ax.legend(fontsize=8)
@@ -164,23 +168,49 @@ def _reference_lines(
     return np.array([v for _, v in values], dtype=float)
 
 
-def gradient_fidelity(s: dict[str, np.ndarray], title: str) -> Figure | None:
-    """Cosine similarity and relative error of the gradient estimate against the exact
-    gradient, where the run logged them."""
+#: Where 1 - cos is drawn when the estimate is parallel to the exact gradient to float
+#: precision (1 - cos rounds to 0 or below): about the spacing of doubles near 1.
+COS_FLOOR = 1e-16
+
+
+def gradient_fidelity(
+    s: dict[str, np.ndarray], title: str, names: dict[str, str] | None = None
+) -> Figure | None:
+    """How far the gradient estimate is from the exact gradient, where the run logged it: the
+    misalignment 1 - cos on a log axis (a cosine of 1 - 1e-7 is a flat line at 1.00 on a
+    linear axis), and the relative error. A 1 - cos at or below :data:`COS_FLOOR` (parallel to
+    float precision) is drawn at the floor with its own marker and counted in the legend.
+    ``names``: labels of the records (their long names)."""
+    names = names or {}
     cos = s.get("grad_cosine", np.array([]))
     rel = s.get("grad_rel_error", np.array([]))
     if not (_finite(cos) or _finite(rel)):
         return None
-    fig = new_figure(8.4, 3.4)
+    fig = new_figure(8.8, 3.6)
     a1, a2 = fig.subplots(1, 2)
-    for ax, y, name in ((a1, cos, "cosine similarity"), (a2, rel, "relative error")):
+    with np.errstate(invalid="ignore"):
+        mis = 1.0 - cos
+    for ax, y in ((a1, mis), (a2, rel)):
         steps = np.flatnonzero(np.isfinite(y)) + 1
         yy = y[np.isfinite(y)]
-        ax.plot(steps, yy, ".", ms=2, color="0.6")
-        ax.plot(steps, moving_average(yy, _window(yy.size)), color="C0")
-        ax.set(xlabel="optimiser step", ylabel=name, title=f"gradient {name}")
-    if _finite(rel) and (rel[np.isfinite(rel)] > 0).all():
-        a2.set_yscale("log")
+        floor = yy <= COS_FLOOR if ax is a1 else np.zeros(yy.size, bool)
+        shown = np.where(floor, COS_FLOOR, yy)
+        ax.plot(steps[~floor], shown[~floor], ".", ms=3, color="0.55", label="per step")
+        if floor.any():
+            ax.plot(steps[floor], shown[floor], "v", ms=4, color="C3",
+                    label=f"{int(floor.sum())} steps at or below {COS_FLOOR:g}")  # fmt: skip
+        if yy.size:
+            ax.plot(steps, moving_average(shown, _window(yy.size)), color="C0", label="moving mean")
+            if (shown > 0).all():
+                ax.set_yscale("log")
+            ax.legend(fontsize=7)
+    a1.set(xlabel="optimiser step", ylabel="1 − cos(estimate, exact gradient)")
+    a1.set_title("gradient misalignment")
+    a2.set(
+        xlabel="optimiser step",
+        ylabel=names.get("grad_rel_error", "relative error"),
+        title="gradient relative error",
+    )
     fig.suptitle(f"{title}: estimate vs exact gradient", fontsize=10, **PLAIN_TEXT)
     return as_typed(fig)
 
@@ -222,7 +252,7 @@ def parameter_histograms(groups: Sequence[ParamSeries], title: str) -> Figure | 
             a2.fill_between(g.steps, q[:, 0], q[:, 4], color="C0", alpha=0.15, label="5-95 %")
             a2.fill_between(g.steps, q[:, 1], q[:, 3], color="C0", alpha=0.3, label="25-75 %")
             a2.plot(g.steps, q[:, 2], color="C0", label="median")
-            _log_if_positive(a2, q.ravel())
+            log_if_positive(a2, q.ravel())
             a2.legend(fontsize=8)
         a2.set(xlabel="optimiser step", ylabel=f"{g.name} ({g.unit})", title="spread over steps")
     fig.suptitle(f"{title}: parameters", fontsize=10, **PLAIN_TEXT)
@@ -361,123 +391,3 @@ def equilibrium_diagnostics(
 
 def _phase(phases: Sequence[str], k: int) -> str:
     return phases[k] if k < len(phases) else f"phase {k}"
-
-
-# --------------------------------------------------------------------------------------------
-# Sweeps
-
-
-@dataclass
-class SweepCurve:
-    """Mean and spread over seeds of one configuration's curve."""
-
-    label: str
-    x: np.ndarray
-    mean: np.ndarray
-    spread: np.ndarray
-    n: int
-
-
-@dataclass
-class AxisPanel:
-    """A final metric against one swept axis: one series per combination of the other axes
-    (or all pooled), each point the mean and spread over seeds."""
-
-    axis: str
-    categories: list[str]
-    numeric: np.ndarray | None  # numeric axis values (None: categorical)
-    series: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]] = field(default_factory=dict)
-    # label -> (mean, spread, n) per category
-
-
-def sweep_axes(panels: Sequence[AxisPanel], metric: str, title: str) -> Figure | None:
-    """One panel per swept axis: final ``metric`` (mean +- spread over seeds)."""
-    if not panels:
-        return None
-    n = len(panels)
-    cols = min(n, 3)
-    rows = math.ceil(n / cols)
-    fig = new_figure(4.4 * cols, 3.6 * rows)
-    axes = fig.subplots(rows, cols, squeeze=False).ravel()
-    for ax, p in zip(axes, panels, strict=False):
-        k = len(p.series)
-        for j, (label, (mean, spread, cnt)) in enumerate(p.series.items()):
-            if p.numeric is not None:
-                x = p.numeric.astype(float)
-            else:
-                x = np.arange(len(p.categories)) + (j - (k - 1) / 2) * 0.8 / max(k, 1) / 1.5
-            ok = cnt > 0
-            ax.errorbar(
-                x[ok],
-                mean[ok],
-                yerr=spread[ok],
-                fmt="o-" if p.numeric is not None else "o",
-                capsize=3,
-                ms=4,
-                label=label,
-                color=f"C{j % 10}",
-            )
-        if p.numeric is not None:
-            v = p.numeric.astype(float)
-            if (v > 0).all() and v.max() / v.min() > 30:
-                ax.set_xscale("log")
-            if v.size <= 8:
-                ax.set_xticks(v, p.categories, fontsize=8, **PLAIN_TEXT)
-        else:
-            ax.set_xlim(-0.5, len(p.categories) - 0.5)
-            ax.set_xticks(np.arange(len(p.categories)))
-            ax.set_xticklabels(
-                p.categories,
-                rotation=30 if len(p.categories) > 3 else 0,
-                ha="right" if len(p.categories) > 3 else "center",
-                fontsize=8,
-                **PLAIN_TEXT,
-            )
-        counts = sum(cnt for _, _, cnt in p.series.values())
-        for i in np.flatnonzero(np.asarray(counts) == 0):  # every run there failed or is missing
-            x0 = float(p.numeric[i]) if p.numeric is not None else float(i)
-            ax.annotate(
-                "no successful run",
-                (x0, 0.02),
-                xycoords=("data", "axes fraction"),
-                ha="center",
-                fontsize=7,
-                color="0.4",
-                rotation=90,
-                va="bottom",
-            )
-        ax.set(xlabel=p.axis, ylabel=f"final {metric}")
-        if metric.endswith("accuracy"):
-            ax.set_ylim(-0.02, 1.02)
-        if k > 1:
-            ax.legend(fontsize=7)
-    for ax in axes[n:]:
-        ax.set_axis_off()
-    fig.suptitle(f"{title}: final {metric}, mean ± std over seeds", fontsize=10, **PLAIN_TEXT)
-    return as_typed(fig)
-
-
-def sweep_curves(
-    curves: dict[str, Sequence[SweepCurve]], xlabel: dict[str, str], title: str
-) -> Figure | None:
-    """Per metric: each configuration's curve, mean line and +-std band over seeds."""
-    curves = {k: v for k, v in curves.items() if v}
-    if not curves:
-        return None
-    n = len(curves)
-    fig = new_figure(5.2 * n, 4.0)
-    axes = fig.subplots(1, n, squeeze=False)[0]
-    for ax, (metric, cs) in zip(axes, curves.items(), strict=True):
-        for j, c in enumerate(cs):
-            colour = f"C{j % 10}"
-            ax.plot(c.x, c.mean, color=colour, lw=1.2, label=f"{c.label} (n={c.n})")
-            if c.n > 1:
-                ax.fill_between(c.x, c.mean - c.spread, c.mean + c.spread, color=colour, alpha=0.15)
-        ax.set(xlabel=xlabel.get(metric, "step"), ylabel=metric, title=metric.replace("_", " "))
-        if metric.endswith("accuracy"):
-            ax.set_ylim(-0.02, 1.02)
-        elif metric.endswith("loss"):
-            _log_if_positive(ax, *[c.mean for c in cs])
-        ax.legend(fontsize=7)
-    fig.suptitle(f"{title}: mean ± std over seeds", fontsize=10, **PLAIN_TEXT)
-    return as_typed(fig)

@@ -20,6 +20,8 @@ FIGURE_NAMES = (
     "parameters.png",
     "graph.png",
     "equilibrium.png",
+    "timing.png",
+    "instruments.png",
     "sweep_axes.png",
     "sweep_curves.png",
 )
@@ -74,9 +76,26 @@ def kv_table(rows: Sequence[tuple[str, str]]) -> str:
     return f"<table>{body}</table>"
 
 
-def html_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+@dataclass(frozen=True)
+class Link:
+    """A table cell that links ``text`` to ``href`` (a path relative to the page)."""
+
+    text: str
+    href: str
+
+    def html(self) -> str:
+        return f'<a href="{esc(self.href)}">{esc(self.text)}</a>'
+
+
+def html_table(head: Sequence[str], rows: Sequence[Sequence[str | Link]]) -> str:
+    """A table; cells are text (escaped) or :class:`Link`."""
     h = "".join(f"<th>{esc(c)}</th>" for c in head)
-    b = "".join("<tr>" + "".join(f"<td>{esc(c)}</td>" for c in r) + "</tr>" for r in rows)
+    b = "".join(
+        "<tr>"
+        + "".join(f"<td>{c.html() if isinstance(c, Link) else esc(c)}</td>" for c in r)
+        + "</tr>"
+        for r in rows
+    )
     return f"<table><thead><tr>{h}</tr></thead><tbody>{b}</tbody></table>"
 
 

@@ -12,6 +12,8 @@ import numpy as np
 
 from physlearn.baselines import baseline_rows
 from physlearn.report import figures as F
+from physlearn.report import timing as T
+from physlearn.report.labels import record_label
 from physlearn.report.page import (
     PageFigure,
     Report,
@@ -113,12 +115,25 @@ def graph_layout(store: RunStore) -> dict[str, Any] | None:
     return None
 
 
+def record_names(store: RunStore) -> dict[str, str]:
+    """Every scalar record's label from the store's metadata (``long_name (units)``)."""
+    names = set(store.array_names())
+    return {
+        n: record_label(n, store.array(n).attrs)
+        for n in (*STEP_SCALARS, *EVAL_SCALARS, "step_time")
+        if n in names
+    }
+
+
 def run_report(store: RunStore, out_dir: Path) -> Report:
-    """The report page of ``store`` in ``out_dir``: summary, last metrics, figures, config."""
+    """The report page of ``store`` in ``out_dir``: summary, last metrics, figures, the
+    instruments of a station run, config."""
     attrs = store.attrs
     cfg = attrs.get("config", {})
     title = str(cfg.get("name", store.path.name))
     figs = _run_figures(store, attrs, title)
+    snapshot = attrs.get("system_snapshot") or {}
+    instruments = T.instruments_html(snapshot) if isinstance(snapshot, dict) else ""
     metrics = last_metrics(store)
     summary = _summary(store, attrs)
     body = [
@@ -134,6 +149,7 @@ def run_report(store: RunStore, out_dir: Path) -> Report:
         _baselines_html(attrs),
         "<h2>Figures</h2>",
         *(figure_html(f) for f in figs),
+        "<h2>Instruments</h2>" + instruments if instruments else "",
         "<h2>Config</h2>",
         f"<details><summary>validated config</summary><pre>{esc(yaml_text(cfg))}</pre></details>",
     ]
@@ -144,12 +160,13 @@ def _run_figures(store: RunStore, attrs: dict[str, Any], title: str) -> list[Pag
     """Training curves, gradient fidelity, parameters, the graph (if rebuilt) and the
     equilibrium diagnostics of ``store`` (run attributes ``attrs``)."""
     s = read_scalars(store)
+    names = record_names(store)
     params = read_parameters(store)
     figs: list[PageFigure] = []
     add_figure(
         figs,
         "training.png",
-        F.training_curves(s, title, baseline_rows(attrs)),
+        F.training_curves(s, title, baseline_rows(attrs), names),
         "Loss per optimiser step (batch at "
         "the free equilibrium, moving mean) and on the test split; accuracy; learning rate. "
         "Dashed: baselines (reference models) on the same test split.",
@@ -157,9 +174,16 @@ def _run_figures(store: RunStore, attrs: dict[str, Any], title: str) -> list[Pag
     add_figure(
         figs,
         "gradient_fidelity.png",
-        F.gradient_fidelity(s, title),
-        "Cosine similarity and "
-        "relative error of the gradient estimate against the exact (implicit) gradient.",
+        F.gradient_fidelity(s, title, names),
+        "Misalignment 1 − cos (log axis: 0 is exact) and relative error of the gradient "
+        "estimate against the exact (implicit) gradient.",
+    )
+    timing = T.read_timing(store)
+    add_figure(
+        figs,
+        "timing.png",
+        T.step_timing(timing, title),
+        "Wall-clock time of every optimiser step (moving mean, median) and the throughput.",
     )
     add_figure(
         figs,
@@ -191,6 +215,18 @@ def _run_figures(store: RunStore, attrs: dict[str, Any], title: str) -> list[Pag
         F.equilibrium_diagnostics(s, phases, unit, title),
         "Relaxation iterations and largest residual force per phase.",
     )
+    snapshot = attrs.get("system_snapshot") or {}
+    if isinstance(snapshot, dict) and T.is_instrumented(timing, snapshot):
+        missing = T.missing_counters(timing)
+        add_figure(
+            figs,
+            "instruments.png",
+            T.instrument_panel(timing, phases, title),
+            "Per step: time in instrument calls and waiting for the network beside the step's "
+            "time (the counters also run during the evaluations between steps, so they can "
+            "exceed it); retries, reconnects and readings; settle time per phase. "
+            + (f"Not logged by this run: {', '.join(missing)}." if missing else ""),
+        )
     return figs
 
 

@@ -11,11 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import numpy as np
 
 from physlearn.report import figures as F
+from physlearn.report import sweep_figures as SF
+from physlearn.report.labels import axis_titles, record_label
 from physlearn.report.page import (
+    HTML_NAME,
+    Link,
     PageFigure,
     Report,
     add_figure,
@@ -38,6 +43,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 MAX_CURVES = 12
+#: Where a sweep's report writes the reports of its runs (one folder per run id).
+RUNS_DIR = "runs"
 MAX_SERIES = 6
 
 
@@ -52,6 +59,8 @@ class _SweepRun:
     metrics: dict[str, float]
     error: str | None
     curves: dict[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
+    config: dict[str, Any] | None = None  # the run's stored config (None: no store)
+    names: dict[str, str] = field(default_factory=dict)  # record -> label, from its store
 
 
 def read_sweep_runs(path: Path, attrs: dict[str, Any]) -> list[_SweepRun]:
@@ -81,6 +90,12 @@ def read_sweep_runs(path: Path, attrs: dict[str, Any]) -> list[_SweepRun]:
         run.total = int(store.attrs.get("total_steps", run.total))
         run.metrics = last_metrics(store)
         run.error = store.attrs.get("error")
+        run.config = store.attrs.get("config")
+        run.names = {
+            n: record_label(n, store.array(n).attrs)
+            for n in ("test_accuracy", "test_loss", "loss")
+            if n in store.array_names()
+        }
         s = read_scalars(store, equilibrium=False)
         ev = s.get("eval_step", np.array([]))
         for k in ("test_accuracy", "test_loss"):
@@ -169,10 +184,11 @@ def sweep_table(groups: Sequence[_Group], axes: Sequence[str], metrics: Sequence
     return "\n".join(line.rstrip() for line in lines)
 
 
-def _axis_panels(runs: Sequence[_SweepRun], axes: Sequence[str], metric: str) -> list[F.AxisPanel]:
+def _axis_panels(runs: Sequence[_SweepRun], axes: Sequence[str], metric: str) -> list[SF.AxisPanel]:
 
     ok = [r for r in runs if r.status == "success" and metric in r.metrics]
     panel_axes = list(axes) or ["seed"]
+    titles = axis_titles(panel_axes, _config(runs))
     panels = []
     for a in panel_axes:
 
@@ -196,7 +212,7 @@ def _axis_panels(runs: Sequence[_SweepRun], axes: Sequence[str], metric: str) ->
             combos.setdefault(ck, _label(r.axes, others))
         pooled = len(combos) > MAX_SERIES or not others
         series_keys = {"all": "all runs" if others else metric} if pooled else combos
-        panel = F.AxisPanel(a, [_value_text(v) for v in vals], numeric)
+        panel = SF.AxisPanel(a, [_value_text(v) for v in vals], numeric, label=titles[a][0])
         for sk, slabel in series_keys.items():
             mean, spread, cnt = (np.full(len(keys), np.nan) for _ in range(3))
             for i, k in enumerate(keys):
@@ -212,7 +228,21 @@ def _axis_panels(runs: Sequence[_SweepRun], axes: Sequence[str], metric: str) ->
     return panels
 
 
-def _group_curves(groups: Sequence[_Group], metric: str) -> list[F.SweepCurve]:
+def _config(runs: Sequence[_SweepRun]) -> dict[str, Any] | None:
+    """A run's stored config (the kinds that resolve the schema's unions), if any run has one."""
+    return next((r.config for r in runs if isinstance(r.config, dict)), None)
+
+
+def _record_names(runs: Sequence[_SweepRun]) -> dict[str, str]:
+    """Labels of the metrics, from the first run store that has each."""
+    names: dict[str, str] = {}
+    for r in runs:
+        for k, v in r.names.items():
+            names.setdefault(k, v)
+    return names
+
+
+def _group_curves(groups: Sequence[_Group], metric: str) -> list[SF.SweepCurve]:
     out = []
     for g in groups[:MAX_CURVES]:
         cs = [r.curves[metric] for r in g.runs if r.status == "success" and metric in r.curves]
@@ -225,7 +255,7 @@ def _group_curves(groups: Sequence[_Group], metric: str) -> list[F.SweepCurve]:
             warnings.simplefilter("ignore", RuntimeWarning)
             mean = np.nanmean(ys, axis=0)
             spread = np.nanstd(ys, axis=0, ddof=1) if len(cs) > 1 else np.zeros(n)
-        out.append(F.SweepCurve(g.label, x, mean, spread, len(cs)))
+        out.append(SF.SweepCurve(g.label, x, mean, spread, len(cs)))
     return out
 
 
@@ -255,7 +285,11 @@ def _sweep_figures(
     """(file, figure or None, caption) of every sweep figure."""
     primary = metrics[0] if metrics else "loss"
     curve_metrics = [m for m in ("test_accuracy", "test_loss", "loss") if m in metrics]
-    curves: dict[str, Sequence[F.SweepCurve]] = {m: _group_curves(groups, m) for m in curve_metrics}
+    curves: dict[str, Sequence[SF.SweepCurve]] = {
+        m: _group_curves(groups, m) for m in curve_metrics
+    }
+    names = _record_names(runs)
+    ylabels = {m: names.get(m, record_label(m)) for m in curve_metrics}
     more = (
         f" (first {MAX_CURVES} of {len(groups)} configurations)" if len(groups) > MAX_CURVES else ""
     )
@@ -267,16 +301,38 @@ def _sweep_figures(
     return [
         (
             "sweep_axes.png",
-            F.sweep_axes(_axis_panels(runs, axes, primary), primary, name),
+            SF.sweep_axes(
+                _axis_panels(runs, axes, primary),
+                primary,
+                ylabels.get(primary, record_label(primary)),
+                name,
+            ),
             f"Final {primary} against each swept axis: mean ± std over seeds (successful runs); "
             "one series per combination of the other axes, or all pooled when there are many.",
         ),
         (
             "sweep_curves.png",
-            F.sweep_curves(curves, xlabels, name),
-            f"Learning curves per configuration: mean and ±std band over seeds{more}.",
+            SF.sweep_curves(curves, xlabels, ylabels, name),
+            f"Learning curves, one row per configuration: mean and ±std band over seeds (clipped "
+            f"to the metric's range), the other configurations in grey{more}.",
         ),
     ]
+
+
+def run_reports(path: Path, runs: Sequence[_SweepRun], out_dir: Path) -> dict[str, str]:
+    """Write the report of every run that has a store into ``out_dir/<run_id>/``; returns the
+    links to them relative to the sweep's page (``runs/<run_id>/report.html``, quoted)."""
+    from physlearn.report.run_report import run_report
+
+    links: dict[str, str] = {}
+    for r in runs:
+        try:
+            store = RunStore.open(path / r.run_id)
+        except StoreError:
+            continue
+        run_report(store, out_dir / r.run_id)
+        links[r.run_id] = f"{RUNS_DIR}/{quote(r.run_id)}/{HTML_NAME}"
+    return links
 
 
 def sweep_report(path: Path, attrs: dict[str, Any], out_dir: Path) -> Report:
@@ -286,6 +342,7 @@ def sweep_report(path: Path, attrs: dict[str, Any], out_dir: Path) -> Report:
     groups = group_runs(runs, axes)
     metrics = _metric_names(runs)
     table = sweep_table(groups, axes, metrics)
+    titles = axis_titles(axes, _config(runs))
     figs: list[PageFigure] = []
     for file, fig, caption in _sweep_figures(runs, groups, axes, metrics, name):
         add_figure(figs, file, fig, caption)
@@ -298,7 +355,7 @@ def sweep_report(path: Path, attrs: dict[str, Any], out_dir: Path) -> Report:
         ("store", str(path)),
         ("sweep file", str(attrs.get("sweep_file") or "")),
         ("runs", ", ".join(f"{v} {k}" for k, v in sorted(counts.items())) or "none"),
-        ("axes", ", ".join(axes) or "none"),
+        *((f"axis {a}", f"{t}: {d}" if d else t) for a, (t, d) in titles.items()),
         ("seeds", str(attrs.get("seeds"))),
         ("created", str(attrs.get("created", ""))),
         ("updated", str(attrs.get("updated", ""))),
@@ -313,9 +370,10 @@ def sweep_report(path: Path, attrs: dict[str, Any], out_dir: Path) -> Report:
             mean, std, n = _stats([r.metrics.get(m, math.nan) for r in ok])
             cells.append(f"{mean:.4g} ± {std:.2g}" if n else "n/a")
         agg_rows.append(cells)
+    links = run_reports(path, runs, out_dir / RUNS_DIR)
     run_rows = [
         [
-            r.run_id,
+            Link(r.run_id, links[r.run_id]) if r.run_id in links else r.run_id,
             *(_value_text(r.axes.get(a)) for a in axes),
             str(r.seed),
             r.status,
@@ -336,8 +394,8 @@ def sweep_report(path: Path, attrs: dict[str, Any], out_dir: Path) -> Report:
         "<h2>Figures</h2>",
         *(figure_html(f) for f in figs),
         "<h2>Runs</h2>",
-        f"<p>Each run is a run store: <code>physlearn report {esc(str(path))}/&lt;run_id&gt;</code>"
-        " draws its own figures.</p>",
+        "<p>Each run links to its own report (written beside this page, in "
+        f"<code>{RUNS_DIR}/</code>); a run without a link has no store yet.</p>",
         html_table(["run", *axes, "seed", "status", "steps", *metrics, "error"], run_rows),
         "<h2>Sweep spec</h2>",
         "<details><summary>sweep file (validated)</summary>"
