@@ -35,12 +35,50 @@ TWO_PI = 2.0 * math.pi
 
 @dataclass(frozen=True)
 class RydbergLimits:
-    """Device limits. Distances in um, frequencies in rad/us."""
+    """Device limits. Distances in um, frequencies in rad/us.
+
+    ``detuning_spread_max`` bounds ``max_i Delta_i - min_i Delta_i`` and
+    ``detuning_spread_total_max`` bounds ``sum_i (max_j Delta_j - Delta_i)``: a Pulser device
+    drives local detunings through its detuning map modulator, which only lowers a global
+    detuning (:mod:`physlearn.simulators.quantum.pulser_bridge`). ``None``: no such limit (the
+    hand-written limits of a config that names no device). ``device``: the Pulser device the
+    limits come from, if any.
+    """
 
     min_distance: float = 4.0
     rabi_max: float = TWO_PI * 2.5
     detuning_max: float = TWO_PI * 20.0
     max_atoms: int = 20
+    detuning_spread_max: float | None = None
+    detuning_spread_total_max: float | None = None
+    device: str | None = None
+
+    def default_detuning_bound(self) -> float:
+        """The largest bound ``B`` of the trainable ``|Delta_i|`` whose every corner the device
+        drives: ``detuning_max``, and half the largest spread (``+B`` next to ``-B``)."""
+        spread = math.inf if self.detuning_spread_max is None else self.detuning_spread_max / 2
+        return min(self.detuning_max, spread)
+
+    def check_detunings(self, total: FloatArray) -> None:
+        """Refuse rows of total detunings ``(batch, atoms)`` (rad/us) the device cannot drive."""
+        worst = float(np.abs(total).max())
+        if worst > self.detuning_max:
+            raise ValueError(
+                f"total detuning {worst:.6g} rad/us (trainable + input) exceeds the device "
+                f"limit detuning_max = {self.detuning_max:.6g} rad/us"
+            )
+        below_top = total.max(axis=1, keepdims=True) - total
+        checks = (
+            ("detuning_spread_max", self.detuning_spread_max, below_top.max(axis=1)),
+            ("detuning_spread_total_max", self.detuning_spread_total_max, below_top.sum(axis=1)),
+        )
+        for name, limit, value in checks:
+            if limit is not None and float(value.max()) > limit * (1 + 1e-9):
+                raise ValueError(
+                    f"local detunings (trainable + input) spread over {float(value.max()):.6g} "
+                    f"rad/us, beyond the device limit {name} = {limit:.6g} rad/us "
+                    f"({self.device}'s detuning map modulator)"
+                )
 
     def check_register(self, positions: FloatArray) -> None:
         n = positions.shape[0]
@@ -86,7 +124,7 @@ def _rydberg_groups(
 ) -> tuple[ParameterGroup, ...]:
     """The detunings ``Delta_i`` within ``detuning_bound`` (default and at most
     ``lim.detuning_max``) and the global Rabi frequency ``Omega`` within ``lim.rabi_max``."""
-    bound = lim.detuning_max if detuning_bound is None else detuning_bound
+    bound = lim.default_detuning_bound() if detuning_bound is None else detuning_bound
     if not 0 < bound <= lim.detuning_max:
         raise ValueError(
             f"detuning bound {bound:.6g} rad/us exceeds the device limit "
@@ -200,11 +238,12 @@ class RydbergArray(QuantumSystem):
         self.positions = np.asarray(positions, dtype=np.float64)
         self.c6 = float(c6)
         self.input_atoms = tuple(int(a) for a in input_atoms)
+        self.output_atoms = tuple(int(a) for a in output_atoms)
         model = rydberg_model(
             self.positions,
             self.c6,
             self.input_atoms,
-            output_atoms,
+            self.output_atoms,
             correlators,
             self.limits,
             detuning_bound,
@@ -216,16 +255,19 @@ class RydbergArray(QuantumSystem):
         )
 
     def check_inputs(self, inputs: FloatArray) -> None:
-        """Refuse input detunings that push a total |Delta_i| over ``detuning_max``."""
+        """Refuse input detunings that push a total |Delta_i| over ``detuning_max`` or spread
+        the local detunings beyond what the device's detuning map modulator drives."""
         if not self.input_atoms or inputs.size == 0:
             return
-        total = self._params["detuning"][list(self.input_atoms)][None, :] + inputs
-        worst = float(np.abs(total).max())
-        if worst > self.limits.detuning_max:
-            raise ValueError(
-                f"total detuning {worst:.6g} rad/us (trainable + input) exceeds the device "
-                f"limit detuning_max = {self.limits.detuning_max:.6g} rad/us"
-            )
+        self.limits.check_detunings(self.total_detunings(inputs))
+
+    def total_detunings(self, inputs: FloatArray) -> FloatArray:
+        """``(batch, atoms)`` detunings (rad/us): the trainable ``Delta_i`` plus the input
+        detunings ``(batch, len(input_atoms))`` on the input atoms."""
+        x = np.asarray(inputs, dtype=np.float64).reshape(-1, len(self.input_atoms))
+        total = np.repeat(self._params["detuning"][None, :], x.shape[0], axis=0)
+        total[:, list(self.input_atoms)] += x
+        return total
 
     def snapshot(self) -> dict[str, object]:
         snap = dict(super().snapshot())
@@ -237,6 +279,9 @@ class RydbergArray(QuantumSystem):
                 "rabi_max_rad_us": self.limits.rabi_max,
                 "detuning_max_rad_us": self.limits.detuning_max,
                 "max_atoms": self.limits.max_atoms,
+                "detuning_spread_max_rad_us": self.limits.detuning_spread_max,
+                "detuning_spread_total_max_rad_us": self.limits.detuning_spread_total_max,
+                "device": self.limits.device,
             },
         )
         return snap

@@ -2,7 +2,12 @@
 
 Validation happens when the config is loaded (nothing is built): the device limits (minimum atom
 distance, Rabi frequency, detuning, atom count) are refused with a message naming the violated
-limit. Units and the Hamiltonian are those of ``docs/physics.md`` (§Rydberg arrays): hbar = 1,
+limit. A config that names a Pulser device (``device: DigitalAnalogDevice``, needs
+``physlearn[pulser]``) is checked by Pulser's own validation of that device (register, layout,
+Rydberg level, ``rydberg_global`` and detuning-map limits,
+:func:`~physlearn.simulators.quantum.pulser_bridge.check_config`) and the machine uses the
+device's C6 and limits; the hand-written ``limits`` apply only to configs that name no device.
+Units and the Hamiltonian are those of ``docs/physics.md`` (§Rydberg arrays): hbar = 1,
 energies, ``Omega`` and ``Delta`` in rad/us, positions in um. ``build`` imports
 :mod:`physlearn.simulators.quantum.rydberg` lazily; what every Pauli machine shares
 (temperature, shots, eigensolver, sensitivity) is
@@ -40,7 +45,15 @@ class RydbergConfig(PauliMachineConfig):
 
     kind: Literal["rydberg"] = Field("rydberg", description="system kind: Rydberg atom array")
     positions: list[tuple[float, float]] = Field(min_length=1, description="atom positions (um)")
-    rydberg_level: Literal[60, 70] = Field(70, description="principal quantum number n (sets C6)")
+    rydberg_level: Literal[60, 70] | None = Field(
+        None,
+        description="principal quantum number n (sets C6; default 70, or the device's level)",
+    )
+    device: str | None = Field(
+        None,
+        description="Pulser device whose limits and C6 apply (AnalogDevice, "
+        "DigitalAnalogDevice, WeightedAnalogDevice, MockDevice; needs physlearn[pulser])",
+    )
     input_atoms: list[int] = Field(
         default_factory=list, description="atoms whose detuning carries an input (rad/us)"
     )
@@ -52,13 +65,18 @@ class RydbergConfig(PauliMachineConfig):
         default_factory=RydbergLimitsConfig, description="device limits"
     )
     detuning_bound: float | None = Field(
-        None, gt=0, description="bound of the trainable |Delta_i| (rad/us; default detuning_max)"
+        None,
+        gt=0,
+        description="bound of the trainable |Delta_i| (rad/us; default detuning_max, with a "
+        "device the largest bound its detuning map modulator drives at every corner)",
     )
     init_detuning: float | list[float] = Field(0.0, description="initial Delta_i (rad/us)")
     init_rabi: float = Field(TWO_PI * 1.0, ge=0, description="initial Omega (rad/us)")
 
     @model_validator(mode="after")
     def _device_limits(self) -> RydbergConfig:
+        if self.device is not None:
+            return self._pulser_device_limits()
         lim = self.limits
         n = len(self.positions)
         if n > lim.max_atoms:
@@ -82,6 +100,11 @@ class RydbergConfig(PauliMachineConfig):
                 f"detuning_bound = {bound:.6g} rad/us exceeds the device limit "
                 f"detuning_max = {lim.detuning_max:.6g} rad/us"
             )
+        _check_init_detuning(self._init_detunings(), bound, lim.detuning_max)
+        return self._atom_lists()
+
+    def _init_detunings(self) -> np.ndarray:
+        n = len(self.positions)
         init = (
             np.broadcast_to(np.asarray(self.init_detuning, float), (n,))
             if not isinstance(self.init_detuning, list)
@@ -89,11 +112,31 @@ class RydbergConfig(PauliMachineConfig):
         )
         if init.shape != (n,):
             raise ValueError(f"init_detuning needs {n} values, got {init.size}")
-        if np.abs(init).max() > bound:
+        return np.array(init)
+
+    def _pulser_device_limits(self) -> RydbergConfig:
+        """Pulser's checks of the named device (the hand-written ``limits`` do not apply)."""
+        from physlearn.simulators.quantum.pulser_bridge import check_config
+
+        if self.limits != RydbergLimitsConfig():  # a stored config holds the defaults
             raise ValueError(
-                f"init_detuning reaches {np.abs(init).max():.6g} rad/us, beyond the detuning "
-                f"bound {bound:.6g} rad/us (device limit detuning_max = {lim.detuning_max:.6g})"
+                f"limits: the hand-written limits apply only without a device; drop them "
+                f"({self.device}'s own limits apply)"
             )
+        init = self._init_detunings()
+        limits, _, bound = check_config(
+            self.device or "",
+            np.asarray(self.positions, float),
+            self.rydberg_level,
+            self.init_rabi,
+            init,
+            self.detuning_bound,
+        )
+        _check_init_detuning(init, bound, limits.detuning_max)
+        return self._atom_lists()
+
+    def _atom_lists(self) -> RydbergConfig:
+        n = len(self.positions)
         for name, atoms in (
             ("input_atoms", self.input_atoms),
             ("output_atoms", self.output_atoms),
@@ -121,11 +164,17 @@ class RydbergConfig(PauliMachineConfig):
         from physlearn.simulators.quantum.rydberg import C6_RAD_US_UM6, RydbergArray, RydbergLimits
 
         lim = RydbergLimits(**self.limits.model_dump())
+        c6 = C6_RAD_US_UM6[self.rydberg_level or 70]
+        if self.device is not None:
+            from physlearn.simulators.quantum.pulser_bridge import device_limits, load_device
+
+            device = load_device(self.device)
+            lim, c6 = device_limits(device), float(device.interaction_coeff)
         n = len(self.positions)
         init = np.array(np.broadcast_to(np.asarray(self.init_detuning, float), (n,)))
         return RydbergArray(
             np.asarray(self.positions, float),
-            c6=C6_RAD_US_UM6[self.rydberg_level],
+            c6=c6,
             input_atoms=self.input_atoms,
             output_atoms=self.output_atoms,
             correlators=[tuple(p) for p in self.correlators],
@@ -135,4 +184,13 @@ class RydbergConfig(PauliMachineConfig):
             temperature=self.temperature,
             shots=self.shots,
             solver=self.solver.options(),
+        )
+
+
+def _check_init_detuning(init: np.ndarray, bound: float, detuning_max: float) -> None:
+    """Refuse initial detunings beyond the trainable bound."""
+    if np.abs(init).max() > bound:
+        raise ValueError(
+            f"init_detuning reaches {np.abs(init).max():.6g} rad/us, beyond the detuning "
+            f"bound {bound:.6g} rad/us (device limit detuning_max = {detuning_max:.6g})"
         )
