@@ -237,6 +237,10 @@ def test_cli_exports_a_run_stores_trained_network_that_ngspice_solves_like_the_r
         (["--step", "-7"], "--step -7: the run has committed steps 0..5 (or -1..-6)"),
         (["--pattern", "999"], "--pattern 999: the test split has patterns 0..44"),
         (["--set", "system.kind=xy"], "(stored config) is not a valid experiment"),
+        (
+            ["--set", "system={kind: elastic, graph: {type: layered, sizes: [10, 4, 3]}}"],
+            "run cannot be exported to SPICE; only resistor and diode_resistor runs",
+        ),
     ],
 )
 def test_export_of_a_run_refuses_bad_arguments_in_one_line(
@@ -248,6 +252,28 @@ def test_export_of_a_run_refuses_bad_arguments_in_one_line(
     assert main(["export-spice", str(trained_run), *argv]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_a_station_run_is_refused_in_one_line_not_a_traceback(
+    trained_run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A station system cannot even list its parameters unconnected: export-spice of a lab run
+    raised RuntimeError (exit 1, a traceback) before it checked the system's kind."""
+    import json
+
+    import yaml
+
+    from physlearn.cli import main
+
+    configs = Path(__file__).parents[1] / "configs"
+    system = yaml.safe_load((configs / "virtual_lab_resistor.yaml").read_text())["system"]
+    system["station"] = str(configs / "virtual_lab_station.yaml")
+    system["lab"] = {"serve": str(configs / "virtual_lab_bench.yaml")}
+    capsys.readouterr()
+    station = ["--set", f"system={json.dumps(system)}", "--set", "diagnostics.exact_gradient=false"]
+    assert main(["export-spice", str(trained_run), *station]) == 2
+    err = capsys.readouterr().err
+    assert "a station run cannot be exported to SPICE" in err and len(err.splitlines()) == 1
 
 
 def test_step_without_a_run_store_and_a_directory_that_is_no_run_are_user_errors(

@@ -72,6 +72,8 @@ def export_from_run(
     import physlearn
     from physlearn.config import ConfigError, apply_overrides, parse_config
     from physlearn.run.start import build_system
+    from physlearn.simulators.resistor.linear import LinearResistorNetwork
+    from physlearn.simulators.resistor.nonlinear import NonlinearResistorNetwork
     from physlearn.store.run_store import StoreError
 
     try:
@@ -87,6 +89,11 @@ def export_from_run(
         system = build_system(cfg)
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
+    if not isinstance(system, LinearResistorNetwork | NonlinearResistorNetwork):
+        raise ValueError(
+            f"{run}: a {cfg.system.kind} run cannot be exported to SPICE; only resistor and "
+            "diode_resistor runs are circuits"
+        )
     n = int(ds.sizes.get("step", 0))
     if n == 0:
         raise ValueError(f"{run}: no step is committed yet; export its config instead")
