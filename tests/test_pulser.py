@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pytest
 import scipy.linalg as sla
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -180,8 +180,12 @@ def test_machine_uses_the_devices_c6_and_limits() -> None:
 
 
 @settings(max_examples=30, deadline=None)
-@given(x=st.lists(st.floats(-40.0, 40.0), min_size=2, max_size=2))
+@given(x=st.lists(st.floats(-115.0, 115.0), min_size=2, max_size=2))
+@example(x=[100.0, -30.0]).via("spread 130 rad/us > 2 pi x 20")
+@example(x=[60.0, -60.0]).via("spread 120 rad/us, drivable")
 def test_inputs_beyond_the_dmm_spread_are_refused_at_run_time(x: list[float]) -> None:
+    """Every |Delta_i| stays within detuning_max (6 + 115 < 2 pi x 20): only the spread of the
+    local detunings, which the DMM's bottom_detuning bounds, decides."""
     arr = RydbergConfig.model_validate(_ryd()).build(0)  # trainable Delta_i = 6 rad/us
     total = np.array([6.0 + x[0], 6.0, 6.0 + x[1], 6.0])
     spread = total.max() - total.min()

@@ -11,7 +11,10 @@ Conjugates: ``dH/dDelta_i = -n_i``, ``dH/dOmega = sum_i X_i / 2``. Inputs are ex
 detunings (rad/us) on the input atoms; outputs are ``<n_i>`` on the output atoms followed by the
 correlators ``<n_i n_j>`` of the listed pairs. Device limits (minimum distance, ``Omega_max``,
 ``|Delta|_max`` on the *total* detuning, atom count) are checked; violations are refused with a
-``ValueError`` naming the limit, never clipped.
+``ValueError`` naming the limit, never clipped. A config naming a Pulser device takes that
+device's C6 and limits, including the spread of the local detunings its detuning map modulator
+can drive (:mod:`physlearn.simulators.quantum.pulser_bridge`, which also states how these
+conventions map to Pulser's).
 """
 
 from __future__ import annotations
