@@ -140,9 +140,10 @@ class Browser:
             f"{needle!r} not shown within {timeout} s; the page shows: {text[:2000]}"
         )
 
-    def screenshot(self, path: Path) -> Path:
-        """A PNG of the whole page (beyond the window's height)."""
-        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)
+    def screenshot(self, path: Path, whole: bool = True) -> Path:
+        """A PNG of the whole page (beyond the window's height), or of the window only (which
+        keeps what the pointer shows, e.g. a hover tooltip: the whole page is laid out anew)."""
+        data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=whole)
         path.write_bytes(base64.b64decode(data["data"]))
         return path
 

@@ -105,6 +105,8 @@ class Page:
             table.source.data = tables.table_data(table_rows, table.columns)
         if problems:
             self.status.text = "<b>cannot read:</b> " + "<br>".join(problems)
+        elif len(self.refs) != 1:
+            self.status.text = ""  # the overview's run tables say how each run stands
 
     def show(self, keys: list[str]) -> None:
         """Draw the runs ``keys`` (their feeds start reading), hide the others."""
@@ -178,7 +180,7 @@ def _run_page(doc: Document, targets: list[Target], ref: RunRef) -> Page:
         parts.append(station)
     page.show([ref.key])
     doc.title = f"{ref.label} — physlearn dashboard"
-    doc.add_root(column(*parts, sizing_mode="stretch_width"))
+    doc.add_root(column(*parts, sizing_mode="stretch_width", margin=(4, 16, 16, 16)))
     return page
 
 
@@ -220,7 +222,7 @@ def _overview(doc: Document, targets: list[Target]) -> Page:
     parts.append(panels.grid(panels.step_panels(list(page.sources.values()), specs)))
     page.show(chooser.value)
     doc.title = f"{names} — physlearn dashboard"
-    doc.add_root(column(*parts, sizing_mode="stretch_width"))
+    doc.add_root(column(*parts, sizing_mode="stretch_width", margin=(4, 16, 16, 16)))
     return page
 
 

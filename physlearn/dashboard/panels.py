@@ -16,10 +16,12 @@ from typing import Any
 
 import numpy as np
 from bokeh.layouts import column
+from bokeh.models.formatters import PrintfTickFormatter
 from bokeh.models.layouts import LayoutDOM
 from bokeh.models.ranges import DataRange1d
 from bokeh.models.renderers import GlyphRenderer
 from bokeh.models.sources import ColumnDataSource
+from bokeh.models.tickers import LogTicker
 from bokeh.models.tools import HoverTool
 from bokeh.models.widgets import Div
 from bokeh.palettes import Category10_10, Category20_20
@@ -78,7 +80,7 @@ def _plain(values: np.ndarray) -> list[Any]:
     return [float(v) for v in np.asarray(values, dtype=np.float64)]
 
 
-def _figure(title_y: str, x_range: Any, y_log: bool = False) -> Any:
+def _figure(title_y: str, x_range: Any, y_log: bool = False, y_zero: bool = False) -> Any:
     fig = figure(
         height=HEIGHT,
         sizing_mode="stretch_width",
@@ -86,12 +88,16 @@ def _figure(title_y: str, x_range: Any, y_log: bool = False) -> Any:
         active_scroll="wheel_zoom",
         x_range=x_range,
         y_axis_type="log" if y_log else "linear",
+        y_range=DataRange1d(start=0) if y_zero else DataRange1d(),
         x_axis_label="step",
         y_axis_label=title_y,
     )
+    if y_log:  # within one decade Bokeh labels every minor tick with four decimals: fewer, %g
+        fig.yaxis.formatter = PrintfTickFormatter(format="%.2g")
+        fig.yaxis.ticker = LogTicker(desired_num_ticks=5)
     fig.add_tools(
         HoverTool(
-            tooltips=[("run", "@run"), ("step", "@step"), ("$name", "@$name{0.0000g}")],
+            tooltips=[("run", "@run"), ("step", "@step"), ("record", "$name"), ("value", "@$name")],
             mode="mouse",
         )
     )
@@ -152,6 +158,7 @@ class Spec:
     y_label: str
     lines: tuple[Line, ...]
     log: bool = False
+    zero: bool = False  # counts and rates: the y axis starts at 0
 
 
 DASHED = (("line_dash", "dashed"),)
@@ -208,6 +215,7 @@ def specs(eval_metrics: Sequence[str], bench: bool) -> list[Spec]:
             "committed steps per second, over the last 10 steps",
             "steps per second",
             (Line("throughput", "steps per second"),),
+            zero=True,
         ),
         Spec(
             "Equilibrium residual",
@@ -235,6 +243,7 @@ def specs(eval_metrics: Sequence[str], bench: bool) -> list[Spec]:
                 "reopened (dashed) since the run started",
                 "count (cumulative)",
                 (Line("retries", "retries"), Line("reconnects", "reconnects", style=DASHED)),
+                zero=True,
             )
         )
     return out
@@ -250,7 +259,7 @@ def step_panels(
     for spec in panel_specs:
         if recorded is not None and not any(line.col in recorded for line in spec.lines):
             continue
-        fig = _figure(spec.y_label, x_range, y_log=spec.log)
+        fig = _figure(spec.y_label, x_range, y_log=spec.log, y_zero=spec.zero)
         for s in runs:
             for line in spec.lines:
                 legend = s.label if len(runs) > 1 else line.legend
