@@ -308,6 +308,9 @@ def test_throughput_and_increments_do_not_depend_on_how_polls_split_the_steps(
     np.testing.assert_allclose(rate, expected_rate)
     np.testing.assert_allclose(inc, expected_inc)
     assert np.isnan(rate[0])
+    # a counter's first value also holds the time before the first step: no increment there
+    assert np.isnan(inc[0])
+    np.testing.assert_allclose(inc[1:], np.diff(stamps))
     k = min(THROUGHPUT_WINDOW, len(stamps) - 1)
     if k:
         assert rate[-1] == pytest.approx(k / (stamps[-1] - stamps[-1 - k]))
@@ -333,3 +336,50 @@ def test_a_page_address_names_only_runs_of_the_targets(tmp_path: Path) -> None:
     assert ref is not None and ref.path == run
     for key in ("1", "s0/x", "../0", "s0/../../etc", ""):
         assert resolve(targets, key) is None
+
+
+@needs_browser
+@pytest.mark.slow
+def test_a_station_runs_page_shows_its_instruments_envelope_and_counters(tmp_path: Path) -> None:
+    raw = yaml.safe_load((ROOT / "configs" / "virtual_lab_resistor.yaml").read_text())
+    raw["system"]["lab"] = {"serve": str(ROOT / "configs" / "virtual_lab_bench.yaml")}
+    raw["system"]["station"] = str(ROOT / "configs" / "virtual_lab_station.yaml")
+    raw["system"]["equilibrium"] = {"settle_time": 0.0}
+    raw["schedule"] = {"steps": 2, "batch_size": 4, "eval_every": 2}
+    raw["store"] = {"root": str(tmp_path / "runs")}
+    out = tmp_path / "bench.zarr"
+    assert start_run(parse_config(raw), out).status == "success"
+    assert BROWSER is not None
+    with serving(out) as url, Browser(BROWSER, tmp_path) as browser:
+        browser.goto(url)
+        text = browser.wait_for_text("2 of 2 steps committed (success)")
+        for title in ("Instruments", "Envelope", "Instrument faults", "Parameters on the graph"):
+            assert title in text
+        assert "physlearn,VLAB-SRC16," in text and "physlearn,VLAB-POT208," in text
+        assert re.search(r"inputs -2\.0 2\.0 1\.0 0\.0 0\.0 V", text), text
+        assert re.search(r"Bench at the last committed step : .*retries: 0", text), text
+        # a bench measures no residual: that panel is left out rather than drawn empty
+        assert "Equilibrium residual" not in text and "Gradient fidelity" not in text
+        time.sleep(1.0)
+        browser.screenshot(SHOTS / "physlearn-dashboard-station.png")
+
+
+def test_ticking_runs_in_a_table_draws_them(tmp_path: Path) -> None:
+    from bokeh.document import Document
+
+    from physlearn.dashboard.page import overview
+
+    runs = []
+    for name in ("a", "b", "c"):
+        runs.append(tmp_path / name / "quick.zarr")
+        start_run(parse_config(quick_config(tmp_path / name, 2)), runs[-1])
+    targets = classify([str(r) for r in runs])
+    page = overview(Document(), targets)
+    assert page.shown == {"0", "1", "2"}  # the runs given are drawn at first
+    visible = {k: [r.visible for r in s.renderers] for k, s in page.sources.items()}
+    assert all(all(v) for v in visible.values())
+    (table,) = page.tables
+    table.source.selected.indices = [2]
+    assert page.shown == {"2"}
+    assert not any(r.visible for r in page.sources["0"].renderers)
+    assert all(r.visible for r in page.sources["2"].renderers)

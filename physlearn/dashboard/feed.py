@@ -191,13 +191,15 @@ class RunFeed:
         return out
 
     def _increments(self, name: str, cumulative: np.ndarray) -> np.ndarray:
-        """Per-step increments of a cumulative counter (the first step's own value)."""
+        """Per-step increments of a cumulative counter. The first step's is unknown (NaN): its
+        cumulative value also holds what came before the first step (connecting, setting up)."""
         if not cumulative.size:
             return cumulative
-        previous = self._counter_last.get(name, 0.0)
+        previous = self._counter_last.get(name, np.nan)
         out = np.diff(cumulative, prepend=previous)
         self._counter_last[name] = float(cumulative[-1])
-        return np.where(out >= 0, out, np.nan)  # a restarted counter (resume) is no increment
+        with np.errstate(invalid="ignore"):  # a restarted counter (resume) is no increment
+            return np.where(out >= 0, out, np.nan)
 
     def _params(self, ds: xr.Dataset, n_steps: int) -> Params | None:
         """The edge parameters of the last committed step, when that step is new."""

@@ -140,12 +140,12 @@ def build(doc: Document, targets: list[Target], interval: float) -> None:
         return
     if ref is None and len(targets) == 1 and targets[0].kind == "run":
         ref = resolve(targets, "0")
-    page = _run_page(doc, targets, ref) if ref is not None else _overview(doc, targets)
+    page = run_page(doc, targets, ref) if ref is not None else overview(doc, targets)
     doc.add_next_tick_callback(_locked(page.refresh))
     doc.add_periodic_callback(_locked(page.refresh), int(interval * 1000))
 
 
-def _run_page(doc: Document, targets: list[Target], ref: RunRef) -> Page:
+def run_page(doc: Document, targets: list[Target], ref: RunRef) -> Page:
     """One run: every panel, the parameters on its graph, a station's instruments."""
     from physlearn.read.run import open_run
 
@@ -184,7 +184,7 @@ def _run_page(doc: Document, targets: list[Target], ref: RunRef) -> Page:
     return page
 
 
-def _overview(doc: Document, targets: list[Target]) -> Page:
+def overview(doc: Document, targets: list[Target]) -> Page:
     """Run tables of the sweeps and runs given, and the chosen runs' lines overlaid."""
     refs = all_runs(targets)
     names = ", ".join(t.label for t in targets)

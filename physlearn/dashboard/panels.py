@@ -243,7 +243,6 @@ def specs(eval_metrics: Sequence[str], bench: bool) -> list[Spec]:
                 "reopened (dashed) since the run started",
                 "count (cumulative)",
                 (Line("retries", "retries"), Line("reconnects", "reconnects", style=DASHED)),
-                zero=True,
             )
         )
     return out
