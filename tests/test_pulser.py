@@ -386,3 +386,30 @@ def test_export_pulser_is_a_command_of_the_installed_cli(trained_run: Path) -> N
     assert done.stderr == (
         "physlearn: error: --step 9: the run has committed steps 0..2 (or -1..-3)\n"
     )
+
+
+def test_physlearns_sweep_evolution_is_pulser_simulations() -> None:
+    """evolve_sweep (issue 24 item 3 groundwork) on the sequence sweep_sequence writes: the same
+    state as pulser-simulation at every checked time (DMM ramp included)."""
+    from physlearn.simulators.quantum.sweep import evolve_sweep, fidelity
+
+    device = pb.load_device(DAD)
+    pos, rabi, det = _random_array(4, seed=11)
+    seq = pb.sweep_sequence(device, pos, rabi, det, 0.3, start_detuning=-30.0)
+    arr = RydbergArray(
+        pos,
+        c6=device.interaction_coeff,
+        output_atoms=[0],
+        limits=pb.device_limits(device),
+        params={"detuning": det, "rabi": np.array(rabi)},
+    )
+    start, end = arr.sweep_endpoints(np.zeros(0), start_detuning=-30.0)
+    psi0 = np.zeros(16, complex)
+    psi0[0] = 1.0
+    for t_ns in (80, 200, 280):
+        ours = evolve_sweep(arr.model.basis, start, end, psi0, 0.3, stop=t_ns)
+        theirs = pb.evolve(seq, psi0, t_ns)
+        assert 1 - fidelity(ours, theirs) < 1e-7
+        # both discretise the 1 ns samples (midpoint here, an interpolating spline in qutip):
+        # O(dt^2 |dH/dt|) apart with |H| up to ~400 rad/us
+        np.testing.assert_allclose(np.abs(ours) ** 2, np.abs(theirs) ** 2, atol=2e-5)

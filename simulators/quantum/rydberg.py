@@ -264,6 +264,21 @@ class RydbergArray(QuantumSystem):
             return
         self.limits.check_detunings(self.total_detunings(inputs))
 
+    def sweep_endpoints(
+        self, inputs: FloatArray, start_detuning: float, start_rabi: float = 0.0
+    ) -> tuple[FloatArray, FloatArray]:
+        """Coefficients (over ``self.model.basis``) where an adiabatic sweep starts (the uniform
+        ``start_detuning`` on every atom, ``Omega = start_rabi``, no input) and ends (the held
+        parameters plus the input detunings ``inputs`` of one pattern, ``(n_in,)``): the
+        endpoints of the sweep ``pulser_bridge.sweep_sequence`` writes."""
+        n = self.positions.shape[0]
+        start = self.model.coefficients(
+            {"detuning": np.full(n, float(start_detuning)), "rabi": np.array(float(start_rabi))}
+        )
+        x = np.asarray(inputs, dtype=np.float64).reshape(-1)
+        end = self.model.coefficients(self._params) + x @ self.model.input_ops
+        return np.asarray(start), np.asarray(end)
+
     def total_detunings(self, inputs: FloatArray) -> FloatArray:
         """``(batch, atoms)`` detunings (rad/us): the trainable ``Delta_i`` plus the input
         detunings ``(batch, len(input_atoms))`` on the input atoms."""
