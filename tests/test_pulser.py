@@ -413,3 +413,13 @@ def test_physlearns_sweep_evolution_is_pulser_simulations() -> None:
         # both discretise the 1 ns samples (midpoint here, an interpolating spline in qutip):
         # O(dt^2 |dH/dt|) apart with |H| up to ~400 rad/us
         np.testing.assert_allclose(np.abs(ours) ** 2, np.abs(theirs) ** 2, atol=2e-5)
+
+
+def test_c6_table_is_pulsers() -> None:
+    """physlearn's C6 of the configs without a device are Pulser's (ARC) values."""
+    from pulser.devices.interaction_coefficients import c6_dict
+
+    from physlearn.simulators.quantum.rydberg import C6_RAD_US_UM6
+
+    for level, c6 in C6_RAD_US_UM6.items():
+        assert c6 == c6_dict[level]
