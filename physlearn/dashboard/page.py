@@ -14,12 +14,7 @@ import asyncio
 import html
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, cast
-
-from bokeh.document import Document
-from bokeh.layouts import column
-from bokeh.models.sources import ColumnDataSource
-from bokeh.models.widgets import Div, MultiChoice
+from typing import TYPE_CHECKING, Any, cast
 
 from physlearn.dashboard import panels, tables
 from physlearn.dashboard.feed import (
@@ -31,6 +26,11 @@ from physlearn.dashboard.feed import (
 )
 from physlearn.dashboard.system_views import GraphView, counters_text, graph_view, station_view
 from physlearn.dashboard.targets import RunRef, Target, all_runs, resolve
+
+if TYPE_CHECKING:
+    from bokeh.document import Document
+    from bokeh.models.sources import ColumnDataSource
+    from bokeh.models.widgets import Div, MultiChoice
 
 #: Runs of a sweep drawn when its overview opens (more are chosen in the table or the list).
 FIRST_SHOWN = 8
@@ -131,6 +131,8 @@ def _progress_html(up: RunUpdate) -> str:
 
 def build(doc: Document, targets: list[Target], interval: float) -> None:
     """Fill ``doc`` with the page its address asks for and start its periodic refresh."""
+    from bokeh.models.widgets import Div
+
     request = getattr(doc.session_context, "request", None)
     args = request.arguments if request is not None else {}
     key = (args.get("run") or [b""])[0].decode("utf-8", "replace")
@@ -147,6 +149,9 @@ def build(doc: Document, targets: list[Target], interval: float) -> None:
 
 def run_page(doc: Document, targets: list[Target], ref: RunRef) -> Page:
     """One run: every panel, the parameters on its graph, a station's instruments."""
+    from bokeh.layouts import column
+    from bokeh.models.widgets import Div
+
     from physlearn.read.run import open_run
 
     ds = open_run(ref.path)
@@ -186,6 +191,9 @@ def run_page(doc: Document, targets: list[Target], ref: RunRef) -> Page:
 
 def overview(doc: Document, targets: list[Target]) -> Page:
     """Run tables of the sweeps and runs given, and the chosen runs' lines overlaid."""
+    from bokeh.layouts import column
+    from bokeh.models.widgets import Div, MultiChoice
+
     refs = all_runs(targets)
     names = ", ".join(t.label for t in targets)
     header = Div(text=f"<h2 style='margin:4px 0'>physlearn dashboard: {html.escape(names)}</h2>")
@@ -227,6 +235,8 @@ def overview(doc: Document, targets: list[Target]) -> Page:
 
 
 def _add_table(page: Page, target: Target | None, title: str, refs: list[RunRef]) -> list[Any]:
+    from bokeh.models.widgets import Div
+
     if target is not None:
         rows = tables.sweep_table_rows(target)
         columns = tables.sweep_columns(target, rows)

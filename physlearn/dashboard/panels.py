@@ -12,22 +12,16 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from bokeh.layouts import column
-from bokeh.models.formatters import PrintfTickFormatter
-from bokeh.models.layouts import LayoutDOM
-from bokeh.models.ranges import DataRange1d
-from bokeh.models.renderers import GlyphRenderer
-from bokeh.models.sources import ColumnDataSource
-from bokeh.models.tickers import LogTicker
-from bokeh.models.tools import HoverTool
-from bokeh.models.widgets import Div
-from bokeh.palettes import Category10_10, Category20_20
-from bokeh.plotting import figure
 
 from physlearn.dashboard.feed import COS_FLOOR, STEP_COLUMNS
+
+if TYPE_CHECKING:
+    from bokeh.models.layouts import LayoutDOM
+    from bokeh.models.renderers import GlyphRenderer
+    from bokeh.models.sources import ColumnDataSource
 
 #: Figures of the step panels: width, height in CSS pixels (they stretch to the page's width).
 HEIGHT = 260
@@ -56,6 +50,9 @@ class RunSources:
 
 def run_sources(key: str, label: str, index: int, eval_metrics: Sequence[str]) -> RunSources:
     """Empty sources for a run (the first poll fills them); colour by the run's position."""
+    from bokeh.models.sources import ColumnDataSource
+    from bokeh.palettes import Category10_10, Category20_20
+
     palette = Category10_10 if index < 10 else Category20_20
     steps = ColumnDataSource({"step": [], "run": [], **{c: [] for c in STEP_COLUMNS}})
     evals = ColumnDataSource({"step": [], "run": [], **{m: [] for m in eval_metrics}})
@@ -81,6 +78,12 @@ def _plain(values: np.ndarray) -> list[Any]:
 
 
 def _figure(title_y: str, x_range: Any, y_log: bool = False, y_zero: bool = False) -> Any:
+    from bokeh.models.formatters import PrintfTickFormatter
+    from bokeh.models.ranges import DataRange1d
+    from bokeh.models.tickers import LogTicker
+    from bokeh.models.tools import HoverTool
+    from bokeh.plotting import figure
+
     fig = figure(
         height=HEIGHT,
         sizing_mode="stretch_width",
@@ -107,6 +110,9 @@ def _figure(title_y: str, x_range: Any, y_log: bool = False, y_zero: bool = Fals
 
 def _panel(title: str, note: str, fig: Any, n_runs: int) -> LayoutDOM:
     """A heading, one line of explanation, and the figure."""
+    from bokeh.layouts import column
+    from bokeh.models.widgets import Div
+
     if fig.legend:
         fig.legend.click_policy = "hide"
         fig.legend.location = "top_right"
@@ -253,6 +259,8 @@ def step_panels(
 ) -> list[LayoutDOM]:
     """The panels of ``panel_specs`` with every run's lines (one legend entry per run when
     several are drawn); a panel none of whose columns is in ``recorded`` is left out."""
+    from bokeh.models.ranges import DataRange1d
+
     x_range = DataRange1d(start=0)
     out = []
     for spec in panel_specs:

@@ -5,21 +5,19 @@ from __future__ import annotations
 
 import html
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from bokeh.layouts import column
-from bokeh.models.annotations import ColorBar
-from bokeh.models.layouts import LayoutDOM
-from bokeh.models.mappers import LinearColorMapper, LogColorMapper
-from bokeh.models.renderers import GlyphRenderer
-from bokeh.models.sources import ColumnDataSource
-from bokeh.models.tools import HoverTool
-from bokeh.models.widgets import DataTable, Div, TableColumn
-from bokeh.palettes import Category10_10, Viridis256
-from bokeh.plotting import figure
 
 from physlearn.dashboard.feed import Graph, Params
+
+if TYPE_CHECKING:
+    from bokeh.models.annotations import ColorBar
+    from bokeh.models.layouts import LayoutDOM
+    from bokeh.models.mappers import LinearColorMapper, LogColorMapper
+    from bokeh.models.renderers import GlyphRenderer
+    from bokeh.models.sources import ColumnDataSource
+    from bokeh.models.widgets import DataTable, Div
 
 
 @dataclass
@@ -58,6 +56,15 @@ class GraphView:
 def graph_view(graph: Graph) -> GraphView:
     """The system's graph: nodes at the stored positions coloured by role, edges coloured by
     the last committed parameter value (log colour scale when all are positive)."""
+    from bokeh.layouts import column
+    from bokeh.models.annotations import ColorBar
+    from bokeh.models.mappers import LinearColorMapper, LogColorMapper
+    from bokeh.models.sources import ColumnDataSource
+    from bokeh.models.tools import HoverTool
+    from bokeh.models.widgets import Div
+    from bokeh.palettes import Category10_10, Viridis256
+    from bokeh.plotting import figure
+
     src, tgt = graph.edge_source, graph.edge_target
     edges = ColumnDataSource(
         {
@@ -124,6 +131,9 @@ def graph_view(graph: Graph) -> GraphView:
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str], height: int) -> DataTable:
+    from bokeh.models.sources import ColumnDataSource
+    from bokeh.models.widgets import DataTable, TableColumn
+
     data = {c: [html.escape(str(r.get(c, ""))) for r in rows] for c in columns}
     return DataTable(
         source=ColumnDataSource(data),
@@ -137,6 +147,9 @@ def _table(rows: list[dict[str, Any]], columns: list[str], height: int) -> DataT
 def station_view(snapshot: dict[str, Any]) -> LayoutDOM | None:
     """The instruments (identity, driver, address) and the envelope of a station run, as the
     run recorded them when it started; None for a run that is not on a station."""
+    from bokeh.layouts import column
+    from bokeh.models.widgets import Div
+
     instruments = snapshot.get("instruments")
     envelope = snapshot.get("envelope")
     if not isinstance(instruments, dict) or not isinstance(envelope, dict):

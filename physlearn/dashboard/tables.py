@@ -6,20 +6,22 @@ from __future__ import annotations
 
 import html
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
-from bokeh.models.sources import ColumnDataSource
-from bokeh.models.widgets import DataTable, HTMLTemplateFormatter, TableColumn
-
 from physlearn.dashboard.targets import RunRef, Target, group_attrs, run_status, sweep_rows
+
+if TYPE_CHECKING:
+    from bokeh.models.sources import ColumnDataSource
+    from bokeh.models.widgets import DataTable
 
 #: Metrics a table shows, when the runs have them.
 METRICS = ("loss", "test_loss", "test_accuracy")
 #: What a row of a run table holds, in column order (the axes of a sweep come after ``run``).
 BASE_COLUMNS = ("status", "steps", *METRICS)
 
-_LINK = HTMLTemplateFormatter(template='<a href="<%= href %>"><%= value %></a>')
+#: The ``run`` cell: the run's name linking to its page (an underscore template, no script).
+LINK_TEMPLATE = '<a href="<%= href %>"><%= value %></a>'
 
 
 def run_row(ref: RunRef, table_row: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -82,9 +84,12 @@ def table_data(rows: list[dict[str, Any]], columns: list[str]) -> dict[str, list
 
 def run_table(rows: list[dict[str, Any]], columns: list[str]) -> tuple[DataTable, ColumnDataSource]:
     """A sortable table of runs; the ``run`` column links to each run's page."""
+    from bokeh.models.sources import ColumnDataSource
+    from bokeh.models.widgets import DataTable, HTMLTemplateFormatter, TableColumn
+
     source = ColumnDataSource(table_data(rows, columns))
     cols = [
-        TableColumn(field=c, title=c, formatter=_LINK)
+        TableColumn(field=c, title=c, formatter=HTMLTemplateFormatter(template=LINK_TEMPLATE))
         if c == "run"
         else TableColumn(field=c, title=c)
         for c in columns
