@@ -4,6 +4,8 @@ the same Pulser sequence is in ``tests/test_pulser.py``; here, what holds withou
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import scipy.linalg as sla
@@ -90,3 +92,69 @@ def test_bad_sweeps_are_refused_naming_the_argument(kw: dict[str, float], messag
     args = {"duration_us": 1.0} | kw
     with pytest.raises(ValueError, match=message):
         evolve_sweep(basis, np.zeros(2), np.ones(2), np.array([1.0, 0.0]), **args)  # type: ignore[arg-type]
+
+
+def _chi2_pvalue(counts: dict[str, int], probs: np.ndarray) -> float:
+    """Pearson's chi^2 p-value of ``counts`` against ``probs`` (bins expecting < 5 pooled)."""
+    from scipy.stats import chisquare
+
+    n = int(probs.size).bit_length() - 1
+    shots = sum(counts.values())
+    observed = np.array([counts.get(format(b, f"0{n}b"), 0) for b in range(probs.size)], float)
+    expected = probs / probs.sum() * shots
+    big = expected >= 5
+    obs = np.append(observed[big], observed[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    if exp[-1] == 0:
+        obs, exp = obs[:-1], exp[:-1]
+    return float(chisquare(obs, exp).pvalue)
+
+
+@functools.cache
+def _prepared() -> tuple[RydbergArray, np.ndarray]:
+    """A 3-atom array and the state a fast (0.6 us) sweep prepares (cached: read only)."""
+    arr = _array()
+    start, end = arr.sweep_endpoints(np.zeros(0), start_detuning=-20.0)
+    psi0 = np.zeros(8, complex)
+    psi0[0] = 1.0
+    return arr, evolve_sweep(arr.model.basis, start, end, psi0, 0.6, samples=300)
+
+
+def test_shots_from_the_prepared_state_have_the_born_statistics() -> None:
+    arr, psi = _prepared()
+    probs = np.abs(psi) ** 2
+    assert (probs > 0.02).sum() >= 4  # a fast sweep: a spread-out distribution to test
+    rng = np.random.default_rng(2024)
+    counts = sweep.sample_bitstrings(psi, 4000, rng)
+    assert sum(counts.values()) == 4000
+    assert _chi2_pvalue(counts, probs) > 1e-3
+    # the test has power: the atom order reversed is a different distribution
+    reversed_probs = probs.reshape(2, 2, 2).transpose(2, 1, 0).reshape(-1)
+    assert not np.allclose(reversed_probs, probs, atol=0.02)
+    assert _chi2_pvalue(counts, reversed_probs) < 1e-6
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 2**32 - 1))
+def test_outputs_from_shots_estimate_the_exact_populations(seed: int) -> None:
+    arr, psi = _prepared()
+    probs = np.abs(psi) ** 2
+    counts = sweep.sample_bitstrings(psi, 2000, np.random.default_rng(seed))
+    got = sweep.outputs_from_counts(counts, [0, 1, 2], [(0, 1), (0, 2)])
+    b = np.arange(8)
+    n = [((b >> (2 - a)) & 1).astype(float) for a in range(3)]  # atom 0 is the leading bit
+    exact = np.array([probs @ n[0], probs @ n[1], probs @ n[2], probs @ (n[0] * n[1])])
+    exact = np.append(exact, probs @ (n[0] * n[2]))
+    sigma = np.sqrt(exact * (1 - exact) / 2000)
+    assert np.all(np.abs(got - exact) <= 5 * sigma + 1e-12)
+
+
+def test_outputs_from_counts_reads_atom_i_from_character_i() -> None:
+    counts = {"100": 3, "110": 1}
+    np.testing.assert_allclose(
+        sweep.outputs_from_counts(counts, [0, 1, 2], [(0, 1)]), [1.0, 0.25, 0.0, 0.25]
+    )
+    with pytest.raises(ValueError, match="no shots to estimate the outputs from"):
+        sweep.outputs_from_counts({}, [0])
+    with pytest.raises(ValueError, match="shots must be at least 1, got 0"):
+        sweep.sample_bitstrings(np.array([1.0, 0.0]), 0, np.random.default_rng(0))

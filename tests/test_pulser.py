@@ -423,3 +423,45 @@ def test_c6_table_is_pulsers() -> None:
 
     for level, c6 in C6_RAD_US_UM6.items():
         assert c6 == c6_dict[level]
+
+
+def test_pulser_simulations_shots_follow_physlearns_distribution() -> None:
+    """Bitstrings sampled by pulser-simulation at the end of a sweep have the Born statistics
+    of physlearn's own prepared state (chi^2), read with physlearn's convention (character i
+    is atom i, '1' is |r>): the outputs a QPU's counts would give are the machine's."""
+    import warnings
+
+    from scipy.stats import chisquare
+
+    from physlearn.simulators.quantum.sweep import evolve_sweep, outputs_from_counts
+
+    device = pb.load_device(DAD)
+    pos = np.array([[0.0, 0.0], [7.0, 0.0], [20.0, 0.0]])
+    det = np.array([4.0, 3.0, -30.0])  # atom 2 stays in |g>: an asymmetric distribution
+    seq = pb.sweep_sequence(device, pos, 8.0, det, 0.6, start_detuning=-20.0)
+    arr = RydbergArray(
+        pos,
+        c6=device.interaction_coeff,
+        output_atoms=[0, 1, 2],
+        limits=pb.device_limits(device),
+        params={"detuning": det, "rabi": np.array(8.0)},
+    )
+    start, end = arr.sweep_endpoints(np.zeros(0), start_detuning=-20.0)
+    psi0 = np.zeros(8, complex)
+    psi0[0] = 1.0
+    probs = np.abs(evolve_sweep(arr.model.basis, start, end, psi0, 0.6)) ** 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from pulser_simulation import QutipEmulator
+
+        np.random.seed(7)  # noqa: NPY002 - pulser-simulation samples with the global generator
+        counts = dict(QutipEmulator.from_sequence(seq).run().sample_final_state(4000))
+    keys = [format(b, "03b") for b in range(8)]
+    expected = probs * 4000
+    big = expected >= 5
+    observed = np.array([counts.get(k, 0) for k in keys], float)
+    obs = np.append(observed[big], observed[~big].sum())
+    exp = np.append(expected[big], expected[~big].sum())
+    assert chisquare(obs, exp).pvalue > 1e-3
+    n_r = outputs_from_counts(counts, [0, 1, 2])
+    assert n_r[2] < 0.02 < n_r[0]  # atom 2 (far detuned) is the last character

@@ -73,3 +73,33 @@ def ground_state(basis: PauliBasis, coeffs: FloatArray) -> tuple[float, ComplexA
 def fidelity(a: ComplexArray, b: ComplexArray) -> float:
     """``|<a|b>|^2`` of two normalised states."""
     return float(abs(np.vdot(a, b)) ** 2)
+
+
+def sample_bitstrings(psi: ComplexArray, shots: int, rng: np.random.Generator) -> dict[str, int]:
+    """``shots`` bitstrings drawn from the Born probabilities of ``psi``, counted, in Pulser's
+    convention for the ground-rydberg basis: character ``i`` is atom (qubit ``q{i}``) ``i``,
+    ``"1"`` is ``|r>`` -- physlearn's basis index written in binary, atom 0 first."""
+    if shots < 1:
+        raise ValueError(f"shots must be at least 1, got {shots}")
+    p = np.abs(np.asarray(psi)) ** 2
+    n = int(p.size).bit_length() - 1
+    draws = np.bincount(rng.choice(p.size, size=shots, p=p / p.sum()), minlength=p.size)
+    return {format(b, f"0{n}b"): int(c) for b, c in enumerate(draws) if c}
+
+
+def outputs_from_counts(
+    counts: dict[str, int],
+    output_atoms: tuple[int, ...] | list[int],
+    correlators: tuple[tuple[int, int], ...] | list[tuple[int, int]] = (),
+) -> FloatArray:
+    """A Rydberg machine's outputs estimated from counted bitstrings (a QPU's or an emulator's
+    result, Pulser's convention as :func:`sample_bitstrings`): the shot means of ``n_i`` on the
+    output atoms, then of ``n_i n_j`` on the correlator pairs."""
+    total = sum(counts.values())
+    if total == 0:
+        raise ValueError("no shots to estimate the outputs from")
+    bits = np.array([[c == "1" for c in s] for s in counts], dtype=np.float64)
+    weights = np.array(list(counts.values()), dtype=np.float64) / total
+    means = [weights @ bits[:, a] for a in output_atoms]
+    means += [weights @ (bits[:, i] * bits[:, j]) for i, j in correlators]
+    return np.asarray(means)
