@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -76,12 +77,12 @@ def fake_run(tmp_path: Path) -> Path:
 
 
 @contextmanager
-def serving(*paths: Path, interval: float = 0.5) -> Iterator[str]:
+def serving(*paths: Path, interval: float = 0.5, options: tuple[str, ...] = ()) -> Iterator[str]:
     """``physlearn dashboard PATHS --port 0`` in a subprocess: its URL; Ctrl-C at the end, which
     must stop it with exit 0."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "physlearn.cli", "dashboard", *map(str, paths), "--port", "0"]
-        + ["--interval", str(interval)],
+        + ["--interval", str(interval), *options],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -252,6 +253,15 @@ def test_a_port_in_use_is_refused_in_one_line(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert f"--port {port}: cannot listen there" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_another_interface_is_served_when_allowed(tmp_path: Path) -> None:
+    """``--host 0.0.0.0 --allow-remote`` serves (without the flag: exit 2, see above)."""
+    run = finished_run(tmp_path, steps=2)
+    with serving(run, options=("--host", "0.0.0.0", "--allow-remote")) as url:
+        with urllib.request.urlopen(url, timeout=60) as page:
+            assert page.status == 200 and b"bokeh" in page.read()
 
 
 def test_importing_physlearn_its_command_line_and_the_dashboard_modules_imports_no_bokeh() -> None:
