@@ -22,7 +22,11 @@ bus reads the compromise voltage a real short gives; the bench, and so the other
 do not see the short). Beyond 120 % of the range: ``+-9.9E37``. Noise (when the lab's
 ``dmm.noise`` > 0): rms = the driver's resolution factor for the NPLC × range. Timing per
 reading: aperture or NPLC / f_line, × ``autozero_factor`` with autozero on, plus the trigger
-delay (automatic: ``dmm_trigger_delay``) per trigger; ``dmm_range_change`` per range change.
+delay per trigger (automatic: ``dmm_trigger_delay`` up to 0.02 PLC, × 1.3 up to 0.2 PLC, × 1.6
+from 1 PLC, as the automatic DC-volts delays step); ``dmm_range_change`` per range change. The
+reading is taken at the trigger (the bench as it is then), its duration then keeps the meter
+busy: a relay opened during that time leaves the reading as it was (on a real bench it would
+spoil the reading: wait for the meter, e.g. ``*OPC?``, before switching).
 """
 
 from __future__ import annotations
@@ -87,6 +91,14 @@ def bus_voltage(bench: Bench, nodes: list[int], g: float) -> float:
     a[k, :k] = 1.0
     rhs = np.append(-g * v[nodes], 0.0)
     return float(np.linalg.solve(a, rhs)[k])
+
+
+def auto_trigger_delay(timing: TimingSpec, nplc: float) -> float:
+    """The automatic trigger delay at ``nplc`` (DC volts; 0 in fast mode): ``dmm_trigger_delay``
+    up to 0.02 PLC, x 1.3 up to 0.2 PLC, x 1.6 from 1 PLC (the steps of the data sheet's table,
+    100/130/160 us)."""
+    step = 1.0 if nplc <= 0.02 else (1.3 if nplc < 1.0 else 1.6)
+    return step * timing.get("dmm_trigger_delay")
 
 
 class DMM34465A(StockInstrument):
@@ -353,7 +365,7 @@ class DMM34465A(StockInstrument):
     def _take(self) -> None:
         """One trigger: the trigger delay, then ``SAMPle:COUNt`` readings into memory."""
         delay = (
-            self.timing.get("dmm_trigger_delay")
+            auto_trigger_delay(self.timing, float(self.s["nplc"]))
             if self.s["tauto"]
             else (0.0 if self.timing.mode == "fast" else float(self.s["tdelay"]))
         )

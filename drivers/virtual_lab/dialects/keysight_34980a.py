@@ -11,9 +11,10 @@ slot; ``Agilent Technologies,0,0,0`` in an empty slot), ``SYSTem:MODule:TERMinal
 ``SYSTem:MODule:ROW:PROTection <s>, AUTO100|AUTO0|FIX|ISO`` / ``? <s>``,
 ``ROUTe:CLOSe (@...)`` / ``ROUTe:OPEN (@...)``, their queries (``1,0,...``: one
 per channel, in list order), ``ROUTe:OPEN:ALL [<s>|ALL]``. A channel that does not exist queues
--222 and nothing switches. Timing: switching keeps the mainframe busy ``relay_operate`` (once
-per command that changes any relay); the driver's ``*ESR?`` after each command (and ``*OPC?``)
-is answered only then, as on the real mainframe.
+-222 and nothing switches. Timing: a command that closes a relay keeps the mainframe busy
+``relay_close``, one that opens a relay ``relay_open`` (once per command, the relays of one list
+switch together); the driver's ``*ESR?`` after each command (and ``*OPC?``) is answered only
+then, as on the real mainframe.
 """
 
 from __future__ import annotations
@@ -118,7 +119,7 @@ class Matrix34980A(StockInstrument):
         else:
             self.closed -= points
         if len(self.closed) != before:
-            self.occupy(self.timing.get("relay_operate"))
+            self.occupy(self.timing.get("relay_close" if close else "relay_open"))
 
     def _close(self, m: re.Match[str], query: bool, arg: str | None) -> str | None:
         if query:
@@ -138,5 +139,5 @@ class Matrix34980A(StockInstrument):
             self._card(self._slot(arg))
         if self.closed:
             self.closed.clear()
-            self.occupy(self.timing.get("relay_operate"))
+            self.occupy(self.timing.get("relay_open"))
         return None

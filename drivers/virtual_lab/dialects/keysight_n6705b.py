@@ -11,7 +11,8 @@ fields (the driver splits it strictly).
 As on the instrument: a level beyond the module range queues -222 and is not applied; the
 driver's ``SOUR:VOLT:PROT v, @(c)`` (a malformed channel list) queues -104 "Data type error"
 and changes nothing; a module slot without a bench channel reads 0 and refuses levels (-221).
-Timing: a level or output change keeps the module busy ``psu_settle`` (seen by ``*OPC?``).
+Timing: a level change keeps the module busy ``psu_settle``, switching its output on
+``psu_output_on`` and off ``psu_output_off`` (seen by ``*OPC?``).
 """
 
 from __future__ import annotations
@@ -173,5 +174,5 @@ class N6705B(StockInstrument):
             return bit(c is not None and bool(b.output[c - 1]))
         on = on_off(value)
         if b.set_output(self._bench(mod), on):
-            self.occupy(self.timing.get("psu_settle"))
+            self.occupy(self.timing.get("psu_output_on" if on else "psu_output_off"))
         return None

@@ -26,19 +26,84 @@ _NAME = r"^[a-z][a-z0-9_]*$"
 
 
 class TimingSpec(StrictModel):
-    """Data-sheet timing of the stock instruments (seconds unless stated)."""
+    """Data-sheet timing of the stock instruments (seconds unless stated).
+
+    Each figure's description names its source; "typical value, not from a data sheet" marks a
+    figure no published source was found for (an order of magnitude a lab would see). The
+    defaults are what the bench of ``configs/virtual_lab_stock_bench.yaml`` would show.
+    """
 
     mode: Literal["fast", "datasheet"] = Field(
         "fast", description="fast: no waits (CI); datasheet: the figures below"
     )
-    latency: float = Field(1e-3, ge=0, description="command processing + LAN round trip")
-    line_frequency: Literal[50, 60] = Field(50, description="power line (Hz); 1 PLC = 1/f")
-    autozero_factor: float = Field(2.0, ge=1, description="reading time multiplier, autozero on")
-    relay_operate: float = Field(0.5e-3, ge=0, description="34934A reed relay operate + settle")
-    dmm_trigger_delay: float = Field(1.5e-3, ge=0, description="34465A automatic trigger delay")
-    dmm_range_change: float = Field(5e-3, ge=0, description="34465A range/function change")
-    smu_settle: float = Field(100e-6, ge=0, description="2450 source settling to 0.1 %")
-    psu_settle: float = Field(1e-3, ge=0, description="N6705B module settling after a level")
+    latency: float = Field(
+        1e-3,
+        ge=0,
+        description="per command line: the instrument's command processing + LAN round trip; "
+        "typical value, not from a data sheet",
+    )
+    line_frequency: Literal[50, 60] = Field(
+        50,
+        description="power line (Hz); 1 PLC = 1/f (Truevolt Operating and Service Guide, "
+        "'Range, Resolution and Integration Time': 1 PLC = 20 ms at 50 Hz, 16.7 ms at 60 Hz)",
+    )
+    autozero_factor: float = Field(
+        2.0,
+        ge=1,
+        description="reading time multiplier with autozero on (a zero measurement follows "
+        "each reading): 34410A/11A/L4411A User's Guide, 'Making High-Speed dc and Resistance "
+        "Measurements' -- autozero off 'will more than double your reading speeds'; the "
+        "34465A's own figure not found",
+    )
+    relay_close: float = Field(
+        0.10e-3,
+        ge=0,
+        description="34934A reed relay close time: 34980A User's Guide, Table 4 (matrix "
+        "selection), 34934A open/close time 0.35 ms/0.10 ms",
+    )
+    relay_open: float = Field(
+        0.35e-3,
+        ge=0,
+        description="34934A reed relay open time: 34980A User's Guide, Table 4 (matrix "
+        "selection), 34934A open/close time 0.35 ms/0.10 ms",
+    )
+    dmm_trigger_delay: float = Field(
+        100e-6,
+        ge=0,
+        description="34465A automatic trigger delay, DC volts at <= 0.02 PLC (x1.3 at "
+        "0.06-0.2 PLC, x1.6 from 1 PLC): the 34410A/11A/L4411A User's Guide's automatic "
+        "trigger delays (100/130/160 us, all ranges); the 34465A's own table not found",
+    )
+    dmm_range_change: float = Field(
+        5e-3,
+        ge=0,
+        description="34465A range or function change; typical value, not from a data sheet",
+    )
+    smu_settle: float = Field(
+        200e-6,
+        ge=0,
+        description="2450 source settling to 0.1 % after a level or output change: Model 2450 "
+        "specifications (SPEC-2450 Rev. A), output settling time, 20 V range, 100 mA I-limit: "
+        "< 200 us typical (a voltage-source figure, used for the current source too)",
+    )
+    psu_settle: float = Field(
+        1e-3,
+        ge=0,
+        description="N6705B (N6784A module) settling after a level change; typical value, not "
+        "from a data sheet (the N6784A's programming response time was not found)",
+    )
+    psu_output_on: float = Field(
+        35e-3,
+        ge=0,
+        description="N67xx module output on: Series N6700 User's Guide, OUTPut[:STATe] -- "
+        "'may take between 35 and 50 milliseconds'",
+    )
+    psu_output_off: float = Field(
+        20e-3,
+        ge=0,
+        description="N67xx module output off: Series N6700 User's Guide, OUTPut[:STATe] -- "
+        "'between 20 and 25 milliseconds'",
+    )
 
     def get(self, name: str) -> float:
         """The figure ``name``, or 0 in fast mode."""
