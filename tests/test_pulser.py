@@ -465,3 +465,18 @@ def test_pulser_simulations_shots_follow_physlearns_distribution() -> None:
     assert chisquare(obs, exp).pvalue > 1e-3
     n_r = outputs_from_counts(counts, [0, 1, 2])
     assert n_r[2] < 0.02 < n_r[0]  # atom 2 (far detuned) is the last character
+
+
+@pytest.mark.parametrize("name", ["AnalogDevice", DAD, "WeightedAnalogDevice"])
+def test_registers_come_from_a_layout_the_device_accepts(name: str) -> None:
+    """Real devices require a layout filled at most max_layout_filling (WeightedAnalogDevice:
+    at least 150 traps): the atoms' traps plus spare ones, the atoms where the config put them."""
+    device = pb.load_device(name)
+    pos = np.array([[7.0 * i, 0.0] for i in range(8)] + [[10.5, 7.0], [24.5, 7.0], [38.5, 7.0]])
+    register = pb.device_register(device, pos)
+    device.validate_register(register)  # raises if the device refuses it
+    layout = register.layout
+    assert layout is not None
+    assert layout.number_of_traps >= max(device.min_layout_traps, 11 / device.max_layout_filling)
+    got = np.array([register.qubits[f"q{i}"].as_array() for i in range(11)])
+    np.testing.assert_allclose(got, pb.centred(pos), atol=1e-6)

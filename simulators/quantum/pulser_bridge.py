@@ -41,8 +41,12 @@ from physlearn.simulators.quantum.rydberg import RydbergLimits
 from physlearn.system import FloatArray
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+
     from pulser import Register, Sequence
-    from pulser.devices._device_datacls import BaseDevice
+    from pulser.devices import Device, VirtualDevice
+
+    BaseDevice: TypeAlias = Device | VirtualDevice
 
 #: The devices a config may name (``pulser.devices``).
 DEVICE_NAMES = ("AnalogDevice", "DigitalAnalogDevice", "WeightedAnalogDevice", "MockDevice")
@@ -111,15 +115,10 @@ def _spare_traps(device: BaseDevice, atoms: FloatArray) -> FloatArray:
         grid = np.hstack([grid, np.zeros((grid.shape[0], 1))])
     grid = grid[np.argsort(np.linalg.norm(grid, axis=1), kind="stable")]
     grid = grid[np.linalg.norm(grid, axis=1) <= reach]
-    taken = list(atoms)
-    spares: list[FloatArray] = []
-    for p in grid:
-        if np.linalg.norm(np.asarray(taken) - p, axis=1).min() >= pitch - 1e-9:
-            taken.append(p)
-            spares.append(p)
-            if len(spares) == need:
-                break
-    return np.asarray(spares).reshape(-1, atoms.shape[1])
+    # grid points are a whole pitch apart; from the atoms keep a margin over Pulser's rounding
+    # of coordinates to 1e-6 um. Too few of them: Pulser's filling check names the limit.
+    clear = grid[np.linalg.norm(grid[:, None] - atoms[None], axis=-1).min(axis=1) >= pitch + 1e-4]
+    return np.asarray(clear[:need])
 
 
 def device_register(device: BaseDevice, positions: FloatArray) -> Register:
