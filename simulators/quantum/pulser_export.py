@@ -52,8 +52,11 @@ def default_start_detuning(rabi: float, detunings: np.ndarray, detuning_max: flo
     return -min(detuning_max, scale)
 
 
-def _load_run(run: str | Path, step: int, overrides: list[str]) -> tuple[Any, int]:
-    """The run's stored config (with ``overrides``) and the held parameters' dataset index."""
+def _load_run(
+    run: str | Path, step: int, overrides: list[str]
+) -> tuple[ExperimentConfig, Any, int]:
+    """The run's stored config (with ``overrides``), its dataset (:func:`physlearn.open_run`)
+    and the index of step ``step`` in it."""
     import physlearn
     from physlearn.config import apply_overrides, parse_config
     from physlearn.store.run_store import StoreError
@@ -71,7 +74,7 @@ def _load_run(run: str | Path, step: int, overrides: list[str]) -> tuple[Any, in
         raise ValueError(f"{run}: no step is committed yet; nothing trained to export")
     if not -n <= step < n:
         raise ValueError(f"--step {step}: the run has committed steps 0..{n - 1} (or -1..-{n})")
-    return (cfg, ds), step % n
+    return cfg, ds, step % n
 
 
 def trained_machine(
@@ -83,7 +86,7 @@ def trained_machine(
     from physlearn.run.start import build_system
     from physlearn.simulators.quantum.rydberg import RydbergArray
 
-    (cfg, ds), k = _load_run(run, step, overrides)
+    cfg, ds, k = _load_run(run, step, overrides)
     if cfg.system.kind != "rydberg":
         raise ValueError(f"{run}: system.kind is {cfg.system.kind!r}; export-pulser needs rydberg")
     if getattr(cfg.system, "device", None) is None:
@@ -96,8 +99,12 @@ def trained_machine(
     except ConfigError as exc:
         raise ValueError(str(exc)) from None
     assert isinstance(system, RydbergArray)
-    held = {g: ds[f"param_{g}"].isel(step=k).values for g in system.get_parameters()}
-    system.set_parameters(held)
+    missing = [g for g in system.get_parameters() if f"param_{g}" not in ds.data_vars]
+    if missing:
+        raise ValueError(f"{run}: the store has no param_{missing[0]} record to export")
+    system.set_parameters(
+        {g: ds[f"param_{g}"].isel(step=k).values for g in system.get_parameters()}
+    )
     return cfg, system, k
 
 
