@@ -41,6 +41,18 @@ def test_dry_run_passes_on_the_shipped_config(capsys):
     assert "inputs: dataset inside the envelope" in out
 
 
+@pytest.mark.slow
+def test_dry_run_passes_on_the_shipped_stock_config(capsys):
+    """The stock-driver bench (its lab served by the run): every instrument connects through its
+    stock qcodes driver and identifies, every role resolves, the dataset fits the envelope."""
+    assert main(["run", str(CONFIGS / "bench_qcodes_stock.yaml"), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "dry run passed" in out and "[FAIL]" not in out
+    assert "smu1: identity: 'KEITHLEY INSTRUMENTS,MODEL 2450," in out
+    assert "mux: identity: 'Agilent Technologies,34980A," in out
+    assert "roles: every channel and parameter of the config resolves" in out
+
+
 def test_dry_run_reports_every_problem_and_exits_2(capsys):
     code = main(
         [
