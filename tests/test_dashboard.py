@@ -37,8 +37,14 @@ needs_browser = pytest.mark.skipif(
     BROWSER is None,
     reason="no Chromium binary on PATH (apt-get install chromium-headless-shell; .ci/run does)",
 )
-#: Where the browser tests leave their screenshots for a person to look at.
-SHOTS = Path(os.environ.get("PHYSLEARN_DASHBOARD_SHOTS", "/tmp"))
+
+
+def shots(tmp_path: Path) -> Path:
+    """Where a browser test leaves its screenshot: PHYSLEARN_DASHBOARD_SHOTS (a directory) for
+    a person to look at, else the test's temporary directory."""
+    return Path(os.environ.get("PHYSLEARN_DASHBOARD_SHOTS") or tmp_path)
+
+
 PANELS = (
     "Loss",
     "Metrics",
@@ -130,7 +136,7 @@ def test_a_finished_runs_page_shows_its_committed_steps_and_every_panel(tmp_path
         assert "param_conductance held during step 23 (the last committed), 208 edges" in text
         assert "quickstart on a resistor system" in text
         time.sleep(1.0)  # let the figures draw before the screenshot
-        shot = browser.screenshot(SHOTS / "physlearn-dashboard-run.png")
+        shot = browser.screenshot(shots(tmp_path) / "physlearn-dashboard-run.png")
     assert shot.stat().st_size > 20_000
 
 
@@ -156,7 +162,7 @@ def test_the_page_advances_while_a_run_commits(tmp_path: Path, write_config: Any
                 later = shown_progress(browser.text())[0]
             committed = json.loads((out / "zarr.json").read_text())["attributes"]
             assert first < later <= committed["committed_steps"]
-            browser.screenshot(SHOTS / "physlearn-dashboard-live.png")
+            browser.screenshot(shots(tmp_path) / "physlearn-dashboard-live.png")
     finally:
         run.send_signal(signal.SIGINT)
         run.wait(timeout=60)
@@ -197,7 +203,7 @@ def test_a_sweep_page_lists_its_runs_and_links_to_each(tmp_path: Path) -> None:
         rows = re.findall(r"(sizes\.1-[46]) ([46]) success 4 / 4", text)
         assert rows == [("sizes.1-4", "4"), ("sizes.1-6", "6")], text[:2000]
         time.sleep(1.0)
-        browser.screenshot(SHOTS / "physlearn-dashboard-sweep.png")
+        browser.screenshot(shots(tmp_path) / "physlearn-dashboard-sweep.png")
         # the link's page: that run alone
         browser.goto(url + "?run=" + quote("s0/sizes.1-6", safe=""))
         text = browser.wait_for_text("4 of 4 steps committed (success)")
@@ -376,7 +382,7 @@ def test_a_station_runs_page_shows_its_instruments_envelope_and_counters(tmp_pat
         # a bench measures no residual: that panel is left out rather than drawn empty
         assert "Equilibrium residual" not in text and "Gradient fidelity" not in text
         time.sleep(1.0)
-        browser.screenshot(SHOTS / "physlearn-dashboard-station.png")
+        browser.screenshot(shots(tmp_path) / "physlearn-dashboard-station.png")
 
 
 def test_ticking_runs_in_a_table_draws_them(tmp_path: Path) -> None:

@@ -72,6 +72,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     print(f"physlearn dashboard: {dashboard.url} ({what}); Ctrl-C stops it", flush=True)
     try:
         serve_forever(dashboard)
-    except KeyboardInterrupt:
-        print("physlearn dashboard: stopped", file=sys.stderr)
+    except KeyboardInterrupt:  # a second Ctrl-C while the first was stopping the server
+        pass
+    print("physlearn dashboard: stopped", file=sys.stderr)
     return 0

@@ -8,7 +8,7 @@ only, unless ``allow_remote``: the dashboard has no authentication and shows the
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
+import signal
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,14 +90,27 @@ def start(
     return Dashboard(f"http://{shown}:{bound}/", bound, server)
 
 
-def serve_forever(dashboard: Dashboard, on_ready: Callable[[], None] | None = None) -> None:
-    """Run the IO loop until Ctrl-C, then stop the server."""
+def serve_forever(dashboard: Dashboard) -> None:
+    """Run the IO loop until Ctrl-C (SIGINT) or SIGTERM, then stop the server.
+
+    The signals stop the loop through the event loop's own signal handling, wherever the
+    process is when they arrive (a KeyboardInterrupt raised inside a page being built could be
+    taken for that page's error); a second Ctrl-C interrupts at once."""
     from tornado.ioloop import IOLoop
 
     loop = IOLoop.current()
-    if on_ready is not None:
-        loop.add_callback(on_ready)
+    aio = getattr(loop, "asyncio_loop")  # noqa: B009 -- tornado's IOLoop on asyncio
+
+    def stop() -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            aio.remove_signal_handler(sig)
+        loop.stop()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        aio.add_signal_handler(sig, stop)
     try:
         loop.start()
     finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            aio.remove_signal_handler(sig)
         dashboard.stop()
