@@ -114,7 +114,7 @@ def training_curves(
     show_lr = _finite(lr) and np.nanmax(lr) > np.nanmin(lr)
     has_acc = any(_finite(s.get(k, np.array([]))) for k in ("test_accuracy", "batch_accuracy"))
     n = 1 + int(has_acc) + int(show_lr)
-    fig = new_figure(4.2 * n, 3.4)
+    fig = new_figure(4.2 * n, 4.4)
     axes = fig.subplots(1, n, squeeze=False)[0]
     ax = axes[0]
     steps = np.arange(1, loss.size + 1)
@@ -129,7 +129,7 @@ def training_curves(
     ref_loss = _reference_lines(ax, baselines, "test_loss")
     log_if_positive(ax, loss, s.get("test_loss", np.array([])), ref_loss)
     ax.set(xlabel="optimiser step", ylabel="loss", title="loss")
-    ax.legend(fontsize=8)
+    below(ax)
     k = 1
     if has_acc:
         ax = axes[k]
@@ -148,13 +148,18 @@ def training_curves(
                 ax.plot(ev, y, style, ms=3, label=names.get(key, key.replace("_", " ")))
         _reference_lines(ax, baselines, "test_accuracy")
         ax.set(xlabel="optimiser step", ylabel="accuracy", title="accuracy", ylim=(-0.02, 1.02))
-        ax.legend(fontsize=8)
+        below(ax)
     if show_lr:
         ax = axes[k]
         ax.plot(np.arange(1, lr.size + 1), lr, color="C4")
         ax.set(xlabel="optimiser step", ylabel="learning rate", title="learning-rate schedule")
     fig.suptitle(title, fontsize=10, **PLAIN_TEXT)
     return as_typed(fig)
+
+
+def below(ax: Axes) -> None:
+    """The legend under the axes: long names (the records' labels) would cover the curves."""
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)
 
 
 def _reference_lines(
