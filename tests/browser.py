@@ -13,7 +13,9 @@ import asyncio
 import base64
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import time
 import urllib.request
@@ -68,6 +70,9 @@ class Browser:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            # Debian's /usr/bin/chromium* are shell scripts that start the browser as their child:
+            # a process group of its own lets close() end the browser, not only the script
+            start_new_session=True,
         )
         self.loop = asyncio.new_event_loop()
         self.ids = itertools.count(1)
@@ -150,13 +155,21 @@ class Browser:
     def close(self) -> None:
         if getattr(self, "ws", None) is not None:
             self.ws.close()
-        self.proc.terminate()
+        self._signal_group(signal.SIGTERM)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
+            self._signal_group(signal.SIGKILL)
             self.proc.wait()
+        self._signal_group(signal.SIGKILL)  # whatever of the browser outlived the script
         self.loop.close()
+
+    def _signal_group(self, sig: int) -> None:
+        """Signal the process group this browser was started in (its id is the script's pid)."""
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def __enter__(self) -> Browser:
         return self

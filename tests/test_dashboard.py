@@ -404,3 +404,34 @@ def test_ticking_runs_in_a_table_draws_them(tmp_path: Path) -> None:
     assert page.shown == {"2"}
     assert not any(r.visible for r in page.sources["0"].renderers)
     assert all(r.visible for r in page.sources["2"].renderers)
+
+
+@needs_browser
+def test_a_closed_browser_leaves_no_process_behind(tmp_path: Path) -> None:
+    """Debian's chromium commands are scripts starting the browser as a child: closing must end
+    the browser, not only the script."""
+    assert BROWSER is not None
+    browser = Browser(BROWSER, tmp_path)
+    browser.goto("about:blank")
+    browser.close()
+    profile = str(tmp_path / "chromium-profile")
+    deadline = time.monotonic() + 10
+    while (left := _processes_naming(profile)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not left
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Live processes whose command line contains ``text``."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().split(")")[-1].split()[0]
+        except OSError:
+            continue
+        if text in cmdline and state != "Z":
+            found.append(int(entry.name))
+    return found
