@@ -480,3 +480,28 @@ def test_registers_come_from_a_layout_the_device_accepts(name: str) -> None:
     assert layout.number_of_traps >= max(device.min_layout_traps, 11 / device.max_layout_filling)
     got = np.array([register.qubits[f"q{i}"].as_array() for i in range(11)])
     np.testing.assert_allclose(got, pb.centred(pos), atol=1e-6)
+
+
+def test_a_run_whose_inputs_the_device_cannot_spread_fails_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Inputs that push the local detunings beyond the DMM's spread mid-run: exit 1 and one
+    line naming the limit and what to lower (it used to end in a ValueError traceback)."""
+    import yaml
+
+    from physlearn.cli import main
+
+    raw = copy.deepcopy(XOR_RUN)
+    raw["system"].update(init_detuning=0.0)
+    raw["task"]["encoding"] = {"scale": 64.0}  # XOR (1, 0): +64 and -64 rad/us, |Delta| < 125.7
+    raw["store"] = {"root": str(tmp_path / "runs")}
+    path = tmp_path / "spread.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["run", str(path), "--progress", "off"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(
+        "physlearn: run failed: local detunings (trainable + input) spread over 128 rad/us, "
+        "beyond the device limit detuning_spread_max = 125.664 rad/us (DigitalAnalogDevice's "
+        "detuning map modulator); lower detuning_bound or the input scale (task.encoding.scale)"
+    )
+    assert "Traceback" not in err

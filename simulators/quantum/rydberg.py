@@ -28,12 +28,18 @@ import numpy as np
 from physlearn.simulators.quantum.lanczos import SolverOptions
 from physlearn.simulators.quantum.pauli import PauliBasis
 from physlearn.simulators.quantum.system import HamiltonianModel, QuantumSystem
-from physlearn.system import FloatArray, ParameterGroup, Params
+from physlearn.system import FloatArray, ParameterGroup, Params, PhysicsError
 
 #: C6/hbar in rad us^-1 um^6 for the nS Rydberg states of 87Rb (see docs/physics.md, §Rydberg
 #: arrays).
 C6_RAD_US_UM6: dict[int, float] = {60: 865_723.02, 70: 5_420_158.53}
 TWO_PI = 2.0 * math.pi
+
+
+class DeviceLimitError(PhysicsError, ValueError):
+    """Detunings (trainable + input) the device cannot drive, met during a run: the command
+    line reports it in one line and exits 1 (the run failed; the store keeps its steps). A
+    ``ValueError`` too, as every refused limit of this module."""
 
 
 @dataclass(frozen=True)
@@ -66,9 +72,10 @@ class RydbergLimits:
         """Refuse rows of total detunings ``(batch, atoms)`` (rad/us) the device cannot drive."""
         worst = float(np.abs(total).max())
         if worst > self.detuning_max:
-            raise ValueError(
+            raise DeviceLimitError(
                 f"total detuning {worst:.6g} rad/us (trainable + input) exceeds the device "
-                f"limit detuning_max = {self.detuning_max:.6g} rad/us"
+                f"limit detuning_max = {self.detuning_max:.6g} rad/us; lower detuning_bound or "
+                "the input scale (task.encoding.scale)"
             )
         below_top = total.max(axis=1, keepdims=True) - total
         checks = (
@@ -77,10 +84,11 @@ class RydbergLimits:
         )
         for name, limit, value in checks:
             if limit is not None and float(value.max()) > limit * (1 + 1e-9):
-                raise ValueError(
+                raise DeviceLimitError(
                     f"local detunings (trainable + input) spread over {float(value.max()):.6g} "
                     f"rad/us, beyond the device limit {name} = {limit:.6g} rad/us "
-                    f"({self.device}'s detuning map modulator)"
+                    f"({self.device}'s detuning map modulator); lower detuning_bound or the "
+                    "input scale (task.encoding.scale)"
                 )
 
     def check_register(self, positions: FloatArray) -> None:
