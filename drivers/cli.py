@@ -184,6 +184,15 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
     if not isinstance(cfg.system, StationConfig):
         raise ConfigError("lab calibrate needs a config with system.kind = station")
+    out = Path(args.out).expanduser()
+    if out.is_dir():
+        raise ConfigError(f"--out {args.out}: a directory is in the way; name the JSON file")
+    try:  # before anything is measured: the table must have somewhere to go
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"--out {args.out}: cannot create {out.parent} ({exc.strerror})"
+        ) from None
     system = build_system(cfg)
     assert isinstance(system, StationSystem)
     t0 = time.perf_counter()
@@ -191,7 +200,7 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         table = system.calibrate(args.points)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    Path(args.out).write_text(json.dumps(table))
+    out.write_text(json.dumps(table))
     taps = np.asarray(table["taps"])
     g = np.asarray(table["conductance"])
     gain = g / np.asarray(cfg.system.weights.law.conductance(taps))[None, :]

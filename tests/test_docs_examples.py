@@ -101,11 +101,7 @@ PREREQUISITES: dict[tuple[str, str], list[str]] = {
 
 #: Runnable blocks that fail because of a known defect outside the documents, with the defect:
 #: strict, so the test fails (and the entry must go) once the defect is fixed.
-KNOWN_DEFECTS: dict[tuple[str, str], str] = {
-    ("lab_protocols.md", "physlearn lab calibrate configs/my_bench.yaml --out "
-     "cal/bank-2026-01-01.json --points 17"): "drivers/cli.py cmd_calibrate writes --out without "
-    "creating its folder: FileNotFoundError and a traceback (exit 1) when cal/ does not exist",
-}  # fmt: skip
+KNOWN_DEFECTS: dict[tuple[str, str], str] = {}
 
 TIMEOUT = 300.0  # s, per command
 START_TIMEOUT = 60.0  # s, for a server's first line

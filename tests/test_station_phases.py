@@ -120,21 +120,13 @@ class TestOneSystem:
             np.testing.assert_allclose(volts, x, rtol=0, atol=1e-6)
         assert_caches_are_the_truth(system, lab, case.level_rtol)
 
-    def test_a_ramp_across_a_decade_moves_no_level_by_more_than_its_step(self, bench, request):
+    def test_a_ramp_across_a_decade_moves_no_level_by_more_than_its_step(self, bench):
         """The exact bound, on set-points as the instrument reads them: from 0.35188009 V to
-        1.45 V by steps of 0.3 V. The stock N6705B driver sends 8 significant digits, so the
-        step from 0.95188009 V crosses into the next decade and arrives as 1.2518801 V: 0.3 V
-        and 10 nV, more than the role's step (the envelope's margin on the ramp step, a
-        relative 1e-9, covers qcodes' rounding but not the driver's)."""
+        1.45 V by steps of 0.3 V. The stock N6705B driver sends 8 significant digits, so a
+        step from 0.95188009 V crossing into the next decade arrives rounded (1.2518801 V: 10 nV
+        more than 0.3 V) unless the ramp step leaves room for the driver's rounding (the
+        envelope's FORMAT_MARGIN)."""
         case, lab, system = bench
-        if case.level_rtol > 0:
-            request.applymarker(
-                pytest.mark.xfail(
-                    strict=True,
-                    reason="drivers/station/safety.py: the ramp step's margin does not cover "
-                    "the driver's rounding of the level it sends (N6705B {:.8G})",
-                )
-            )
         system.equilibrate(np.full((1, 10), 0.35188009))
         start = lab.bench.summary()
         lab.clear_received()
@@ -267,17 +259,7 @@ def test_levels_lost_with_their_query_are_written_again_even_if_the_resync_fails
         pytest.param(
             STOCK,
             id="stock",
-            marks=[
-                pytest.mark.slow,
-                pytest.mark.xfail(
-                    strict=True,
-                    raises=ValueError,
-                    reason="drivers/station/measurement.py: Phases.set classifies errors as a "
-                    "write's (reading=False), but qcodes' set reads the level back first when "
-                    "its cache is invalid (the ramp's start): the stock driver's float() of a "
-                    "garbled reply escapes as a ValueError, never retried",
-                ),
-            ],
+            marks=[pytest.mark.slow],
         ),
     ],
 )
@@ -323,13 +305,6 @@ def test_a_retried_phase_reapplies_levels_that_changed_behind_its_back(tmp_path,
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=IndexError,
-    reason="drivers/station/probes.py: SwitchedReader calls the matrix's connect/disconnect as "
-    "writes (reading=False), but the stock 34980A driver queries *ESR? after each command: a "
-    "garbled status reply escapes as the driver's IndexError, never retried",
-)
 def test_a_garbled_reply_from_the_switch_matrix_is_retried(tmp_path):
     """The 34980A's status reply after one crosspoint closes during a reading comes back
     garbled: the phase is retried and the batch measures what a fault-free batch does."""
@@ -345,13 +320,6 @@ def test_a_garbled_reply_from_the_switch_matrix_is_retried(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="drivers/station/probes.py: a failed connect (its *ESR? lost) skips the disconnect, "
-    "a lost ROUT:OPEN leaves the crosspoint closed, and neither the retry's resync nor the "
-    "next reading opens the row: the retry reads with two nodes on the meter's row",
-)
 @pytest.mark.parametrize(("lost", "nth"), [("ROUT:OPEN", 40), ("*ESR?", 39)])
 def test_a_crosspoint_left_closed_by_a_fault_is_open_before_the_retry_reads(tmp_path, lost, nth):
     """The matrix drops the connection on receiving the command that opens a node's crosspoint

@@ -137,19 +137,25 @@ class Instruments:
         return walk(obj, parts[1:], path)
 
     def reconnect(self) -> None:
-        """Reopen every VISA session: qcodes' ``set_address`` to the same address and VISA
-        backend, then the session's terminations and timeout as they were (a new session
-        starts without them)."""
-        for name, inst in self.by_name.items():
-            try:
-                handle = inst.visa_handle
-                terms = (handle.read_termination, handle.write_termination)
-                timeout = inst.timeout.get()
-                inst.set_address(inst.address, f"@{inst.visabackend}")
-                inst.visa_handle.read_termination, inst.visa_handle.write_termination = terms
-                inst.timeout.set(timeout)
-            except Exception as exc:
-                raise classify(exc, name, reading=True) from exc
+        """Reopen every VISA session (:meth:`reopen`); the first failure is raised."""
+        for name in self.by_name:
+            self.reopen(name)
+
+    def reopen(self, name: str) -> None:
+        """Reopen one instrument's VISA session: qcodes' ``set_address`` to the same address
+        and VISA backend, then the session's terminations and timeout as they were (a new
+        session starts without them). Whatever the old session still held -- the reply to a
+        query whose exchange was interrupted -- is gone with it."""
+        inst = self.by_name[name]
+        try:
+            handle = inst.visa_handle
+            terms = (handle.read_termination, handle.write_termination)
+            timeout = inst.timeout.get()
+            inst.set_address(inst.address, f"@{inst.visabackend}")
+            inst.visa_handle.read_termination, inst.visa_handle.write_termination = terms
+            inst.timeout.set(timeout)
+        except Exception as exc:
+            raise classify(exc, name, reading=True) from exc
 
     def close(self) -> None:
         """Close every instrument (qcodes names are global) and stop the virtual lab."""
@@ -264,30 +270,36 @@ def bind_switches(insts: Instruments, name: str, cfg: SwitchRole) -> BoundSwitch
 
 
 def sync(written: dict[int, Any], trips: dict[int, list[Any]], timers: Any) -> None:
-    """Wait until every instrument in ``written`` has executed what it was sent: read its
-    compliance-trip status if the config names one on it (non-zero: :class:`ComplianceTrip`),
-    else ``*OPC?``. Either query returns only after the instrument processed the writes before
-    it."""
-    from physlearn.drivers.errors import ComplianceTrip
+    """Wait until every instrument in ``written`` has executed what it was sent (``*OPC?``,
+    or its compliance-trip status, which returns only after the writes before it too), then
+    read every other trip status: a source trips from what the others did to the network, so
+    every phase checks them all (non-zero: :class:`ComplianceTrip`)."""
     from physlearn.drivers.station.transactions import call
 
     for key, root in written.items():
-        name = root.name
-        on_root = trips.get(key)
-        if on_root:
-            for p in on_root:
-                status = call(timers, name, True, p.get)
-                if status and not is_off(status):
-                    raise ComplianceTrip(
-                        f"{p.full_name} = {status}: sources tripped by their compliance (an "
-                        "integer status: bit k = channel k+1); the run stops in the safe state",
-                        name,
-                    )
-            continue
-        reply = str(call(timers, name, True, root.ask, "*OPC?")).strip()
+        if key in trips:
+            continue  # synchronised by its trip status, below
+        reply = str(call(timers, root.name, True, root.ask, "*OPC?")).strip()
         if reply.lstrip("+") != "1":
-            raise InstrumentReplyError(f"{name} replied {reply!r} to '*OPC?'; expected 1", name)
+            raise InstrumentReplyError(
+                f"{root.name} replied {reply!r} to '*OPC?'; expected 1", root.name
+            )
+    for on_root in trips.values():
+        for p in on_root:
+            check_trip(p, call(timers, p.root_instrument.name, True, p.get))
     written.clear()
+
+
+def check_trip(param: Any, status: Any) -> None:
+    """:class:`ComplianceTrip` if a trip-status reading says a source tripped."""
+    from physlearn.drivers.errors import ComplianceTrip
+
+    if status and not is_off(status):
+        raise ComplianceTrip(
+            f"{param.full_name} = {status}: sources tripped by their compliance (an integer "
+            "status: bit k = channel k+1); the run stops in the safe state",
+            param.root_instrument.name,
+        )
 
 
 __all__ = [

@@ -58,17 +58,26 @@ class Phases:
         self.applied: str | None = UNKNOWN
         self.written: dict[int, Any] = {}
         self.trips: dict[int, list[Any]] = {}
-        for src in sources.values():
+        self.bind_trips()
+
+    def bind_trips(self) -> None:
+        """The trip-status parameters per instrument, from the roles as bound now (again once
+        a pending role's levels and trip status are bound at open)."""
+        self.trips = {}
+        for src in self.sources.values():
             for p in src.trips:
-                root = p.root_instrument
-                self.trips.setdefault(id(root), [])
-                if all(q is not p for q in self.trips[id(root)]):
-                    self.trips[id(root)].append(p)
+                on_root = self.trips.setdefault(id(p.root_instrument), [])
+                if all(q is not p for q in on_root):
+                    on_root.append(p)
 
     # -- writes ------------------------------------------------------------------------------
     def set(self, param: Any, value: Any) -> None:
-        """``param.set(value)`` unless its (valid) cache holds ``value``."""
-        if param.cache.valid and param.cache.get(get_if_invalid=False) == value:
+        """``param.set(value)`` unless its cache holds ``value``. An unknown level is read
+        first (a reply error there is a garbled reply, retried), so qcodes' ramp, which starts
+        from the cache, never queries inside the set."""
+        if not param.cache.valid:
+            self.get(param)
+        if param.cache.get(get_if_invalid=False) == value:
             return
         root = param.root_instrument
         self.written[id(root)] = root

@@ -116,28 +116,37 @@ class SwitchedReader:
         self.columns = cfg.column_list()
         self.name = meter_inst.name
         self.switch_name = self.switch.root_instrument.name
+        #: a relay of the row may be closed (a read did not complete): open them all first
+        self.unsure = True
 
     def configure(self) -> None:
         for param, value in self.settings:
             call(self.timers, self.name, False, param.set, value)
         self.release()
 
+    def _switch(self, method: Any, col: int) -> None:
+        # the matrix drivers confirm every command with a query (the 34980A's *ESR?): a reply
+        # they cannot parse is a garbled reply, retried
+        call(self.timers, self.switch_name, True, method, self.cfg.row, col)
+
     def read(self) -> list[float]:
-        row, t = self.cfg.row, self.timers
+        if self.unsure:
+            self.release()
+        self.unsure = True
         out = []
         for col in self.columns:
-            call(t, self.switch_name, False, self.switch.connect, row, col)
-            try:
-                out.append(float(call(t, self.name, True, self.meter.get)))
-            finally:
-                call(t, self.switch_name, False, self.switch.disconnect, row, col)
-            t.readings += 1
+            self._switch(self.switch.connect, col)
+            out.append(float(call(self.timers, self.name, True, self.meter.get)))
+            self._switch(self.switch.disconnect, col)
+            self.timers.readings += 1
+        self.unsure = False
         return check_readings(out, self.n, self.cfg.range, self.name)
 
     def release(self) -> None:
         """Open every node's relay on the meter's row."""
         for col in self.columns:
-            call(self.timers, self.switch_name, False, self.switch.disconnect, self.cfg.row, col)
+            self._switch(self.switch.disconnect, col)
+        self.unsure = False
 
 
 def node_reader(insts: Instruments, cfg: Any, n_nodes: int, timers: Timers) -> NodeReader:

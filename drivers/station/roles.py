@@ -143,6 +143,12 @@ class Limits(StrictModel):
             raise ValueError(f"limits need finite min < max, got [{self.min}, {self.max}]")
         if not self.min <= self.safe <= self.max:
             raise ValueError(f"safe level {self.safe} lies outside [{self.min}, {self.max}]")
+        largest = max(abs(self.min), abs(self.max))
+        if self.step is not None and self.step <= 1e-6 * largest:
+            raise ValueError(
+                f"step {self.step:g} is below a millionth of the largest level {largest:g}: "
+                "finer than the 8 significant digits instruments are sent"
+            )
         return self
 
     def rate(self) -> float:

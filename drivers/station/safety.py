@@ -10,8 +10,10 @@ config.Limits` per source role, ``tap_limits`` for the weights):
    ``vals`` becomes the intersection of the driver's hardware range and the envelope, so qcodes
    refuses anything outside even when called directly (a notebook, a script); its ``step`` and
    ``inter_delay`` make qcodes ramp every change.
-3. The ramp step given to qcodes is ``step * (1 - 1e-9)``: qcodes' ramp may exceed its step by a
-   relative 1e-10 (rounding in ``permissive_range``), so no write ever moves a level by more
+3. The ramp step given to qcodes is ``step * (1 - 1e-9) - 1e-7 * max(|min|, |max|)``: qcodes'
+   ramp may exceed its step by a relative 1e-10 (rounding in ``permissive_range``), and a driver
+   sends each level rounded to its format (8 significant digits is common: the N6705B's
+   ``{:.8G}``, a relative 5e-8 of each end of a ramp step), so no write ever moves a level by more
    than the envelope's ``step``.
 
 The safe state (every source ramped to its ``safe`` level, then its output switched off; every
@@ -36,6 +38,9 @@ from physlearn.drivers.station.roles import Limits
 
 #: qcodes may overshoot its ramp step by a relative 1e-10; the envelope step is shrunk by this.
 STEP_MARGIN = 1e-9
+#: a driver's rounding of the levels it sends: 8 significant digits, a relative 5e-8 per level,
+#: 1e-7 of the largest level for the two ends of a step
+FORMAT_MARGIN = 1e-7
 _MIN = np.minimum.reduce
 _MAX = np.maximum.reduce
 
@@ -75,7 +80,10 @@ class RoleEnvelope:
 
     def qcodes_step(self) -> float | None:
         s = self.limits.step
-        return None if s is None else s * (1.0 - STEP_MARGIN)
+        if s is None:
+            return None
+        largest = max(abs(self.limits.min), abs(self.limits.max))
+        return s * (1.0 - STEP_MARGIN) - FORMAT_MARGIN * largest
 
 
 def check_taps(taps: np.ndarray, tap_limits: tuple[int, int], channels: Sequence[str]) -> None:

@@ -254,6 +254,7 @@ class StationSystem(PhysicalSystem):
                 ph.set(params[n], v)
         bind_levels(self.insts, src)
         src.apply_envelope()
+        ph.bind_trips()
         for p in src.levels:
             ph.get(p)
 
@@ -312,6 +313,10 @@ class StationSystem(PhysicalSystem):
                 failures.append(f"{what}: {exc}")
 
         with shield_interrupts("ramping the sources to their safe state"):
+            # fresh sessions: an exchange cut short (a second Ctrl-C) may have left its reply
+            # in a driver's session, which the read-backs below would take for the level
+            for name in self.insts.by_name:
+                guarded(f"reopening {name}", self.insts.reopen, name)
             for sw in self.switches.values():
                 for p in sw.states:
                     guarded(f"opening {p.full_name}", _make_off, ph, (p, False), None, None)

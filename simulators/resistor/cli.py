@@ -48,8 +48,7 @@ def add_commands(sub: SubParsers) -> None:
 def cmd_export_spice(args: argparse.Namespace) -> int:
     """Write the netlist; a source SPICE cannot express is the user's to fix (ConfigError)."""
     from physlearn.config import ConfigError
-    from physlearn.simulators.resistor.spice import export_from_config
-    from physlearn.simulators.resistor.spice_export import export_from_run
+    from physlearn.simulators.resistor.spice_export import export_from_config, export_from_run
 
     source = Path(args.config)
     try:

@@ -438,27 +438,3 @@ def simulate(
     c = circuit_of(system)
     deck = to_netlist(system, inputs, nudge=nudge, mode=mode)
     return run_ngspice(deck, c.n_nodes, c.bias.size, **kw)
-
-
-# -- command line -------------------------------------------------------------------------------
-def export_from_config(
-    config_path: str,
-    pattern: int,
-    *,
-    split: Literal["train", "test"] = "test",
-    overrides: list[str] | None = None,
-    nudge_beta: float | None = None,
-) -> str:
-    """The netlist of an experiment's system (initial parameters, seeded as a run) driven by the
-    encoded input ``pattern`` of the ``split`` of its dataset; ``nudge_beta`` > 0 adds a target
-    nudge (a conductance beta to the encoded target). Used by ``physlearn export-spice``.
-
-    Raises ``ValueError`` with the reason (pattern out of range, ideal diodes, ...). A run
-    store's trained network: :func:`~physlearn.simulators.resistor.spice_export.export_from_run`.
-    """
-    from physlearn.config import load_config
-    from physlearn.simulators.resistor.spice_export import netlist_for
-
-    cfg = load_config(config_path, overrides)
-    system = cfg.system.build(cfg.seed)
-    return netlist_for(cfg, system, pattern, split=split, nudge_beta=nudge_beta)
