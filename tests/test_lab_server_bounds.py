@@ -457,7 +457,8 @@ def test_a_run_whose_connections_are_closed_when_idle_loses_nothing(tmp_path):
     from physlearn.drivers.virtual_lab.testing import write_station
     from physlearn.run.start import start_run
 
-    from .test_lab_faults import QUIET, _assert_same, experiment
+    from .lab_benches import VLAB
+    from .test_lab_faults import _assert_same, experiment
 
     stores, connections = [], []
     for k, idle in enumerate([0.2, 300.0]):
@@ -468,8 +469,8 @@ def test_a_run_whose_connections_are_closed_when_idle_loses_nothing(tmp_path):
             if idle < 1.0 and step in (2, 5):
                 time.sleep(2.5 * idle)
 
-        with serving(idle_timeout=idle, **QUIET) as server:
-            raw = experiment(root, write_station(server, tmp_path / f"station{k}.yaml"))
+        with serving(idle_timeout=idle, **VLAB.quiet) as server:
+            raw = experiment(VLAB, root, write_station(server, tmp_path / f"station{k}.yaml"))
             res = start_run(parse_config(raw), root / "run.zarr", on_step=pause)
             Instrument.close_all()
             assert res.status == "success"
