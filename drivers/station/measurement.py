@@ -23,7 +23,8 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from physlearn.drivers.station.binding import BoundSource, BoundSwitches, sync
+from physlearn.drivers.errors import InstrumentReplyError
+from physlearn.drivers.station.binding import BoundSource, BoundSwitches, is_off, sync
 from physlearn.drivers.station.probes import NodeReader
 from physlearn.drivers.station.roles import EquilibriumConfig
 from physlearn.drivers.station.transactions import Timers, call
@@ -142,6 +143,21 @@ class Phases:
             for p in sw.states:
                 self.get(p)
         self.applied = UNKNOWN
+
+    def make_off(self, out: tuple[Any, Any] | None, level: Any, safe: float | None) -> None:
+        """The safe state of one channel: ramp ``level`` to ``safe`` (from its value read
+        back), set ``out`` = (parameter, off value), verify by reading both back."""
+        if level is not None and safe is not None:
+            self.get(level)  # the truth, so the ramp starts where the level really is
+            self.set(level, safe)
+        if out is not None:
+            self.get(out[0])
+            self.set(*out)
+        self.written.clear()  # the read-backs below are queries: answered after the writes
+        if level is not None and safe is not None and float(self.get(level)) != safe:
+            raise InstrumentReplyError(f"{level.full_name} does not read {safe}")
+        if out is not None and not is_off(self.get(out[0])):
+            raise InstrumentReplyError(f"{out[0].full_name} is still on")
 
     # -- one phase ---------------------------------------------------------------------------
     def phase(

@@ -319,7 +319,7 @@ class StationSystem(PhysicalSystem):
                 guarded(f"reopening {name}", self.insts.reopen, name)
             for sw in self.switches.values():
                 for p in sw.states:
-                    guarded(f"opening {p.full_name}", _make_off, ph, (p, False), None, None)
+                    guarded(f"opening {p.full_name}", ph.make_off, (p, False), None, None)
             if self.reader is not None:
                 guarded("opening the probe relays", self.reader.release)
             order = [n for n in self.sources if n != "inputs"] + ["inputs"]
@@ -329,7 +329,7 @@ class StationSystem(PhysicalSystem):
                     level = src.levels[k] if src.levels else None
                     out = (src.outputs[k], src.cfg.output_values[1]) if src.outputs else None
                     what = f"{name}: channel {k + 1} to its safe state"
-                    guarded(what, _make_off, ph, out, level, src.env.limits.safe)
+                    guarded(what, ph.make_off, out, level, src.env.limits.safe)
         self._opened = False
         ph.applied = UNKNOWN
         if failures:
@@ -484,19 +484,3 @@ class StationSystem(PhysicalSystem):
 
 def _envelope(name: str, role: Any) -> RoleEnvelope:
     return RoleEnvelope(name, role.unit, role.limits, tuple(role.names()))
-
-
-def _make_off(ph: Phases, out: tuple[Any, Any] | None, level: Any, safe: float | None) -> None:
-    """Ramp ``level`` to ``safe`` (from its value read back), set ``out`` = (parameter, off
-    value), verify by reading both back."""
-    if level is not None and safe is not None:
-        ph.get(level)  # the truth, so the ramp starts where the level really is
-        ph.set(level, safe)
-    if out is not None:
-        ph.get(out[0])
-        ph.set(*out)
-    ph.written.clear()  # the read-backs below are queries: answered after the writes
-    if level is not None and safe is not None and float(ph.get(level)) != safe:
-        raise InstrumentReplyError(f"{level.full_name} does not read {safe}")
-    if out is not None and not is_off(ph.get(out[0])):
-        raise InstrumentReplyError(f"{out[0].full_name} is still on")
