@@ -476,6 +476,8 @@ def test_a_run_whose_connections_are_closed_when_idle_loses_nothing(tmp_path):
             assert res.status == "success"
             connections.append(server.connections)
         stores.append(root / "run.zarr")
-    # every instrument the run uses reconnected after each of the two idle closes at least
-    assert connections[0] >= 3 * connections[1], connections
+    # every instrument the run uses (src, dmm, pots) reconnected after each of the two idle
+    # closes: two more sessions each than the run on a lab that never closes one (which opens
+    # each once, and once more when its safe state starts on fresh sessions)
+    assert connections[0] - connections[1] >= 2 * 3, connections
     _assert_same(stores[0], stores[1])
