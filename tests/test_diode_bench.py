@@ -15,6 +15,8 @@ from physlearn.drivers.virtual_lab.bench import Bench
 from physlearn.drivers.virtual_lab.server import LabServer
 from physlearn.drivers.virtual_lab.testing import lab_config
 
+from .test_stock_drivers import _inputs, _read_node
+
 CONFIG = "configs/virtual_lab_stock_bench.yaml"
 KW: dict[str, Any] = {"visalib": "@py", "timeout": 3}
 RAILS = (-0.4, 0.4)
@@ -77,24 +79,6 @@ def bench() -> Iterator[dict[str, Any]]:
         server.stop()
 
 
-def _inputs(b: dict[str, Any], volts: np.ndarray) -> None:
-    chans = [getattr(b[f"psu{1 + k // 4}"], f"ch{1 + k % 4}") for k in range(10)]
-    for ch, v in zip(chans, volts, strict=True):
-        ch.source_voltage(float(v))
-        ch.enable("on")
-    for name in ("psu1", "psu2", "psu3"):
-        b[name].ask("*OPC?")
-
-
-def _read(b: dict[str, Any], node: int) -> float:
-    card = b["mux"].module[1]
-    card.connect(1, node + 1)
-    try:
-        return float(b["dmm"].volt())
-    finally:
-        card.disconnect(1, node + 1)
-
-
 @pytest.mark.parametrize("current", [0.0, 3e-4])
 def test_stock_drivers_read_the_diode_network_equilibrium(
     bench: dict[str, Any], current: float
@@ -111,7 +95,7 @@ def test_stock_drivers_read_the_diode_network_equilibrium(
     k.output_enabled(True)
     k.ask("*OPC?")
     try:
-        got = np.array([_read(bench, n) for n in range(29)])
+        got = np.array([_read_node(bench, n) for n in range(29)])
     finally:
         k.source.current(0.0)
         k.output_enabled(False)

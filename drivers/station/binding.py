@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 
 from physlearn.drivers.errors import (
     IdentityError,
-    InstrumentError,
     InstrumentFault,
     InstrumentIOError,
     InstrumentReplyError,
@@ -216,11 +215,6 @@ class BoundSource:
     #: levels not bound yet: they resolve once the settings are written (see the module doc)
     pending: str = ""
 
-    def roots(self) -> list[Any]:
-        """The instruments the role's levels belong to, each once."""
-        got = {id(p.root_instrument): p.root_instrument for p in self.levels}
-        return list(got.values())
-
     def apply_envelope(self) -> None:
         for param in self.levels:
             apply_to_parameter(param, self.env, hardware_range(param))
@@ -300,17 +294,3 @@ def check_trip(param: Any, status: Any) -> None:
             "status: bit k = channel k+1); the run stops in the safe state",
             param.root_instrument.name,
         )
-
-
-__all__ = [
-    "BoundSource",
-    "BoundSwitches",
-    "InstrumentError",
-    "Instruments",
-    "bind_levels",
-    "bind_source",
-    "bind_switches",
-    "is_off",
-    "parameter",
-    "sync",
-]

@@ -32,10 +32,26 @@ from physlearn.drivers.station.roles import expand_names
 from physlearn.drivers.station.safety import apply_tap_limits, check_taps
 from physlearn.drivers.station.tapmap import CALIBRATION_FORMAT, TapMap
 from physlearn.drivers.station.transactions import Timers, call
-from physlearn.drivers.station.weight_roles import MemristorWeights, WeightRole
+from physlearn.drivers.station.weight_roles import MemristorWeights, WeightBounds, WeightRole
 from physlearn.system import ParameterGroup
 
 GROUP = "conductance"
+
+
+def conductance_group(bounds: WeightBounds, n_edges: int, held: str) -> ParameterGroup:
+    """The trainable group ``"conductance"`` ``(n_edges,)`` (S) within ``bounds``; ``held``
+    says what holds the values. No grid (``resolution = 0``): the devices' own."""
+    return ParameterGroup(
+        name=GROUP,
+        shape=(n_edges,),
+        dims=("edge",),
+        lower=bounds.min,
+        upper=bounds.max,
+        unit="S",
+        resolution=0.0,
+        long_name=f"edge conductance ({held})",
+        energy_unit="W",
+    )
 
 
 class PotBank:
@@ -52,17 +68,7 @@ class PotBank:
                 f"within taps {cfg.tap_limits[0]}..{cfg.tap_limits[1]} ({self.tapmap.source}: "
                 f"[{lo_r:g}, {hi_r:g}] S)"
             )
-        self.group = ParameterGroup(
-            name=GROUP,
-            shape=(n_edges,),
-            dims=("edge",),
-            lower=b.min,
-            upper=b.max,
-            unit="S",
-            resolution=0.0,
-            long_name="edge conductance (potentiometer bank; held values are the bank's)",
-            energy_unit="W",
-        )
+        self.group = conductance_group(b, n_edges, "potentiometer bank; held values are the bank's")
         self.names = expand_names(cfg.channels or [])
         self.taps: Any = None
         self.name = ""
@@ -152,17 +158,7 @@ class MemristorBank:
     ) -> None:
         self.cfg, self.n, self.timers, self.events = cfg, n_edges, timers, events
         b = cfg.conductance
-        self.group = ParameterGroup(
-            name=GROUP,
-            shape=(n_edges,),
-            dims=("edge",),
-            lower=b.min,
-            upper=b.max,
-            unit="S",
-            resolution=0.0,
-            long_name="edge conductance (memristive devices; held values are read back)",
-            energy_unit="W",
-        )
+        self.group = conductance_group(b, n_edges, "memristive devices; held values are read back")
         self.conductances: Any = None
         self.pulses: Any = None
         self.name = ""
